@@ -1,0 +1,15 @@
+//! Ingot's core vocabulary: element types ([`DType`]), host tensors ([`Tensor`]),
+//! the parameter struct of every op ([`Op`]), the error type and the [`Backend`] trait.
+//! Every other crate speaks in these terms; this crate depends on no other Ingot crate.
+
+mod backend;
+mod dtype;
+mod error;
+pub mod ops;
+mod tensor;
+
+pub use backend::Backend;
+pub use dtype::{DType, UnknownDType};
+pub use error::{Error, Result};
+pub use ops::*;
+pub use tensor::{round_to, Tensor, Tensors};
