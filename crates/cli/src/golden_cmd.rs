@@ -1,0 +1,226 @@
+//! `ingot golden gen | check | support`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, Subcommand};
+use ingot_core::{Backend, OpKind};
+use ingot_golden::check::{check_dir, CaseReport, Status};
+use ingot_golden::{generate, suite, Flags, FLAGS};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum GoldenCmd {
+    /// Write golden artifacts: DIR/CASE/OP/meta.json and one raw little-endian file per tensor.
+    ///
+    /// One case: `ingot golden gen --op gemm --m 8 --n 16 --k 12 --transa false --transb true --case NAME`.
+    /// A suite: `ingot golden gen --suite standard --out DIR`.
+    Gen(GenArgs),
+    /// Recompute every artifact under DIR on a backend and compare with the stored outputs.
+    Check(CheckArgs),
+    /// Print the op × backend support table (Markdown) from the op registry.
+    Support,
+}
+
+#[derive(clap::Args)]
+pub struct GenArgs {
+    /// The op to generate (see `ingot golden support` for the list); aliases cast_type, batch_prefill_attention.
+    #[arg(long, conflicts_with = "suite", required_unless_present = "suite")]
+    op: Option<String>,
+    /// A named suite instead of one op: standard or quick.
+    #[arg(long)]
+    suite: Option<String>,
+    /// Case name: the artifacts go to OUT/CASE/OP.
+    #[arg(long, default_value = "default", conflicts_with = "suite")]
+    case: String,
+    /// Seed of the input generator: the same seed gives byte-identical files.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output directory.
+    #[arg(long, default_value = "artifacts")]
+    out: PathBuf,
+    #[command(flatten)]
+    flags: OpFlags,
+}
+
+/// The op flags, declared from the registry in `ingot_golden::FLAGS`.
+pub struct OpFlags(Vec<(String, String)>);
+
+const BOOL_FLAGS: &[&str] = &["transa", "transb", "use_bias", "gemma", "interleave", "causal"];
+
+impl FromArgMatches for OpFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut v = Vec::new();
+        for (name, _) in FLAGS {
+            if let Some(val) = m.get_one::<String>(name) {
+                v.push((name.to_string(), val.clone()));
+            }
+        }
+        Ok(OpFlags(v))
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for OpFlags {
+    fn augment_args(cmd: Command) -> Command {
+        FLAGS.iter().fold(cmd, |c, (name, help)| {
+            let a = Arg::new(*name).long(*name).help(*help).help_heading("Op flags").action(ArgAction::Set);
+            let a = if BOOL_FLAGS.contains(name) {
+                a.value_name("BOOL").num_args(0..=1).default_missing_value("true")
+            } else {
+                a.value_name("VALUE").allow_hyphen_values(true)
+            };
+            c.arg(a)
+        })
+    }
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Directory holding artifacts (searched recursively for meta.json).
+    dir: PathBuf,
+    /// Backend to check: cpu (GPU backends: gpu, gpu:wgpu, gpu:cuda, gpu:metal when built in).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Print a JSON report instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Print passing cases too (the table shows failures, errors and skips by default).
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+pub fn run(cmd: GoldenCmd) -> Result<ExitCode> {
+    match cmd {
+        GoldenCmd::Gen(a) => gen(a),
+        GoldenCmd::Check(a) => check(a),
+        GoldenCmd::Support => {
+            print!("{}", support_table());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn gen(a: GenArgs) -> Result<ExitCode> {
+    if let Some(name) = &a.suite {
+        if !a.flags.0.is_empty() {
+            bail!("op flags ({}) cannot be combined with --suite", a.flags.0.iter().map(|(k, _)| format!("--{k}")).collect::<Vec<_>>().join(", "));
+        }
+        let entries = suite::suite(name).with_context(|| format!("unknown suite '{name}' (known: {})", suite::SUITES.join(", ")))?;
+        let n = entries.len();
+        for (i, e) in entries.into_iter().enumerate() {
+            let flags = Flags::new(e.flags.clone())?;
+            let case = generate(e.op, &flags, a.seed, &e.name).with_context(|| format!("suite case {}/{}", e.name, e.op.name()))?;
+            case.write(&a.out)?;
+            if (i + 1) % 50 == 0 || i + 1 == n {
+                eprintln!("[{}/{n}] written", i + 1);
+            }
+        }
+        eprintln!("wrote {n} cases of suite '{name}' to {}", a.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let op_name = a.op.as_deref().unwrap_or_default();
+    let kind = OpKind::from_name(op_name).with_context(|| {
+        let names: Vec<&str> = OpKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown op '{op_name}' (known: {})", names.join(", "))
+    })?;
+    let flags = Flags::new(a.flags.0)?;
+    let case = generate(kind, &flags, a.seed, &a.case)?;
+    let dir = case.write(&a.out)?;
+    eprintln!("wrote {}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Backends compiled into this binary, by `--backend` name.
+fn backend(name: &str) -> Result<Box<dyn Backend>> {
+    match name {
+        "cpu" => Ok(Box::new(ingot_cpu::CpuBackend)),
+        "gpu" | "gpu:wgpu" | "gpu:cuda" | "gpu:metal" => {
+            bail!("backend '{name}' is not built into this ingot: it has no GPU backend yet (available: cpu)")
+        }
+        other => bail!("unknown backend '{other}' (available: cpu)"),
+    }
+}
+
+fn check(a: CheckArgs) -> Result<ExitCode> {
+    let be = backend(&a.backend)?;
+    if !a.dir.is_dir() {
+        bail!("{} is not a directory", a.dir.display());
+    }
+    let reports = check_dir(&a.dir, be.as_ref())?;
+    let count = |s: Status| reports.iter().filter(|r| r.status == s).count();
+    let (pass, fail, skip, err) = (count(Status::Pass), count(Status::Fail), count(Status::Skip), count(Status::Error));
+    if a.json {
+        let j = serde_json::json!({
+            "backend": be.name(),
+            "summary": {"pass": pass, "fail": fail, "skip": skip, "error": err},
+            "cases": reports,
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        print_table(&reports, a.verbose);
+        println!("{}: {pass} passed, {fail} failed, {skip} skipped, {err} errors ({} cases)", be.name(), reports.len());
+    }
+    Ok(if fail + err > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn print_table(reports: &[CaseReport], verbose: bool) {
+    println!("{:<6} {:<34} {:<28} {:<6} {}", "status", "op", "case", "dtype", "worst / detail");
+    for r in reports {
+        if r.status == Status::Pass && !verbose {
+            continue;
+        }
+        let status = match r.status {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+            Status::Error => "ERROR",
+        };
+        let worst: Vec<String> = r.outputs.iter().map(|o| format!("{}:{}={:.2e}", o.name, o.metric, o.verdict.worst)).collect();
+        let detail = if r.message.is_empty() { worst.join(" ") } else { r.message.clone() };
+        let case = if r.case.is_empty() { r.dir.display().to_string() } else { r.case.clone() };
+        println!("{status:<6} {:<34} {:<28} {:<6} {detail}", r.op, case, r.dtype);
+    }
+}
+
+/// The op × backend × dtype support table, from the op registry and each backend's `supports`.
+pub fn support_table() -> String {
+    let backends: Vec<Box<dyn Backend>> = vec![Box::new(ingot_cpu::CpuBackend)];
+    let mut s = String::from("<!-- generated by `ingot golden support`; do not edit by hand -->\n# Op support\n\n");
+    s.push_str("A cell lists the dtypes of the standard suite the backend runs; `-` means none.\n\n| op |");
+    for b in &backends {
+        s.push_str(&format!(" {} |", b.name()));
+    }
+    s.push_str("\n|---|");
+    for _ in &backends {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    let entries = suite::standard();
+    for &kind in OpKind::ALL {
+        s.push_str(&format!("| `{}` |", kind.name()));
+        for b in &backends {
+            let mut dts: Vec<String> = Vec::new();
+            for e in entries.iter().filter(|e| e.op == kind) {
+                let Ok(flags) = Flags::new(e.flags.clone()) else { continue };
+                // Only the parameters matter here; generation is cheap for the support check's purposes.
+                if let Ok(case) = generate(kind, &flags, 0, &e.name) {
+                    if b.supports(&case.op) {
+                        let d = case.op.dtype().name().to_string();
+                        if !dts.contains(&d) {
+                            dts.push(d);
+                        }
+                    }
+                }
+            }
+            s.push_str(&format!(" {} |", if dts.is_empty() { "-".to_string() } else { dts.join(", ") }));
+        }
+        s.push('\n');
+    }
+    s
+}

@@ -1,0 +1,115 @@
+//! Activation references: `silu`, `gelu` (erf), `gelu_tanh`, `relu`, `sigmoid`, and the
+//! gated forms `silu_and_mul` = silu(gate)·up and `gelu_and_mul` = gelu_tanh(gate)·up.
+//! f64 math, one rounding. At ±Inf each function returns its limit (silu(−Inf) = 0,
+//! gelu(+Inf) = +Inf, sigmoid(−Inf) = 0, ...); NaN stays NaN.
+
+use crate::util::{f64_in, float_out, outputs};
+use ingot_core::{GatedParams, Result, Tensors, UnaryParams};
+
+/// The element-wise activation functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    Silu,
+    Gelu,
+    GeluTanh,
+    Relu,
+    Sigmoid,
+}
+
+impl Act {
+    /// Apply in f64.
+    pub fn apply(self, x: f64) -> f64 {
+        if x.is_nan() {
+            return x;
+        }
+        if x.is_infinite() {
+            return match (self, x > 0.0) {
+                (Act::Sigmoid, true) => 1.0,
+                (_, true) => f64::INFINITY,
+                (_, false) => 0.0,
+            };
+        }
+        match self {
+            Act::Sigmoid => sigmoid(x),
+            Act::Silu => x * sigmoid(x),
+            Act::Relu => {
+                if x > 0.0 {
+                    x
+                } else {
+                    0.0
+                }
+            }
+            Act::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+            Act::GeluTanh => {
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+            }
+        }
+    }
+
+    fn op_name(self, gated: bool) -> &'static str {
+        match (self, gated) {
+            (Act::Silu, true) => "silu_and_mul",
+            (Act::GeluTanh, true) => "gelu_and_mul",
+            (Act::Silu, false) => "silu",
+            (Act::Gelu, _) => "gelu",
+            (Act::GeluTanh, false) => "gelu_tanh",
+            (Act::Relu, _) => "relu",
+            (Act::Sigmoid, _) => "sigmoid",
+        }
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    // Stable in both tails.
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// `act(input)` element-wise.
+pub fn unary(act: Act, p: &UnaryParams, inputs: &Tensors) -> Result<Tensors> {
+    let x = f64_in(act.op_name(false), inputs, "input")?;
+    let y: Vec<f64> = x.iter().map(|&v| act.apply(v)).collect();
+    Ok(outputs([("output", float_out(p.dtype, &[p.num_elements], &y))]))
+}
+
+/// `act(gate) · up` element-wise (the order of the seed's `silu_and_mul(out, gate, up)`).
+pub fn gated(act: Act, p: &GatedParams, inputs: &Tensors) -> Result<Tensors> {
+    let op = act.op_name(true);
+    let g = f64_in(op, inputs, "gate")?;
+    let u = f64_in(op, inputs, "up")?;
+    let y: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| act.apply(g) * u).collect();
+    Ok(outputs([("output", float_out(p.dtype, &[p.num_tokens, p.intermediate_size], &y))]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        // silu(1) = 1/(1+e^-1) = 0.7310585786
+        assert!((Act::Silu.apply(1.0) - 0.731_058_578_6).abs() < 1e-9);
+        // gelu(1) = 0.5(1+erf(1/sqrt2)) = 0.8413447461
+        assert!((Act::Gelu.apply(1.0) - 0.841_344_746_1).abs() < 1e-9);
+        // gelu_tanh(1) = 0.5(1+tanh(0.7978845608*1.044715)) = 0.8411919906
+        assert!((Act::GeluTanh.apply(1.0) - 0.841_191_990_6).abs() < 1e-9);
+        assert_eq!(Act::Relu.apply(-2.0), 0.0);
+        assert_eq!(Act::Sigmoid.apply(0.0), 0.5);
+        assert!((Act::Sigmoid.apply(-800.0)).abs() < 1e-300);
+    }
+
+    #[test]
+    fn limits_and_nan() {
+        for a in [Act::Silu, Act::Gelu, Act::GeluTanh, Act::Relu, Act::Sigmoid] {
+            assert!(a.apply(f64::NAN).is_nan());
+            assert_eq!(a.apply(f64::NEG_INFINITY), 0.0);
+            assert!(a.apply(f64::INFINITY) >= 1.0);
+            assert!(!a.apply(-1e300).is_nan() && !a.apply(1e300).is_nan());
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! `rope` reference: rotary position embedding of q and k, FlashInfer semantics, with
+//! Llama 3.1 frequency scaling when `rope_factor` > 1.
+//!
+//! With r = rotary_dim, pair i (0 <= i < r/2) of a head rotates by angle pos · inv_freq_i,
+//! inv_freq_i = rope_theta^(−2i/r): (a, b) → (a·cos − b·sin, b·cos + a·sin). NeoX layout
+//! (interleave = false) pairs (x[i], x[i + r/2]); GPT-J layout (interleave = true) pairs
+//! (x[2i], x[2i+1]). Dims from r on are copied. q and k get the same rotation.
+
+use crate::util::{f64_in, float_out, i32_in, outputs};
+use ingot_core::{Error, Op, Result, RopeParams, Tensors};
+use std::f64::consts::PI;
+
+const OP: &str = "rope";
+
+/// Llama 3.1 scaling of one inverse frequency: long wavelengths (beyond
+/// original_max_position / low_freq_factor) are divided by `factor`, short ones (below
+/// original_max_position / high_freq_factor) kept, and the band between interpolated.
+fn llama31_scale(
+    inv_freq: f64,
+    factor: f64,
+    low_freq_factor: f64,
+    high_freq_factor: f64,
+    original_max_position: f64,
+) -> f64 {
+    let low_freq_wavelen = original_max_position / low_freq_factor;
+    let high_freq_wavelen = original_max_position / high_freq_factor;
+    let wavelen = 2.0 * PI / inv_freq;
+    if wavelen < high_freq_wavelen {
+        inv_freq
+    } else if wavelen > low_freq_wavelen {
+        inv_freq / factor
+    } else {
+        let smooth = (original_max_position / wavelen - low_freq_factor)
+            / (high_freq_factor - low_freq_factor);
+        (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+    }
+}
+
+/// The r/2 inverse frequencies, scaled when rope_factor > 1.
+fn inv_freqs(p: &RopeParams) -> Vec<f64> {
+    let r = p.rotary_dim;
+    (0..r / 2)
+        .map(|i| {
+            let f = p.rope_theta.powf(-((2 * i) as f64) / r as f64);
+            if p.rope_factor > 1.0 {
+                llama31_scale(
+                    f,
+                    p.rope_factor,
+                    p.low_freq_factor,
+                    p.high_freq_factor,
+                    p.original_max_position as f64,
+                )
+            } else {
+                f
+            }
+        })
+        .collect()
+}
+
+/// Rotate `x` [num_tokens, heads, head_size] in place; token t at position pos[t].
+fn rotate(x: &mut [f64], p: &RopeParams, pos: &[i32], inv_freq: &[f64]) {
+    let half = p.rotary_dim / 2;
+    let heads = x.len() / (pos.len() * p.head_size);
+    for (row_index, row) in x.chunks_exact_mut(p.head_size).enumerate() {
+        let position = f64::from(pos[row_index % pos.len()]);
+        for (i, f) in inv_freq.iter().enumerate() {
+            let (ia, ib) = if p.interleave {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + half)
+            };
+            let (sin, cos) = (position * f).sin_cos();
+            let (a, b) = (row[ia], row[ib]);
+            row[ia] = a * cos - b * sin;
+            row[ib] = b * cos + a * sin;
+        }
+    }
+}
+
+/// `rope`: outputs q_out and k_out. Negative position ids are an error.
+pub fn rope(p: &RopeParams, inputs: &Tensors) -> Result<Tensors> {
+    // CpuBackend::run checked already; checking again keeps direct callers from panicking.
+    Op::Rope(p.clone()).check_inputs(inputs)?;
+    let pos = i32_in(OP, inputs, "pos_ids")?;
+    if let Some((t, id)) = pos.iter().enumerate().find(|(_, &id)| id < 0) {
+        return Err(Error::invalid(
+            OP,
+            format!("pos_ids[{t}] = {id} is negative"),
+        ));
+    }
+    let inv_freq = inv_freqs(p);
+    let mut q = f64_in(OP, inputs, "q")?;
+    let mut k = f64_in(OP, inputs, "k")?;
+    rotate(&mut q, p, &pos, &inv_freq);
+    rotate(&mut k, p, &pos, &inv_freq);
+    let (t, d) = (p.num_tokens, p.head_size);
+    Ok(outputs([
+        ("q_out", float_out(p.dtype, &[t, p.num_heads, d], &q)),
+        ("k_out", float_out(p.dtype, &[t, p.num_kv_heads, d], &k)),
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ingot_core::{DType, Tensor};
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn params(t: usize, hq: usize, hk: usize, d: usize, r: usize, interleave: bool) -> RopeParams {
+        RopeParams {
+            num_tokens: t,
+            num_heads: hq,
+            num_kv_heads: hk,
+            head_size: d,
+            rotary_dim: r,
+            rope_theta: 10000.0,
+            interleave,
+            rope_factor: 1.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position: 8192,
+            dtype: DType::F32,
+        }
+    }
+
+    fn inputs(p: &RopeParams, q: &[f32], k: &[f32], pos: &[i32]) -> Tensors {
+        let (t, d) = (p.num_tokens, p.head_size);
+        let mut m = Tensors::new();
+        m.insert(
+            "q".into(),
+            Tensor::from_f32(p.dtype, vec![t, p.num_heads, d], q),
+        );
+        m.insert(
+            "k".into(),
+            Tensor::from_f32(p.dtype, vec![t, p.num_kv_heads, d], k),
+        );
+        m.insert("pos_ids".into(), Tensor::from_i32(vec![t], pos));
+        m
+    }
+
+    fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect()
+    }
+
+    /// Run rope; returns (q_out, k_out) as f32.
+    fn run(p: &RopeParams, q: &[f32], k: &[f32], pos: &[i32]) -> (Vec<f32>, Vec<f32>) {
+        let out = rope(p, &inputs(p, q, k, pos)).unwrap();
+        (
+            out["q_out"].to_f32().unwrap(),
+            out["k_out"].to_f32().unwrap(),
+        )
+    }
+
+    #[test]
+    fn position_zero_is_identity() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for interleave in [false, true] {
+            let p = params(2, 3, 1, 8, 8, interleave);
+            let (q, k) = (random(&mut rng, 48), random(&mut rng, 16));
+            assert_eq!(run(&p, &q, &k, &[0, 0]), (q, k));
+        }
+    }
+
+    /// Position 1, theta 10000: pair 0 has inv_freq 1, so it turns by 1 radian.
+    #[test]
+    fn one_pair_at_position_one_by_hand() {
+        // cos 1 = 0.5403023058681398, sin 1 = 0.8414709848078965; (a, b) = (1, 2):
+        // a·cos − b·sin = −1.1426396637476532, b·cos + a·sin = 1.9220755965441761.
+        let (a, b) = (-1.142_639_663_747_653_2, 1.922_075_596_544_176_1);
+        // NeoX: pair 0 is (x[0], x[2]); the other pair has inv_freq 10000^(−1/2) = 0.01.
+        let p = params(1, 1, 1, 4, 4, false);
+        let (q, k) = run(&p, &[1.0, 0.0, 2.0, 0.0], &[1.0, 0.0, 2.0, 0.0], &[1]);
+        assert_eq!(q, vec![a as f32, 0.0, b as f32, 0.0]);
+        assert_eq!(k, q);
+        // Second pair: (x[1], x[3]) = (1, 0) turns by 0.01 rad.
+        let (q, _) = run(&p, &[0.0, 1.0, 0.0, 0.0], &[0.0; 4], &[1]);
+        assert_eq!(
+            q,
+            vec![0.0, 0.01f64.cos() as f32, 0.0, 0.01f64.sin() as f32]
+        );
+        // Interleaved: pair 0 is (x[0], x[1]).
+        let p = params(1, 1, 1, 4, 4, true);
+        let (q, _) = run(&p, &[1.0, 2.0, 0.0, 0.0], &[0.0; 4], &[1]);
+        assert_eq!(q, vec![a as f32, b as f32, 0.0, 0.0]);
+    }
+
+    /// The same data in the two layouts: rotating then permuting equals permuting then
+    /// rotating, where NeoX dim i ↔ GPT-J dim 2i and NeoX dim i + r/2 ↔ GPT-J dim 2i + 1.
+    #[test]
+    fn interleaved_is_a_permutation_of_neox() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let (t, hq, hk, d, r) = (3, 2, 1, 10, 8);
+        let to_gptj = |x: &[f32]| -> Vec<f32> {
+            let mut y = x.to_vec();
+            for (row_in, row_out) in x.chunks(d).zip(y.chunks_mut(d)) {
+                for i in 0..r / 2 {
+                    row_out[2 * i] = row_in[i];
+                    row_out[2 * i + 1] = row_in[i + r / 2];
+                }
+            }
+            y
+        };
+        let (q, k) = (random(&mut rng, t * hq * d), random(&mut rng, t * hk * d));
+        let pos = [0, 7, 300];
+        let (qn, kn) = run(&params(t, hq, hk, d, r, false), &q, &k, &pos);
+        let (qi, ki) = run(
+            &params(t, hq, hk, d, r, true),
+            &to_gptj(&q),
+            &to_gptj(&k),
+            &pos,
+        );
+        assert_eq!(to_gptj(&qn), qi);
+        assert_eq!(to_gptj(&kn), ki);
+        assert_ne!(qn, q);
+    }
+
+    #[test]
+    fn partial_rotary_leaves_tail_dims_unchanged() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for interleave in [false, true] {
+            let (t, hq, hk, d, r) = (2, 2, 2, 12, 4);
+            let (q, k) = (random(&mut rng, t * hq * d), random(&mut rng, t * hk * d));
+            let (qo, ko) = run(&params(t, hq, hk, d, r, interleave), &q, &k, &[5, 9]);
+            for (x, y) in [(&q, &qo), (&k, &ko)] {
+                for (a, b) in x.chunks(d).zip(y.chunks(d)) {
+                    assert_eq!(a[r..], b[r..]);
+                    assert_ne!(a[..r], b[..r]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn llama31_factor_one_is_no_scaling() {
+        // With factor 1 every band of the formula gives the frequency back.
+        for (i, f) in (0..64)
+            .map(|i| 500000f64.powf(-(2.0 * i as f64) / 128.0))
+            .enumerate()
+        {
+            let s = llama31_scale(f, 1.0, 1.0, 4.0, 8192.0);
+            assert!((s - f).abs() <= 1e-15 * f, "pair {i}: {s} vs {f}");
+        }
+        // And the op with rope_factor 1 ignores the (here nonsensical) band factors.
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let (q, k) = (random(&mut rng, 32), random(&mut rng, 32));
+        let p = params(2, 1, 1, 16, 16, false);
+        let mut odd = p.clone();
+        (
+            odd.low_freq_factor,
+            odd.high_freq_factor,
+            odd.original_max_position,
+        ) = (7.0, 7.0, 3);
+        assert_eq!(run(&p, &q, &k, &[3, 4000]), run(&odd, &q, &k, &[3, 4000]));
+    }
+
+    #[test]
+    fn llama31_factor_8_scales_low_frequencies_only() {
+        let mut p = params(1, 1, 1, 128, 128, false);
+        (
+            p.rope_theta,
+            p.rope_factor,
+            p.low_freq_factor,
+            p.high_freq_factor,
+            p.original_max_position,
+        ) = (500000.0, 8.0, 1.0, 4.0, 8192);
+        let plain = inv_freqs(&RopeParams {
+            rope_factor: 1.0,
+            ..p.clone()
+        });
+        let scaled = inv_freqs(&p);
+        // Highest frequency (wavelength 2π) unchanged, lowest divided by 8.
+        assert_eq!(scaled[0], plain[0]);
+        assert_eq!(scaled[63], plain[63] / 8.0);
+        // Pairs in the band between wavelengths 2048 and 8192 are interpolated: one by hand.
+        let i = (0..64)
+            .find(|&i| (2048.0..=8192.0).contains(&(2.0 * PI / plain[i])))
+            .unwrap();
+        let wl = 2.0 * PI / plain[i];
+        let smooth = (8192.0 / wl - 1.0) / 3.0;
+        assert!(smooth > 0.0 && smooth < 1.0);
+        let want = (1.0 - smooth) * plain[i] / 8.0 + smooth * plain[i];
+        assert!((scaled[i] - want).abs() <= 1e-15 * want);
+        assert!(scaled[i] < plain[i] && scaled[i] > plain[i] / 8.0);
+        // Through the op: a low-frequency pair at position 8 turns like position 1 unscaled.
+        let mut x = vec![0.0f32; 128];
+        x[63] = 1.0;
+        let (q8, _) = run(&p, &x, &x, &[8]);
+        let angle = plain[63];
+        assert_eq!((q8[63], q8[127]), (angle.cos() as f32, angle.sin() as f32));
+    }
+
+    #[test]
+    fn negative_position_is_an_error() {
+        let p = params(2, 1, 1, 4, 4, false);
+        let e = rope(&p, &inputs(&p, &[0.0; 8], &[0.0; 8], &[3, -2]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "[rope] pos_ids[1] = -2 is negative");
+        let bad = inputs(
+            &params(3, 1, 1, 4, 4, false),
+            &[0.0; 12],
+            &[0.0; 12],
+            &[0, 1, 2],
+        );
+        assert!(rope(&p, &bad).is_err());
+    }
+
+    #[test]
+    fn half_types_round_once() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (q, k) = (random(&mut rng, 16), random(&mut rng, 16));
+        for dtype in [DType::F16, DType::BF16] {
+            let p = RopeParams {
+                dtype,
+                ..params(2, 1, 1, 8, 8, true)
+            };
+            let (q32, k32) = run(
+                &params(2, 1, 1, 8, 8, true),
+                &rounded(dtype, &q),
+                &rounded(dtype, &k),
+                &[2, 11],
+            );
+            let (qh, kh) = run(&p, &q, &k, &[2, 11]);
+            assert_eq!(qh, rounded(dtype, &q32));
+            assert_eq!(kh, rounded(dtype, &k32));
+        }
+    }
+
+    fn rounded(dtype: DType, x: &[f32]) -> Vec<f32> {
+        Tensor::from_f32(dtype, vec![x.len()], x).to_f32().unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every rotated pair keeps its L2 norm (up to f32 rounding).
+        #[test]
+        fn rotation_keeps_pair_norms(
+            seed in any::<u64>(),
+            pos in proptest::collection::vec(0i32..=i32::MAX, 3),
+            interleave in any::<bool>(),
+            half in 1usize..6,
+            theta in 2.0f64..1e6,
+        ) {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let (d, r) = (12, 2 * half);
+            let p = RopeParams { rope_theta: theta, ..params(3, 2, 1, d, r, interleave) };
+            let (q, k) = (random(&mut rng, 3 * 2 * d), random(&mut rng, 3 * d));
+            let (qo, ko) = run(&p, &q, &k, &pos);
+            for (x, y) in [(&q, &qo), (&k, &ko)] {
+                for (a, b) in x.chunks(d).zip(y.chunks(d)) {
+                    for i in 0..half {
+                        let (ia, ib) = if interleave { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                        let n0 = (a[ia] as f64).hypot(a[ib] as f64);
+                        let n1 = (b[ia] as f64).hypot(b[ib] as f64);
+                        prop_assert!((n0 - n1).abs() <= 1e-6 * n0.max(1.0), "pair {i}: {n0} vs {n1}");
+                    }
+                }
+            }
+        }
+    }
+}
