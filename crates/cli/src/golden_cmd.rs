@@ -109,7 +109,10 @@ pub fn run(cmd: GoldenCmd) -> Result<ExitCode> {
 fn gen(a: GenArgs) -> Result<ExitCode> {
     if let Some(name) = &a.suite {
         if !a.flags.0.is_empty() {
-            bail!("op flags ({}) cannot be combined with --suite", a.flags.0.iter().map(|(k, _)| format!("--{k}")).collect::<Vec<_>>().join(", "));
+            bail!(
+                "op flags ({}) cannot be combined with --suite",
+                a.flags.0.iter().map(|(k, _)| format!("--{k}")).collect::<Vec<_>>().join(", ")
+            );
         }
         let entries = suite::suite(name).with_context(|| format!("unknown suite '{name}' (known: {})", suite::SUITES.join(", ")))?;
         let n = entries.len();

@@ -53,18 +53,8 @@ impl DType {
     /// The floating-point activation types: f32, f16, bf16.
     pub const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
     /// The GGUF block formats.
-    pub const QUANTIZED: [DType; 10] = [
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q8_0,
-        DType::Q2_K,
-        DType::Q3_K,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-    ];
+    pub const QUANTIZED: [DType; 10] =
+        [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K];
     /// Weight formats `dequantize` and `quantized_matmul` accept.
     pub const WEIGHTS: [DType; 13] = [
         DType::F32,
@@ -211,11 +201,7 @@ impl FromStr for DType {
         if let Some(d) = alias {
             return Ok(d);
         }
-        DType::ALL
-            .iter()
-            .copied()
-            .find(|d| d.name() == l)
-            .ok_or_else(|| UnknownDType(s.to_string()))
+        DType::ALL.iter().copied().find(|d| d.name() == l).ok_or_else(|| UnknownDType(s.to_string()))
     }
 }
 

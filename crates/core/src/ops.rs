@@ -178,9 +178,7 @@ impl Op {
         let op = self.name();
         let specs = self.inputs();
         for s in &specs {
-            let t = inputs
-                .get(s.name)
-                .ok_or_else(|| Error::invalid(op, format!("missing input '{}'", s.name)))?;
+            let t = inputs.get(s.name).ok_or_else(|| Error::invalid(op, format!("missing input '{}'", s.name)))?;
             check_tensor(op, s, t)?;
         }
         if let Some(extra) = inputs.keys().find(|k| !specs.iter().any(|s| s.name == k.as_str())) {
@@ -263,10 +261,8 @@ impl Params for GemmParams {
     }
     fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         let (m, n, k, d) = (self.m, self.n, self.k, self.dtype);
-        let mut i = vec![
-            spec("a", d, &if self.transa { [k, m] } else { [m, k] }),
-            spec("b", d, &if self.transb { [n, k] } else { [k, n] }),
-        ];
+        let mut i =
+            vec![spec("a", d, &if self.transa { [k, m] } else { [m, k] }), spec("b", d, &if self.transb { [n, k] } else { [k, n] })];
         if self.use_bias {
             i.push(spec("bias", d, &[n]));
         }
@@ -294,20 +290,9 @@ impl Params for EmbeddingParams {
     fn validate(&self, op: &'static str) -> Result<()> {
         positive(op, &[("num_tokens", self.num_tokens), ("hidden_size", self.hidden_size), ("vocab_size", self.vocab_size)])?;
         ensure!(self.vocab_size <= i32::MAX as usize, op, "vocab_size {} does not fit i32 ids", self.vocab_size);
-        ensure!(
-            DType::WEIGHTS.contains(&self.dtype),
-            op,
-            "table dtype must be f32, f16, bf16 or a GGUF block format, got {}",
-            self.dtype
-        );
+        ensure!(DType::WEIGHTS.contains(&self.dtype), op, "table dtype must be f32, f16, bf16 or a GGUF block format, got {}", self.dtype);
         let bs = self.dtype.block_size();
-        ensure!(
-            self.hidden_size % bs == 0,
-            op,
-            "hidden_size {} is not a multiple of the {} block size {bs}",
-            self.hidden_size,
-            self.dtype
-        );
+        ensure!(self.hidden_size % bs == 0, op, "hidden_size {} is not a multiple of the {} block size {bs}", self.hidden_size, self.dtype);
         total(op, &[self.vocab_size, self.hidden_size])?;
         total(op, &[self.num_tokens, self.hidden_size]).map(|_| ())
     }
@@ -380,10 +365,7 @@ impl Params for LayerNormParams {
     }
     fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         let (t, h, d) = (self.num_tokens, self.hidden_size, self.dtype);
-        (
-            vec![spec("input", d, &[t, h]), spec("gamma", d, &[h]), spec("beta", d, &[h])],
-            vec![spec("output", d, &[t, h])],
-        )
+        (vec![spec("input", d, &[t, h]), spec("gamma", d, &[h]), spec("beta", d, &[h])], vec![spec("output", d, &[t, h])])
     }
     fn dtype(&self) -> DType {
         self.dtype
@@ -759,11 +741,7 @@ impl Params for RopeParams {
     fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         let (t, d, dt) = (self.num_tokens, self.head_size, self.dtype);
         (
-            vec![
-                spec("q", dt, &[t, self.num_heads, d]),
-                spec("k", dt, &[t, self.num_kv_heads, d]),
-                spec("pos_ids", DType::I32, &[t]),
-            ],
+            vec![spec("q", dt, &[t, self.num_heads, d]), spec("k", dt, &[t, self.num_kv_heads, d]), spec("pos_ids", DType::I32, &[t])],
             vec![spec("q_out", dt, &[t, self.num_heads, d]), spec("k_out", dt, &[t, self.num_kv_heads, d])],
         )
     }
@@ -777,14 +755,7 @@ impl Params for RopeParams {
 fn paged_validate(op: &'static str, batch: usize, hk: usize, d: usize, ps: usize, pages: usize, ids: usize, dt: DType) -> Result<()> {
     positive(
         op,
-        &[
-            ("batch_size", batch),
-            ("num_kv_heads", hk),
-            ("head_size", d),
-            ("page_size", ps),
-            ("num_pages", pages),
-            ("num_page_ids", ids),
-        ],
+        &[("batch_size", batch), ("num_kv_heads", hk), ("head_size", d), ("page_size", ps), ("num_pages", pages), ("num_page_ids", ids)],
     )?;
     ensure!(ids >= batch, op, "num_page_ids {ids} is smaller than batch_size {batch} (every sequence needs a page)");
     ensure!(pages <= i32::MAX as usize, op, "num_pages {pages} does not fit i32 page ids");
@@ -822,7 +793,16 @@ impl Params for AppendKvParams {
     fn validate(&self, op: &'static str) -> Result<()> {
         positive(op, &[("num_tokens", self.num_tokens)])?;
         total(op, &[self.num_tokens, self.num_kv_heads, self.head_size])?;
-        paged_validate(op, self.batch_size, self.num_kv_heads, self.head_size, self.page_size, self.num_pages, self.num_page_ids, self.dtype)
+        paged_validate(
+            op,
+            self.batch_size,
+            self.num_kv_heads,
+            self.head_size,
+            self.page_size,
+            self.num_pages,
+            self.num_page_ids,
+            self.dtype,
+        )
     }
     fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         let (n, hk, d, dt) = (self.num_tokens, self.num_kv_heads, self.head_size, self.dtype);
@@ -877,7 +857,16 @@ fn attn_validate(op: &'static str, hq: usize, hk: usize, sm: f64, window: i64, c
 
 impl Params for PrefillParams {
     fn validate(&self, op: &'static str) -> Result<()> {
-        paged_validate(op, self.batch_size, self.num_kv_heads, self.head_size, self.page_size, self.num_pages, self.num_page_ids, self.dtype)?;
+        paged_validate(
+            op,
+            self.batch_size,
+            self.num_kv_heads,
+            self.head_size,
+            self.page_size,
+            self.num_pages,
+            self.num_page_ids,
+            self.dtype,
+        )?;
         positive(op, &[("num_tokens", self.num_tokens)])?;
         total(op, &[self.num_tokens, self.num_qo_heads, self.head_size])?;
         attn_validate(op, self.num_qo_heads, self.num_kv_heads, self.sm_scale, self.window_left, self.logits_soft_cap)
@@ -914,7 +903,16 @@ pub struct DecodeParams {
 
 impl Params for DecodeParams {
     fn validate(&self, op: &'static str) -> Result<()> {
-        paged_validate(op, self.batch_size, self.num_kv_heads, self.head_size, self.page_size, self.num_pages, self.num_page_ids, self.dtype)?;
+        paged_validate(
+            op,
+            self.batch_size,
+            self.num_kv_heads,
+            self.head_size,
+            self.page_size,
+            self.num_pages,
+            self.num_page_ids,
+            self.dtype,
+        )?;
         total(op, &[self.batch_size, self.num_qo_heads, self.head_size])?;
         attn_validate(op, self.num_qo_heads, self.num_kv_heads, self.sm_scale, self.window_left, self.logits_soft_cap)
     }
@@ -948,10 +946,7 @@ impl Params for CastParams {
         float_dtype(op, "output_dtype", self.output_dtype)
     }
     fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
-        (
-            vec![spec("input", self.input_dtype, &[self.num_elements])],
-            vec![spec("output", self.output_dtype, &[self.num_elements])],
-        )
+        (vec![spec("input", self.input_dtype, &[self.num_elements])], vec![spec("output", self.output_dtype, &[self.num_elements])])
     }
     fn dtype(&self) -> DType {
         self.input_dtype
@@ -1042,10 +1037,7 @@ impl Params for KvDequantParams {
     }
     fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         let (hk, d, dt) = (self.n_kv_heads, self.head_dim, self.dtype);
-        (
-            kvq_cache_specs(hk, d, self.max_seq, self.group_size, self.bits, dt, false),
-            vec![spec("output", dt, &[hk, self.n_positions, d])],
-        )
+        (kvq_cache_specs(hk, d, self.max_seq, self.group_size, self.bits, dt, false), vec![spec("output", dt, &[hk, self.n_positions, d])])
     }
     fn dtype(&self) -> DType {
         self.dtype

@@ -30,14 +30,10 @@ impl Tensor {
         let want = numel.and_then(|n| dtype.bytes_for(n));
         match want {
             Some(w) if w == data.len() => Ok(Tensor { dtype, shape, data }),
-            Some(w) => Err(Error::invalid(
-                "tensor",
-                format!("{dtype} tensor of shape {shape:?} needs {w} bytes, got {}", data.len()),
-            )),
-            None => Err(Error::invalid(
-                "tensor",
-                format!("shape {shape:?} is not a whole number of {dtype} blocks of {}", dtype.block_size()),
-            )),
+            Some(w) => Err(Error::invalid("tensor", format!("{dtype} tensor of shape {shape:?} needs {w} bytes, got {}", data.len()))),
+            None => {
+                Err(Error::invalid("tensor", format!("shape {shape:?} is not a whole number of {dtype} blocks of {}", dtype.block_size())))
+            }
         }
     }
 

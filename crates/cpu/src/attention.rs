@@ -15,9 +15,7 @@
 //! [`Attention::row`], the one routine that attends one query row.
 
 use crate::util::{f64_in, float_out, get, i32_in, outputs};
-use ingot_core::{
-    AppendKvParams, DType, DecodeParams, Error, Op, PrefillParams, Result, Tensor, Tensors,
-};
+use ingot_core::{AppendKvParams, DType, DecodeParams, Error, Op, PrefillParams, Result, Tensor, Tensors};
 use std::collections::HashMap;
 
 const APPEND: &str = "append_paged_kv_cache";
@@ -40,71 +38,36 @@ struct PagedLayout {
 
 impl PagedLayout {
     /// Read and check `kv_indptr`, `kv_indices` and `kv_last_page_len` (shapes already checked).
-    fn read(
-        op: &'static str,
-        inputs: &Tensors,
-        batch: usize,
-        page_size: usize,
-        num_pages: usize,
-    ) -> Result<Self> {
+    fn read(op: &'static str, inputs: &Tensors, batch: usize, page_size: usize, num_pages: usize) -> Result<Self> {
         let indptr = i32_in(op, inputs, "kv_indptr")?;
         let indices = i32_in(op, inputs, "kv_indices")?;
         let last = i32_in(op, inputs, "kv_last_page_len")?;
         let num_page_ids = indices.len();
         if indptr[0] != 0 {
-            return Err(Error::invalid(
-                op,
-                format!("kv_indptr[0] = {} must be 0", indptr[0]),
-            ));
+            return Err(Error::invalid(op, format!("kv_indptr[0] = {} must be 0", indptr[0])));
         }
         let mut seqs = Vec::with_capacity(batch);
         for b in 0..batch {
             let (start, end) = (indptr[b], indptr[b + 1]);
             if end < start {
-                return Err(Error::invalid(
-                    op,
-                    format!(
-                        "kv_indptr decreases: kv_indptr[{}] = {end} < kv_indptr[{b}] = {start}",
-                        b + 1
-                    ),
-                ));
+                return Err(Error::invalid(op, format!("kv_indptr decreases: kv_indptr[{}] = {end} < kv_indptr[{b}] = {start}", b + 1)));
             }
             if end == start {
-                return Err(Error::invalid(
-                    op,
-                    format!(
-                        "sequence {b} has no page (kv_indptr[{b}] = kv_indptr[{}] = {start})",
-                        b + 1
-                    ),
-                ));
+                return Err(Error::invalid(op, format!("sequence {b} has no page (kv_indptr[{b}] = kv_indptr[{}] = {start})", b + 1)));
             }
             // start >= 0 here: indptr[0] == 0 and it increases from there.
             let (start, end) = (start as usize, end as usize);
             if end > num_page_ids {
-                return Err(Error::invalid(
-                    op,
-                    format!(
-                        "kv_indptr[{}] = {end} exceeds num_page_ids {num_page_ids}",
-                        b + 1
-                    ),
-                ));
+                return Err(Error::invalid(op, format!("kv_indptr[{}] = {end} exceeds num_page_ids {num_page_ids}", b + 1)));
             }
             let last_len = last[b];
             if last_len < 1 || last_len as usize > page_size {
-                return Err(Error::invalid(
-                    op,
-                    format!(
-                        "kv_last_page_len[{b}] = {last_len} is outside 1..={page_size} (page_size)"
-                    ),
-                ));
+                return Err(Error::invalid(op, format!("kv_last_page_len[{b}] = {last_len} is outside 1..={page_size} (page_size)")));
             }
             let mut pages = Vec::with_capacity(end - start);
             for (i, &id) in indices.iter().enumerate().take(end).skip(start) {
                 if id < 0 || id as usize >= num_pages {
-                    return Err(Error::invalid(
-                        op,
-                        format!("kv_indices[{i}] = {id} is outside 0..{num_pages} pages"),
-                    ));
+                    return Err(Error::invalid(op, format!("kv_indices[{i}] = {id} is outside 0..{num_pages} pages")));
                 }
                 pages.push(id as usize);
             }
@@ -143,22 +106,11 @@ pub fn append_paged_kv_cache(p: &AppendKvParams, inputs: &Tensors) -> Result<Ten
     let mut written: HashMap<(usize, usize), usize> = HashMap::new();
     for (i, (&b, &pos)) in batch_indices.iter().zip(&positions).enumerate() {
         if b < 0 || b as usize >= p.batch_size {
-            return Err(Error::invalid(
-                APPEND,
-                format!(
-                    "batch_indices[{i}] = {b} is outside 0..{} sequences",
-                    p.batch_size
-                ),
-            ));
+            return Err(Error::invalid(APPEND, format!("batch_indices[{i}] = {b} is outside 0..{} sequences", p.batch_size)));
         }
         let kv_len = layout.seqs[b as usize].kv_len;
         if pos < 0 || pos as usize >= kv_len {
-            return Err(Error::invalid(
-                APPEND,
-                format!(
-                    "positions[{i}] = {pos} is outside 0..{kv_len} (the length of sequence {b})"
-                ),
-            ));
+            return Err(Error::invalid(APPEND, format!("positions[{i}] = {pos} is outside 0..{kv_len} (the length of sequence {b})")));
         }
         let (page, slot) = layout.locate(b as usize, pos as usize);
         if let Some(prev) = written.insert((page, slot), i) {
@@ -210,8 +162,7 @@ impl Attention<'_> {
     /// Row [head_size] of kv head `kv_head` at position `j` of sequence `b`, in `cache`.
     fn kv_row<'c>(&self, cache: &'c [f64], b: usize, j: usize, kv_head: usize) -> &'c [f64] {
         let (page, slot) = self.layout.locate(b, j);
-        let at =
-            ((page * self.layout.page_size + slot) * self.num_kv_heads + kv_head) * self.head_size;
+        let at = ((page * self.layout.page_size + slot) * self.num_kv_heads + kv_head) * self.head_size;
         &cache[at..at + self.head_size]
     }
 
@@ -221,16 +172,8 @@ impl Attention<'_> {
     fn row(&self, b: usize, q: &[f64], kv_head: usize, pos: i64, causal: bool) -> (Vec<f64>, f64) {
         let kv_len = self.layout.seqs[b].kv_len as i64;
         // Visible keys form the range lo..hi.
-        let hi = if causal {
-            pos.saturating_add(1).min(kv_len)
-        } else {
-            kv_len
-        };
-        let lo = if self.window_left >= 0 {
-            pos.saturating_sub(self.window_left).max(0)
-        } else {
-            0
-        };
+        let hi = if causal { pos.saturating_add(1).min(kv_len) } else { kv_len };
+        let lo = if self.window_left >= 0 { pos.saturating_sub(self.window_left).max(0) } else { 0 };
         if lo >= hi {
             return (vec![0.0; self.head_size], f64::NEG_INFINITY);
         }
@@ -268,13 +211,7 @@ impl Attention<'_> {
     /// Attend every query row: q is [rows, num_qo_heads, head_size] and row t belongs to
     /// sequence rows[t].0 at position rows[t].1. Returns output [rows, num_qo_heads,
     /// head_size] and lse [rows, num_qo_heads].
-    fn attend(
-        &self,
-        q: &[f64],
-        num_qo_heads: usize,
-        rows: &[(usize, i64)],
-        causal: bool,
-    ) -> (Vec<f64>, Vec<f64>) {
+    fn attend(&self, q: &[f64], num_qo_heads: usize, rows: &[(usize, i64)], causal: bool) -> (Vec<f64>, Vec<f64>) {
         let group = num_qo_heads / self.num_kv_heads;
         let mut out = Vec::with_capacity(q.len());
         let mut lse = Vec::with_capacity(rows.len() * num_qo_heads);
@@ -290,62 +227,30 @@ impl Attention<'_> {
 }
 
 /// The (sequence, position) of every query token of a prefill, from `qo_indptr`.
-fn prefill_rows(
-    p: &PrefillParams,
-    inputs: &Tensors,
-    layout: &PagedLayout,
-) -> Result<Vec<(usize, i64)>> {
+fn prefill_rows(p: &PrefillParams, inputs: &Tensors, layout: &PagedLayout) -> Result<Vec<(usize, i64)>> {
     let qo_indptr = i32_in(PREFILL, inputs, "qo_indptr")?;
     if qo_indptr[0] != 0 {
-        return Err(Error::invalid(
-            PREFILL,
-            format!("qo_indptr[0] = {} must be 0", qo_indptr[0]),
-        ));
+        return Err(Error::invalid(PREFILL, format!("qo_indptr[0] = {} must be 0", qo_indptr[0])));
     }
     let mut rows = Vec::with_capacity(p.num_tokens);
     for (b, seq) in layout.seqs.iter().enumerate() {
         let (start, end) = (qo_indptr[b], qo_indptr[b + 1]);
         if end < start {
-            return Err(Error::invalid(
-                PREFILL,
-                format!(
-                    "qo_indptr decreases: qo_indptr[{}] = {end} < qo_indptr[{b}] = {start}",
-                    b + 1
-                ),
-            ));
+            return Err(Error::invalid(PREFILL, format!("qo_indptr decreases: qo_indptr[{}] = {end} < qo_indptr[{b}] = {start}", b + 1)));
         }
         if end as usize > p.num_tokens {
-            return Err(Error::invalid(
-                PREFILL,
-                format!(
-                    "qo_indptr[{}] = {end} exceeds num_tokens {}",
-                    b + 1,
-                    p.num_tokens
-                ),
-            ));
+            return Err(Error::invalid(PREFILL, format!("qo_indptr[{}] = {end} exceeds num_tokens {}", b + 1, p.num_tokens)));
         }
         let qo_len = (end - start) as usize;
         if p.causal && qo_len > seq.kv_len {
-            return Err(Error::invalid(
-                PREFILL,
-                format!(
-                    "causal sequence {b} has {qo_len} queries but only {} keys",
-                    seq.kv_len
-                ),
-            ));
+            return Err(Error::invalid(PREFILL, format!("causal sequence {b} has {qo_len} queries but only {} keys", seq.kv_len)));
         }
         let first = seq.kv_len as i64 - qo_len as i64;
         rows.extend((0..qo_len as i64).map(|i| (b, first + i)));
     }
     let last = qo_indptr[p.batch_size];
     if last as usize != p.num_tokens {
-        return Err(Error::invalid(
-            PREFILL,
-            format!(
-                "qo_indptr[{}] = {last} must equal num_tokens {}",
-                p.batch_size, p.num_tokens
-            ),
-        ));
+        return Err(Error::invalid(PREFILL, format!("qo_indptr[{}] = {last} must equal num_tokens {}", p.batch_size, p.num_tokens)));
     }
     Ok(rows)
 }
@@ -370,10 +275,7 @@ pub fn batch_prefill(p: &PrefillParams, inputs: &Tensors) -> Result<Tensors> {
     let q = f64_in(PREFILL, inputs, "q")?;
     let (out, lse) = attn.attend(&q, p.num_qo_heads, &rows, p.causal);
     let (n, hq, d) = (p.num_tokens, p.num_qo_heads, p.head_size);
-    Ok(outputs([
-        ("output", float_out(p.dtype, &[n, hq, d], &out)),
-        ("lse", float_out(DType::F32, &[n, hq], &lse)),
-    ]))
+    Ok(outputs([("output", float_out(p.dtype, &[n, hq, d], &out)), ("lse", float_out(DType::F32, &[n, hq], &lse))]))
 }
 
 /// `batch_decode_with_paged_kv_cache`: the query of sequence b sits at its last position
@@ -381,12 +283,7 @@ pub fn batch_prefill(p: &PrefillParams, inputs: &Tensors) -> Result<Tensors> {
 pub fn batch_decode(p: &DecodeParams, inputs: &Tensors) -> Result<Tensors> {
     Op::BatchDecodeWithPagedKvCache(p.clone()).check_inputs(inputs)?;
     let layout = PagedLayout::read(DECODE, inputs, p.batch_size, p.page_size, p.num_pages)?;
-    let rows: Vec<(usize, i64)> = layout
-        .seqs
-        .iter()
-        .enumerate()
-        .map(|(b, s)| (b, s.kv_len as i64 - 1))
-        .collect();
+    let rows: Vec<(usize, i64)> = layout.seqs.iter().enumerate().map(|(b, s)| (b, s.kv_len as i64 - 1)).collect();
     let attn = Attention {
         layout: &layout,
         k: f64_in(DECODE, inputs, "k_cache")?,
@@ -400,10 +297,7 @@ pub fn batch_decode(p: &DecodeParams, inputs: &Tensors) -> Result<Tensors> {
     let q = f64_in(DECODE, inputs, "q")?;
     let (out, lse) = attn.attend(&q, p.num_qo_heads, &rows, true);
     let (b, hq, d) = (p.batch_size, p.num_qo_heads, p.head_size);
-    Ok(outputs([
-        ("output", float_out(p.dtype, &[b, hq, d], &out)),
-        ("lse", float_out(DType::F32, &[b, hq], &lse)),
-    ]))
+    Ok(outputs([("output", float_out(p.dtype, &[b, hq, d], &out)), ("lse", float_out(DType::F32, &[b, hq], &lse))]))
 }
 
 #[cfg(test)]
@@ -433,15 +327,7 @@ mod tests {
     /// Sequences of `kv_lens` on shuffled page ids, `spare` pages owned by nobody, two
     /// garbage entries after the used part of kv_indices. Unused slots hold NaN, so
     /// reading one shows in the output.
-    fn make_batch(
-        rng: &mut ChaCha8Rng,
-        kv_lens: &[usize],
-        hk: usize,
-        d: usize,
-        ps: usize,
-        spare: usize,
-        dtype: DType,
-    ) -> Batch {
+    fn make_batch(rng: &mut ChaCha8Rng, kv_lens: &[usize], hk: usize, d: usize, ps: usize, spare: usize, dtype: DType) -> Batch {
         let counts: Vec<usize> = kv_lens.iter().map(|l| l.div_ceil(ps)).collect();
         let num_pages = counts.iter().sum::<usize>() + spare;
         let mut ids: Vec<i32> = (0..num_pages as i32).collect();
@@ -488,28 +374,12 @@ mod tests {
             let mut t = Tensors::new();
             t.insert("k_cache".into(), self.k.clone());
             t.insert("v_cache".into(), self.v.clone());
-            t.insert(
-                "kv_indices".into(),
-                Tensor::from_i32(vec![self.indices.len()], &self.indices),
-            );
-            t.insert(
-                "kv_indptr".into(),
-                Tensor::from_i32(vec![self.indptr.len()], &self.indptr),
-            );
-            t.insert(
-                "kv_last_page_len".into(),
-                Tensor::from_i32(vec![self.last.len()], &self.last),
-            );
+            t.insert("kv_indices".into(), Tensor::from_i32(vec![self.indices.len()], &self.indices));
+            t.insert("kv_indptr".into(), Tensor::from_i32(vec![self.indptr.len()], &self.indptr));
+            t.insert("kv_last_page_len".into(), Tensor::from_i32(vec![self.last.len()], &self.last));
             t
         }
-        fn prefill_params(
-            &self,
-            num_tokens: usize,
-            hq: usize,
-            causal: bool,
-            window: i64,
-            cap: f64,
-        ) -> PrefillParams {
+        fn prefill_params(&self, num_tokens: usize, hq: usize, causal: bool, window: i64, cap: f64) -> PrefillParams {
             PrefillParams {
                 batch_size: self.batch_size(),
                 num_tokens,
@@ -545,36 +415,20 @@ mod tests {
         /// Prefill inputs with random queries, `qo_lens[b]` for sequence b.
         fn prefill_inputs(&self, rng: &mut ChaCha8Rng, qo_lens: &[usize], hq: usize) -> Tensors {
             let n: usize = qo_lens.iter().sum();
-            let q: Vec<f32> = (0..n * hq * self.d)
-                .map(|_| rng.gen_range(-1.0..1.0))
-                .collect();
+            let q: Vec<f32> = (0..n * hq * self.d).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut qo_indptr = vec![0i32];
             for l in qo_lens {
                 qo_indptr.push(qo_indptr.last().unwrap() + *l as i32);
             }
             let mut t = self.inputs();
-            t.insert(
-                "q".into(),
-                Tensor::from_f32(self.dtype, vec![n, hq, self.d], &q),
-            );
-            t.insert(
-                "qo_indptr".into(),
-                Tensor::from_i32(vec![qo_indptr.len()], &qo_indptr),
-            );
+            t.insert("q".into(), Tensor::from_f32(self.dtype, vec![n, hq, self.d], &q));
+            t.insert("qo_indptr".into(), Tensor::from_i32(vec![qo_indptr.len()], &qo_indptr));
             t
         }
     }
 
     /// Sequence b's K and V, contiguous [kv_len, hk, d], walking its pages in order.
-    fn gather(
-        inputs: &Tensors,
-        k_name: &str,
-        v_name: &str,
-        ps: usize,
-        hk: usize,
-        d: usize,
-        b: usize,
-    ) -> (Vec<f64>, Vec<f64>) {
+    fn gather(inputs: &Tensors, k_name: &str, v_name: &str, ps: usize, hk: usize, d: usize, b: usize) -> (Vec<f64>, Vec<f64>) {
         let kc = inputs[k_name].to_f64().unwrap();
         let vc = inputs[v_name].to_f64().unwrap();
         let indptr = inputs["kv_indptr"].to_i32().unwrap();
@@ -583,11 +437,7 @@ mod tests {
         let pages = &indices[indptr[b] as usize..indptr[b + 1] as usize];
         let (mut k, mut v) = (vec![], vec![]);
         for (pi, &page) in pages.iter().enumerate() {
-            let used = if pi + 1 == pages.len() {
-                last[b] as usize
-            } else {
-                ps
-            };
+            let used = if pi + 1 == pages.len() { last[b] as usize } else { ps };
             let page_len = ps * hk * d;
             let base = page as usize * page_len;
             k.extend_from_slice(&kc[base..base + used * hk * d]);
@@ -607,10 +457,7 @@ mod tests {
         for b in 0..p.batch_size {
             let (keys, vals) = gather(inputs, "k_cache", "v_cache", p.page_size, hk, d, b);
             let kv_len = keys.len() / (hk * d);
-            let (t0, qo_len) = (
-                qo_indptr[b] as usize,
-                (qo_indptr[b + 1] - qo_indptr[b]) as usize,
-            );
+            let (t0, qo_len) = (qo_indptr[b] as usize, (qo_indptr[b + 1] - qo_indptr[b]) as usize);
             let per_kv = hq / hk;
             for g in 0..hk {
                 for h in g * per_kv..(g + 1) * per_kv {
@@ -618,9 +465,7 @@ mod tests {
                     for (i, srow) in s.iter_mut().enumerate() {
                         for (j, sij) in srow.iter_mut().enumerate() {
                             let causal_ok = !p.causal || j + qo_len <= i + kv_len;
-                            let window_ok = p.window_left < 0
-                                || j as i64 + p.window_left + qo_len as i64
-                                    >= i as i64 + kv_len as i64;
+                            let window_ok = p.window_left < 0 || j as i64 + p.window_left + qo_len as i64 >= i as i64 + kv_len as i64;
                             if causal_ok && window_ok {
                                 let qv = &q[((t0 + i) * hq + h) * d..][..d];
                                 let kv = &keys[(j * hk + g) * d..][..d];
@@ -642,13 +487,8 @@ mod tests {
                         let t = t0 + i;
                         lse[t * hq + h] = l;
                         for e in 0..d {
-                            out[(t * hq + h) * d + e] = if sum == 0.0 {
-                                0.0
-                            } else {
-                                (0..kv_len)
-                                    .map(|j| (srow[j] - l).exp() * vals[(j * hk + g) * d + e])
-                                    .sum()
-                            };
+                            out[(t * hq + h) * d + e] =
+                                if sum == 0.0 { 0.0 } else { (0..kv_len).map(|j| (srow[j] - l).exp() * vals[(j * hk + g) * d + e]).sum() };
                         }
                     }
                 }
@@ -670,136 +510,102 @@ mod tests {
         let got = got.to_f64().unwrap();
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            let ok = if w.is_infinite() {
-                g == w
-            } else {
-                (g - w).abs() <= eps * w.abs().max(1.0)
-            };
+            let ok = if w.is_infinite() { g == w } else { (g - w).abs() <= eps * w.abs().max(1.0) };
             assert!(ok, "{what}[{i}]: got {g}, want {w}");
         }
     }
 
-    fn check_prefill_against_dense(
+    /// One prefill configuration, checked against the dense reference.
+    struct Config {
         seed: u64,
-        kv_lens: &[usize],
-        qo_lens: &[usize],
-        (hq, hk, d, ps): (usize, usize, usize, usize),
+        kv_lens: &'static [usize],
+        qo_lens: &'static [usize],
+        hq: usize,
+        hk: usize,
+        d: usize,
+        page_size: usize,
         causal: bool,
         window: i64,
         cap: f64,
         dtype: DType,
-    ) {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let batch = make_batch(&mut rng, kv_lens, hk, d, ps, 3, dtype);
-        let inputs = batch.prefill_inputs(&mut rng, qo_lens, hq);
-        let n = qo_lens.iter().sum();
-        let p = batch.prefill_params(n, hq, causal, window, cap);
-        let got = batch_prefill(&p, &inputs).unwrap();
-        let (out, lse) = dense_prefill(&p, &inputs);
-        let out: Vec<f64> = out.iter().map(|&x| round_to(dtype, x)).collect();
-        let lse: Vec<f64> = lse.iter().map(|&x| round_to(DType::F32, x)).collect();
-        assert_close(
-            &format!("seed {seed} output"),
-            &got["output"],
-            &out,
-            tol(dtype),
-        );
-        assert_close(
-            &format!("seed {seed} lse"),
-            &got["lse"],
-            &lse,
-            tol(DType::F32),
-        );
+    }
+
+    const BASE: Config = Config {
+        seed: 0,
+        kv_lens: &[7, 12, 1],
+        qo_lens: &[3, 12, 1],
+        hq: 6,
+        hk: 2,
+        d: 16,
+        page_size: 4,
+        causal: true,
+        window: -1,
+        cap: 0.0,
+        dtype: DType::F32,
+    };
+
+    impl Config {
+        fn check(&self) {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+            let batch = make_batch(&mut rng, self.kv_lens, self.hk, self.d, self.page_size, 3, self.dtype);
+            let inputs = batch.prefill_inputs(&mut rng, self.qo_lens, self.hq);
+            let n = self.qo_lens.iter().sum();
+            let p = batch.prefill_params(n, self.hq, self.causal, self.window, self.cap);
+            let got = batch_prefill(&p, &inputs).unwrap();
+            let (out, lse) = dense_prefill(&p, &inputs);
+            let out: Vec<f64> = out.iter().map(|&x| round_to(self.dtype, x)).collect();
+            let lse: Vec<f64> = lse.iter().map(|&x| round_to(DType::F32, x)).collect();
+            let seed = self.seed;
+            assert_close(&format!("seed {seed} output"), &got["output"], &out, tol(self.dtype));
+            assert_close(&format!("seed {seed} lse"), &got["lse"], &lse, tol(DType::F32));
+        }
     }
 
     #[test]
     fn prefill_matches_dense_gqa_causal_partial_last_page() {
-        check_prefill_against_dense(
-            1,
-            &[7, 12, 1],
-            &[3, 12, 1],
-            (6, 2, 16, 4),
-            true,
-            -1,
-            0.0,
-            DType::F32,
-        );
+        Config { seed: 1, ..BASE }.check();
     }
 
     #[test]
     fn prefill_matches_dense_page_size_1_with_empty_query_sequence() {
-        check_prefill_against_dense(
-            2,
-            &[5, 9, 3],
-            &[0, 4, 3],
-            (8, 2, 8, 1),
-            true,
-            -1,
-            0.0,
-            DType::F32,
-        );
+        let (kv_lens, qo_lens) = (&[5, 9, 3][..], &[0, 4, 3][..]);
+        Config { seed: 2, kv_lens, qo_lens, hq: 8, d: 8, page_size: 1, ..BASE }.check();
     }
 
     #[test]
     fn prefill_matches_dense_page_size_16_non_causal_window() {
-        check_prefill_against_dense(
-            3,
-            &[20, 33, 16],
-            &[5, 0, 16],
-            (4, 2, 8, 16),
-            false,
-            6,
-            0.0,
-            DType::F32,
-        );
+        let (kv_lens, qo_lens) = (&[20, 33, 16][..], &[5, 0, 16][..]);
+        Config { seed: 3, kv_lens, qo_lens, hq: 4, d: 8, page_size: 16, causal: false, window: 6, ..BASE }.check();
     }
 
     #[test]
     fn prefill_matches_dense_causal_window_soft_cap() {
-        check_prefill_against_dense(
-            4,
-            &[11, 6],
-            &[11, 2],
-            (4, 4, 8, 3),
-            true,
-            3,
-            0.5,
-            DType::F32,
-        );
-        check_prefill_against_dense(5, &[11, 6], &[4, 6], (6, 2, 8, 4), true, 0, 2.0, DType::F32);
+        let (kv_lens, qo_lens) = (&[11, 6][..], &[11, 2][..]);
+        Config { seed: 4, kv_lens, qo_lens, hq: 4, hk: 4, d: 8, page_size: 3, window: 3, cap: 0.5, ..BASE }.check();
+        let qo_lens = &[4, 6][..];
+        Config { seed: 5, kv_lens, qo_lens, d: 8, window: 0, cap: 2.0, ..BASE }.check();
     }
 
     #[test]
     fn prefill_matches_dense_non_causal_more_queries_than_keys() {
-        check_prefill_against_dense(6, &[3, 5], &[5, 2], (2, 1, 4, 2), false, 1, 0.0, DType::F32);
-        check_prefill_against_dense(
-            7,
-            &[3, 5],
-            &[5, 2],
-            (2, 1, 4, 2),
-            false,
-            -1,
-            0.0,
-            DType::F32,
-        );
+        let (kv_lens, qo_lens) = (&[3, 5][..], &[5, 2][..]);
+        let c = Config { kv_lens, qo_lens, hq: 2, hk: 1, d: 4, page_size: 2, causal: false, ..BASE };
+        Config { seed: 6, window: 1, ..c }.check();
+        Config { seed: 7, window: -1, ..c }.check();
     }
 
     #[test]
     fn prefill_matches_dense_half_types() {
-        check_prefill_against_dense(8, &[9, 4], &[3, 4], (6, 2, 8, 4), true, -1, 0.0, DType::F16);
-        check_prefill_against_dense(9, &[9, 4], &[3, 4], (8, 2, 8, 4), true, 5, 1.0, DType::BF16);
+        let (kv_lens, qo_lens) = (&[9, 4][..], &[3, 4][..]);
+        Config { seed: 8, kv_lens, qo_lens, d: 8, dtype: DType::F16, ..BASE }.check();
+        Config { seed: 9, kv_lens, qo_lens, hq: 8, d: 8, window: 5, cap: 1.0, dtype: DType::BF16, ..BASE }.check();
     }
 
     /// Decode over the same batch as a prefill with one query per sequence (which sits
     /// at the last position): bit-identical, and both match the dense reference.
     #[test]
     fn decode_equals_prefill_with_one_query_at_the_end() {
-        for (seed, window, cap) in [
-            (10u64, -1i64, 0.0),
-            (11, 2, 0.0),
-            (12, 0, 1.5),
-            (13, 5, 3.0),
-        ] {
+        for (seed, window, cap) in [(10u64, -1i64, 0.0), (11, 2, 0.0), (12, 0, 1.5), (13, 5, 3.0)] {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let kv_lens = [9, 1, 16, 5];
             let batch = make_batch(&mut rng, &kv_lens, 2, 8, 4, 2, DType::F32);
@@ -847,18 +653,12 @@ mod tests {
 
         let mut dec = moved_inputs.clone();
         dec.remove("qo_indptr");
-        dec.insert(
-            "q".into(),
-            Tensor::from_f32(DType::F32, vec![3, 4, 4], &[0.25; 48]),
-        );
+        dec.insert("q".into(), Tensor::from_f32(DType::F32, vec![3, 4, 4], &[0.25; 48]));
         let mut orig = inputs.clone();
         orig.remove("qo_indptr");
         orig.insert("q".into(), dec["q"].clone());
         let dp = batch.decode_params(4, -1, 0.0);
-        assert_eq!(
-            batch_decode(&dp, &dec).unwrap(),
-            batch_decode(&dp, &orig).unwrap()
-        );
+        assert_eq!(batch_decode(&dp, &dec).unwrap(), batch_decode(&dp, &orig).unwrap());
     }
 
     /// The routine for one row, called for a position that sees no key (not reachable
@@ -879,14 +679,8 @@ mod tests {
             window_left: 1,
             soft_cap: 0.0,
         };
-        assert_eq!(
-            attn.row(0, &[1.0, 1.0], 0, -1, true),
-            (vec![0.0, 0.0], f64::NEG_INFINITY)
-        );
-        assert_eq!(
-            attn.row(0, &[1.0, 1.0], 0, 9, false),
-            (vec![0.0, 0.0], f64::NEG_INFINITY)
-        );
+        assert_eq!(attn.row(0, &[1.0, 1.0], 0, -1, true), (vec![0.0, 0.0], f64::NEG_INFINITY));
+        assert_eq!(attn.row(0, &[1.0, 1.0], 0, 9, false), (vec![0.0, 0.0], f64::NEG_INFINITY));
         let (out, lse) = attn.row(0, &[1.0, 1.0], 0, 0, true);
         assert!(lse.is_finite() && out.iter().all(|x| x.is_finite()));
     }
@@ -904,23 +698,12 @@ mod tests {
         }
     }
 
-    fn append_inputs(
-        batch: &Batch,
-        rows: &[(i32, i32)],
-        k_rows: &[f32],
-        v_rows: &[f32],
-    ) -> Tensors {
+    fn append_inputs(batch: &Batch, rows: &[(i32, i32)], k_rows: &[f32], v_rows: &[f32]) -> Tensors {
         let n = rows.len();
         let mut t = batch.inputs();
         let shape = vec![n, batch.hk, batch.d];
-        t.insert(
-            "append_k".into(),
-            Tensor::from_f32(batch.dtype, shape.clone(), k_rows),
-        );
-        t.insert(
-            "append_v".into(),
-            Tensor::from_f32(batch.dtype, shape, v_rows),
-        );
+        t.insert("append_k".into(), Tensor::from_f32(batch.dtype, shape.clone(), k_rows));
+        t.insert("append_v".into(), Tensor::from_f32(batch.dtype, shape, v_rows));
         let b: Vec<i32> = rows.iter().map(|r| r.0).collect();
         let pos: Vec<i32> = rows.iter().map(|r| r.1).collect();
         t.insert("batch_indices".into(), Tensor::from_i32(vec![n], &b));
@@ -951,34 +734,14 @@ mod tests {
                     let at = pos * hk * d..(pos + 1) * hk * d;
                     match rows.iter().position(|&r| r == (b as i32, pos as i32)) {
                         Some(i) => {
-                            let want = |x: &[f32]| {
-                                x[i * hk * d..(i + 1) * hk * d]
-                                    .iter()
-                                    .map(|&y| round_to(dtype, y as f64))
-                                    .collect::<Vec<_>>()
-                            };
-                            assert_eq!(
-                                k1[at.clone()],
-                                want(&k_rows)[..],
-                                "k of sequence {b} position {pos}"
-                            );
-                            assert_eq!(
-                                v1[at],
-                                want(&v_rows)[..],
-                                "v of sequence {b} position {pos}"
-                            );
+                            let want =
+                                |x: &[f32]| x[i * hk * d..(i + 1) * hk * d].iter().map(|&y| round_to(dtype, y as f64)).collect::<Vec<_>>();
+                            assert_eq!(k1[at.clone()], want(&k_rows)[..], "k of sequence {b} position {pos}");
+                            assert_eq!(v1[at], want(&v_rows)[..], "v of sequence {b} position {pos}");
                         }
                         None => {
-                            assert_eq!(
-                                k1[at.clone()],
-                                k0[at.clone()],
-                                "k of sequence {b} position {pos} changed"
-                            );
-                            assert_eq!(
-                                v1[at.clone()],
-                                v0[at],
-                                "v of sequence {b} position {pos} changed"
-                            );
+                            assert_eq!(k1[at.clone()], k0[at.clone()], "k of sequence {b} position {pos} changed");
+                            assert_eq!(v1[at.clone()], v0[at], "v of sequence {b} position {pos} changed");
                         }
                     }
                 }
@@ -986,11 +749,7 @@ mod tests {
             // Pages owned by nobody and unused slots (NaN) are untouched, bit for bit.
             let changed = |a: &Tensor, b: &Tensor| {
                 let e = a.data.len() / a.numel();
-                a.data
-                    .chunks(e)
-                    .zip(b.data.chunks(e))
-                    .filter(|(x, y)| x != y)
-                    .count()
+                a.data.chunks(e).zip(b.data.chunks(e)).filter(|(x, y)| x != y).count()
             };
             // (The appended values, ±100 and up, differ from every old value in [-1, 1).)
             assert_eq!(changed(&got["k_cache_out"], &batch.k), n * hk * d);
@@ -1026,47 +785,21 @@ mod tests {
         let p = batch.prefill_params(2, 2, true, -1, 0.0);
         expect_err(batch_prefill(&p, &inputs), PREFILL, parts);
         inputs.remove("qo_indptr");
-        expect_err(
-            batch_decode(&batch.decode_params(2, -1, 0.0), &inputs),
-            DECODE,
-            parts,
-        );
+        expect_err(batch_decode(&batch.decode_params(2, -1, 0.0), &inputs), DECODE, parts);
         let a = append_inputs(&batch, &[(0, 0)], &[0.0; 8], &[0.0; 8]);
-        expect_err(
-            append_paged_kv_cache(&append_params(&batch, 1), &a),
-            APPEND,
-            parts,
-        );
+        expect_err(append_paged_kv_cache(&append_params(&batch, 1), &a), APPEND, parts);
     }
 
     #[test]
     fn bad_page_tables_are_errors() {
         expect_table_error(|b| b.indptr[0] = 1, &["kv_indptr[0] = 1 must be 0"]);
-        expect_table_error(
-            |b| b.indptr = vec![0, 3, 2],
-            &["kv_indptr[2] = 2 < kv_indptr[1] = 3"],
-        );
+        expect_table_error(|b| b.indptr = vec![0, 3, 2], &["kv_indptr[2] = 2 < kv_indptr[1] = 3"]);
         expect_table_error(|b| b.indptr = vec![0, 0, 2], &["sequence 0 has no page"]);
-        expect_table_error(
-            |b| b.indptr[2] = 7,
-            &["kv_indptr[2] = 7 exceeds num_page_ids 6"],
-        );
-        expect_table_error(
-            |b| b.indices[2] = 16,
-            &["kv_indices[2] = 16 is outside 0..16 pages"],
-        );
-        expect_table_error(
-            |b| b.indices[0] = -1,
-            &["kv_indices[0] = -1 is outside 0..16 pages"],
-        );
-        expect_table_error(
-            |b| b.last[1] = 0,
-            &["kv_last_page_len[1] = 0 is outside 1..=4"],
-        );
-        expect_table_error(
-            |b| b.last[0] = 5,
-            &["kv_last_page_len[0] = 5 is outside 1..=4"],
-        );
+        expect_table_error(|b| b.indptr[2] = 7, &["kv_indptr[2] = 7 exceeds num_page_ids 6"]);
+        expect_table_error(|b| b.indices[2] = 16, &["kv_indices[2] = 16 is outside 0..16 pages"]);
+        expect_table_error(|b| b.indices[0] = -1, &["kv_indices[0] = -1 is outside 0..16 pages"]);
+        expect_table_error(|b| b.last[1] = 0, &["kv_last_page_len[1] = 0 is outside 1..=4"]);
+        expect_table_error(|b| b.last[0] = 5, &["kv_last_page_len[0] = 5 is outside 1..=4"]);
     }
 
     #[test]
@@ -1077,57 +810,25 @@ mod tests {
         let run = |rows: &[(i32, i32)]| {
             let n = rows.len();
             let x = vec![1.0; n * 2];
-            append_paged_kv_cache(
-                &append_params(&batch, n),
-                &append_inputs(&batch, rows, &x, &x),
-            )
+            append_paged_kv_cache(&append_params(&batch, n), &append_inputs(&batch, rows, &x, &x))
         };
         assert!(run(&[(0, 4), (1, 7)]).is_ok());
-        expect_err(
-            run(&[(0, 0), (1, 8)]),
-            APPEND,
-            &["positions[1] = 8 is outside 0..8", "sequence 1"],
-        );
-        expect_err(
-            run(&[(0, 5)]),
-            APPEND,
-            &["positions[0] = 5 is outside 0..5"],
-        );
+        expect_err(run(&[(0, 0), (1, 8)]), APPEND, &["positions[1] = 8 is outside 0..8", "sequence 1"]);
+        expect_err(run(&[(0, 5)]), APPEND, &["positions[0] = 5 is outside 0..5"]);
         expect_err(run(&[(0, -1)]), APPEND, &["positions[0] = -1"]);
-        expect_err(
-            run(&[(2, 0)]),
-            APPEND,
-            &["batch_indices[0] = 2 is outside 0..2 sequences"],
-        );
+        expect_err(run(&[(2, 0)]), APPEND, &["batch_indices[0] = 2 is outside 0..2 sequences"]);
         expect_err(run(&[(-1, 0)]), APPEND, &["batch_indices[0] = -1"]);
-        expect_err(
-            run(&[(1, 3), (0, 1), (1, 3)]),
-            APPEND,
-            &["rows 0 and 2 both write sequence 1 position 3"],
-        );
+        expect_err(run(&[(1, 3), (0, 1), (1, 3)]), APPEND, &["rows 0 and 2 both write sequence 1 position 3"]);
 
         // Two sequences sharing a physical page: a shared slot written twice is an error.
         let mut shared = batch.clone();
         let second = shared.indptr[1] as usize;
         shared.indices[second] = shared.indices[0];
         let x = vec![1.0; 4];
-        let r = append_paged_kv_cache(
-            &append_params(&shared, 2),
-            &append_inputs(&shared, &[(0, 2), (1, 2)], &x, &x),
-        );
+        let r = append_paged_kv_cache(&append_params(&shared, 2), &append_inputs(&shared, &[(0, 2), (1, 2)], &x, &x));
         let page = shared.indices[0];
-        expect_err(
-            r,
-            APPEND,
-            &[
-                &format!("rows 0 and 1 both write page {page} slot 2"),
-                "sequence 0 position 2",
-            ],
-        );
-        let r = append_paged_kv_cache(
-            &append_params(&shared, 2),
-            &append_inputs(&shared, &[(0, 2), (1, 3)], &x, &x),
-        );
+        expect_err(r, APPEND, &[&format!("rows 0 and 1 both write page {page} slot 2"), "sequence 0 position 2"]);
+        let r = append_paged_kv_cache(&append_params(&shared, 2), &append_inputs(&shared, &[(0, 2), (1, 3)], &x, &x));
         assert!(r.is_ok());
     }
 
@@ -1136,38 +837,17 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(70);
         let batch = make_batch(&mut rng, &[3, 6], 1, 2, 2, 0, DType::F32);
         let run = |qo_indptr: &[i32], num_tokens: usize, causal: bool| {
-            let mut t =
-                batch.prefill_inputs(&mut ChaCha8Rng::seed_from_u64(0), &[num_tokens, 0], 1);
+            let mut t = batch.prefill_inputs(&mut ChaCha8Rng::seed_from_u64(0), &[num_tokens, 0], 1);
             t.insert("qo_indptr".into(), Tensor::from_i32(vec![3], qo_indptr));
             batch_prefill(&batch.prefill_params(num_tokens, 1, causal, -1, 0.0), &t)
         };
         assert!(run(&[0, 3, 4], 4, true).is_ok());
-        expect_err(
-            run(&[0, 4, 4], 4, true),
-            PREFILL,
-            &["causal sequence 0 has 4 queries but only 3 keys"],
-        );
+        expect_err(run(&[0, 4, 4], 4, true), PREFILL, &["causal sequence 0 has 4 queries but only 3 keys"]);
         assert!(run(&[0, 4, 4], 4, false).is_ok());
-        expect_err(
-            run(&[1, 3, 4], 4, true),
-            PREFILL,
-            &["qo_indptr[0] = 1 must be 0"],
-        );
-        expect_err(
-            run(&[0, 3, 2], 4, true),
-            PREFILL,
-            &["qo_indptr[2] = 2 < qo_indptr[1] = 3"],
-        );
-        expect_err(
-            run(&[0, 3, 3], 4, true),
-            PREFILL,
-            &["qo_indptr[2] = 3 must equal num_tokens 4"],
-        );
-        expect_err(
-            run(&[0, 5, 5], 4, false),
-            PREFILL,
-            &["qo_indptr[1] = 5 exceeds num_tokens 4"],
-        );
+        expect_err(run(&[1, 3, 4], 4, true), PREFILL, &["qo_indptr[0] = 1 must be 0"]);
+        expect_err(run(&[0, 3, 2], 4, true), PREFILL, &["qo_indptr[2] = 2 < qo_indptr[1] = 3"]);
+        expect_err(run(&[0, 3, 3], 4, true), PREFILL, &["qo_indptr[2] = 3 must equal num_tokens 4"]);
+        expect_err(run(&[0, 5, 5], 4, false), PREFILL, &["qo_indptr[1] = 5 exceeds num_tokens 4"]);
     }
 
     #[test]

@@ -27,44 +27,22 @@ const QK_K: usize = 256;
 pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     const OP: &str = "dequantize";
     if !DType::WEIGHTS.contains(&dtype) {
-        return Err(Error::invalid(
-            OP,
-            format!("{dtype} is not a weight format"),
-        ));
+        return Err(Error::invalid(OP, format!("{dtype} is not a weight format")));
     }
     let bs = dtype.block_size();
     if dst.len() % bs != 0 {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "{} elements is not a whole number of {dtype} blocks of {bs}",
-                dst.len()
-            ),
-        ));
+        return Err(Error::invalid(OP, format!("{} elements is not a whole number of {dtype} blocks of {bs}", dst.len())));
     }
-    let want = dtype.bytes_for(dst.len()).ok_or_else(|| {
-        Error::invalid(
-            OP,
-            format!("{} {dtype} elements overflow the byte count", dst.len()),
-        )
-    })?;
+    let want =
+        dtype.bytes_for(dst.len()).ok_or_else(|| Error::invalid(OP, format!("{} {dtype} elements overflow the byte count", dst.len())))?;
     if src.len() != want {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "{} {dtype} elements need {want} bytes, got {}",
-                dst.len(),
-                src.len()
-            ),
-        ));
+        return Err(Error::invalid(OP, format!("{} {dtype} elements need {want} bytes, got {}", dst.len(), src.len())));
     }
     let block: fn(&[u8], &mut [f32]) = match dtype {
         DType::F32 => |b, y| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         DType::F16 => |b, y| y[0] = f16::from_le_bytes([b[0], b[1]]).to_f32(),
         // bf16 is the top half of an f32: widening is a shift, exact for every bit pattern.
-        DType::BF16 => {
-            |b, y| y[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
-        }
+        DType::BF16 => |b, y| y[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
         DType::Q4_0 => dequant_q4_0,
         DType::Q4_1 => dequant_q4_1,
         DType::Q5_0 => dequant_q5_0,
@@ -76,17 +54,9 @@ pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
         DType::Q5_K => dequant_q5_k,
         DType::Q6_K => dequant_q6_k,
         // Not reachable: checked against DType::WEIGHTS above.
-        other => {
-            return Err(Error::invalid(
-                OP,
-                format!("{other} is not a weight format"),
-            ))
-        }
+        other => return Err(Error::invalid(OP, format!("{other} is not a weight format"))),
     };
-    for (b, y) in src
-        .chunks_exact(dtype.type_size())
-        .zip(dst.chunks_exact_mut(bs))
-    {
+    for (b, y) in src.chunks_exact(dtype.type_size()).zip(dst.chunks_exact_mut(bs)) {
         block(b, y);
     }
     Ok(())
@@ -102,33 +72,17 @@ pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 pub fn quantize_row(dtype: DType, src: &[f32]) -> Result<Vec<u8>> {
     const OP: &str = "quantize";
     if !DType::WEIGHTS.contains(&dtype) {
-        return Err(Error::invalid(
-            OP,
-            format!("{dtype} is not a weight format"),
-        ));
+        return Err(Error::invalid(OP, format!("{dtype} is not a weight format")));
     }
     let bs = dtype.block_size();
     if src.len() % bs != 0 {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "{} elements is not a whole number of {dtype} blocks of {bs}",
-                src.len()
-            ),
-        ));
+        return Err(Error::invalid(OP, format!("{} elements is not a whole number of {dtype} blocks of {bs}", src.len())));
     }
     if let Some(i) = src.iter().position(|v| !v.is_finite()) {
-        return Err(Error::invalid(
-            OP,
-            format!("value at index {i} is not finite ({})", src[i]),
-        ));
+        return Err(Error::invalid(OP, format!("value at index {i} is not finite ({})", src[i])));
     }
-    let nbytes = dtype.bytes_for(src.len()).ok_or_else(|| {
-        Error::invalid(
-            OP,
-            format!("{} {dtype} elements overflow the byte count", src.len()),
-        )
-    })?;
+    let nbytes =
+        dtype.bytes_for(src.len()).ok_or_else(|| Error::invalid(OP, format!("{} {dtype} elements overflow the byte count", src.len())))?;
     let mut out = vec![0u8; nbytes];
     let block: fn(&[f32], &mut [u8]) -> Result<(), ScaleOverflow> = match dtype {
         DType::F32 => |x, b| {
@@ -154,23 +108,11 @@ pub fn quantize_row(dtype: DType, src: &[f32]) -> Result<Vec<u8>> {
         DType::Q5_K => quant_q5_k,
         DType::Q6_K => quant_q6_k,
         // Not reachable: checked against DType::WEIGHTS above.
-        other => {
-            return Err(Error::invalid(
-                OP,
-                format!("{other} is not a weight format"),
-            ))
-        }
+        other => return Err(Error::invalid(OP, format!("{other} is not a weight format"))),
     };
-    for (i, (x, b)) in src
-        .chunks_exact(bs)
-        .zip(out.chunks_exact_mut(dtype.type_size()))
-        .enumerate()
-    {
+    for (i, (x, b)) in src.chunks_exact(bs).zip(out.chunks_exact_mut(dtype.type_size())).enumerate() {
         block(x, b).map_err(|ScaleOverflow(s)| {
-            Error::invalid(
-                OP,
-                format!("{dtype} block {i}: scale {s:e} does not fit in f16 (values too large for this format)"),
-            )
+            Error::invalid(OP, format!("{dtype} block {i}: scale {s:e} does not fit in f16 (values too large for this format)"))
         })?;
     }
     Ok(out)
@@ -218,8 +160,7 @@ fn signed_absmax(x: &[f32]) -> f32 {
 
 /// Minimum and maximum of a non-empty slice.
 fn min_max(x: &[f32]) -> (f32, f32) {
-    x.iter()
-        .fold((f32::MAX, -f32::MAX), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    x.iter().fold((f32::MAX, -f32::MAX), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
 
 // ---------------------------------------------------------------------------
@@ -400,12 +341,7 @@ fn k4_pos(e: usize) -> (usize, u32) {
 /// `ql[0..32]`, of `ql[32..64]`, and the bit pairs 0-1, 2-3, 4-5, 6-7 of `qh`.
 fn q6k_pos(e: usize) -> (usize, u32, usize, u32) {
     let (h, k, l) = (e / 128, (e / 32) % 4, e % 32);
-    (
-        h * 64 + (k % 2) * 32 + l,
-        4 * (k / 2) as u32,
-        h * 32 + l,
-        2 * k as u32,
-    )
+    (h * 64 + (k % 2) * 32 + l, 4 * (k / 2) as u32, h * 32 + l, 2 * k as u32)
 }
 
 /// Q4_K/Q5_K: the 6-bit scale and min of sub-block `j` (0..8) from the 12 packed
@@ -417,10 +353,7 @@ fn k4_scale_min(s: &[u8], j: usize) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        (
-            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
+        ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
     }
 }
 
@@ -571,14 +504,7 @@ struct AffineK {
 ///    `q = round((x + dmin * lm) / (d * ls))` clamped to `0..=qmax`,
 ///
 /// so the error of a value stays within about one step of its sub-block.
-fn affine_k(
-    x: &[f32],
-    sub: usize,
-    qmax: u8,
-    smax: u8,
-    b: &mut [u8],
-    d_at: usize,
-) -> Result<AffineK, ScaleOverflow> {
+fn affine_k(x: &[f32], sub: usize, qmax: u8, smax: u8, b: &mut [u8], d_at: usize) -> Result<AffineK, ScaleOverflow> {
     let nsub = QK_K / sub;
     let mut s = [0.0f32; 16];
     let mut m = [0.0f32; 16];
@@ -590,51 +516,19 @@ fn affine_k(
     }
     let max_s = s.iter().fold(0.0f32, |a, &v| a.max(v));
     let max_m = m.iter().fold(0.0f32, |a, &v| a.max(v));
-    let d = put_f16(
-        b,
-        d_at,
-        if max_s > 0.0 {
-            max_s / f32::from(smax)
-        } else {
-            0.0
-        },
-    )?;
-    let dmin = put_f16(
-        b,
-        d_at + 2,
-        if max_m > 0.0 {
-            max_m / f32::from(smax)
-        } else {
-            0.0
-        },
-    )?;
-    let mut out = AffineK {
-        ls: [0; 16],
-        lm: [0; 16],
-        q: [0; QK_K],
-    };
+    let d = put_f16(b, d_at, if max_s > 0.0 { max_s / f32::from(smax) } else { 0.0 })?;
+    let dmin = put_f16(b, d_at + 2, if max_m > 0.0 { max_m / f32::from(smax) } else { 0.0 })?;
+    let mut out = AffineK { ls: [0; 16], lm: [0; 16], q: [0; QK_K] };
     let smax = i32::from(smax);
     for j in 0..nsub {
-        out.ls[j] = if d > 0.0 {
-            nearest(s[j] / d).clamp(0, smax) as u8
-        } else {
-            0
-        };
-        out.lm[j] = if dmin > 0.0 {
-            nearest(m[j] / dmin).clamp(0, smax) as u8
-        } else {
-            0
-        };
+        out.ls[j] = if d > 0.0 { nearest(s[j] / d).clamp(0, smax) as u8 } else { 0 };
+        out.lm[j] = if dmin > 0.0 { nearest(m[j] / dmin).clamp(0, smax) as u8 } else { 0 };
     }
     for (e, &v) in x.iter().enumerate() {
         let j = e / sub;
         let dl = d * f32::from(out.ls[j]);
         let ml = dmin * f32::from(out.lm[j]);
-        out.q[e] = if dl > 0.0 {
-            nearest((v + ml) / dl).clamp(0, i32::from(qmax)) as u8
-        } else {
-            0
-        };
+        out.q[e] = if dl > 0.0 { nearest((v + ml) / dl).clamp(0, i32::from(qmax)) as u8 } else { 0 };
     }
     Ok(out)
 }
@@ -653,37 +547,20 @@ struct SymmetricK {
 /// 2. `d = t / -sneg`, `t` the `s` of largest magnitude, rounded to f16 and stored at
 ///    byte offset `d_at`, then `sc = round(s / d)` clamped to `-sneg..sneg`;
 /// 3. `q = round(x / (d * sc))` clamped to `-qneg..qneg`, against the decoded scale.
-fn symmetric_k(
-    x: &[f32],
-    qneg: i32,
-    sneg: i32,
-    b: &mut [u8],
-    d_at: usize,
-) -> Result<SymmetricK, ScaleOverflow> {
+fn symmetric_k(x: &[f32], qneg: i32, sneg: i32, b: &mut [u8], d_at: usize) -> Result<SymmetricK, ScaleOverflow> {
     let mut s = [0.0f32; 16];
     for (j, xs) in x.chunks_exact(16).enumerate() {
         s[j] = signed_absmax(xs) / -(qneg as f32);
     }
     let t = signed_absmax(&s);
     let d = put_f16(b, d_at, if t != 0.0 { t / -(sneg as f32) } else { 0.0 })?;
-    let mut out = SymmetricK {
-        sc: [0; 16],
-        q: [0; QK_K],
-    };
-    for j in 0..16 {
-        out.sc[j] = if d != 0.0 {
-            nearest(s[j] / d).clamp(-sneg, sneg - 1)
-        } else {
-            0
-        };
+    let mut out = SymmetricK { sc: [0; 16], q: [0; QK_K] };
+    for (sc, &s) in out.sc.iter_mut().zip(s.iter()) {
+        *sc = if d != 0.0 { nearest(s / d).clamp(-sneg, sneg - 1) } else { 0 };
     }
     for (e, &v) in x.iter().enumerate() {
         let dl = d * out.sc[e / 16] as f32;
-        out.q[e] = if dl != 0.0 {
-            nearest(v / dl).clamp(-qneg, qneg - 1)
-        } else {
-            0
-        };
+        out.q[e] = if dl != 0.0 { nearest(v / dl).clamp(-qneg, qneg - 1) } else { 0 };
     }
     Ok(out)
 }
@@ -691,8 +568,8 @@ fn symmetric_k(
 /// Q2_K: [`affine_k`] with sixteen sub-blocks of 16, 2-bit levels and 4-bit scales/mins.
 fn quant_q2_k(x: &[f32], b: &mut [u8]) -> Result<(), ScaleOverflow> {
     let a = affine_k(x, 16, 3, 15, b, 80)?;
-    for j in 0..16 {
-        b[j] = a.ls[j] | (a.lm[j] << 4);
+    for (j, o) in b[..16].iter_mut().enumerate() {
+        *o = a.ls[j] | (a.lm[j] << 4);
     }
     for (e, &q) in a.q.iter().enumerate() {
         let (byte, shift) = k2_pos(e);
@@ -783,11 +660,7 @@ mod tests {
     }
 
     fn rel_rms(x: &[f32], y: &[f32]) -> f64 {
-        let err: f64 = x
-            .iter()
-            .zip(y)
-            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
-            .sum();
+        let err: f64 = x.iter().zip(y).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
         let sig: f64 = x.iter().map(|&a| f64::from(a).powi(2)).sum();
         (err / sig).sqrt()
     }
@@ -821,7 +694,7 @@ mod tests {
         for (i, &(dtype, bound, levels)) in FORMATS.iter().enumerate() {
             // Row: N(0,1) blocks, then a zero super-block, then one with an outlier.
             let mut x = gaussian(N, 1000 + i as u64);
-            x.extend(std::iter::repeat(0.0).take(QK_K));
+            x.extend_from_slice(&[0.0; QK_K]);
             let mut outlier = gaussian(QK_K, 2000 + i as u64);
             let (at, big) = (77, -40.0f32);
             outlier[at] = big;
@@ -836,32 +709,15 @@ mod tests {
             }
 
             let zeros = &y[N..N + QK_K];
-            assert!(
-                zeros.iter().all(|&v| v == 0.0),
-                "{dtype}: zeros do not round trip: {zeros:?}"
-            );
+            assert!(zeros.iter().all(|&v| v == 0.0), "{dtype}: zeros do not round trip: {zeros:?}");
 
             let yo = &y[N + QK_K..];
-            assert!(
-                yo.iter().all(|v| v.is_finite()),
-                "{dtype}: non-finite output"
-            );
+            assert!(yo.iter().all(|v| v.is_finite()), "{dtype}: non-finite output");
             let e_big = (yo[at] - big).abs();
-            assert!(
-                e_big <= 0.01 * big.abs(),
-                "{dtype}: outlier {big} came back as {}",
-                yo[at]
-            );
-            let max_err = outlier
-                .iter()
-                .zip(yo)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            assert!(e_big <= 0.01 * big.abs(), "{dtype}: outlier {big} came back as {}", yo[at]);
+            let max_err = outlier.iter().zip(yo).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             let allowed = 1.5 * f64::from(big.abs()) / levels;
-            assert!(
-                f64::from(max_err) <= allowed.max(1e-2),
-                "{dtype}: max error {max_err} near the outlier"
-            );
+            assert!(f64::from(max_err) <= allowed.max(1e-2), "{dtype}: max error {max_err} near the outlier");
         }
     }
 
@@ -871,17 +727,11 @@ mod tests {
         // moves them little (they already lie close to the format's grid).
         for &(dtype, _, _) in &FORMATS {
             let x = gaussian(2 * QK_K, 7);
-            assert_eq!(
-                quantize_row(dtype, &x).unwrap(),
-                quantize_row(dtype, &x).unwrap()
-            );
+            assert_eq!(quantize_row(dtype, &x).unwrap(), quantize_row(dtype, &x).unwrap());
             let y = round_trip(dtype, &x);
             let z = round_trip(dtype, &y);
             let err = rel_rms(&y, &z);
-            assert!(
-                err < 0.02,
-                "{dtype}: second round trip moved values by {err}"
-            );
+            assert!(err < 0.02, "{dtype}: second round trip moved values by {err}");
         }
     }
 
@@ -903,8 +753,7 @@ mod tests {
         let y = dequant(DType::Q4_0, &b, 32);
         // Elements 0..16: (j - 8) * 0.5; elements 16..32: ((15 - j) - 8) * 0.5.
         let want = [
-            -4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0,
-            3.5, //
+            -4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, //
             3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0, -3.5, -4.0,
         ];
         assert_eq!(y, want);
@@ -947,9 +796,7 @@ mod tests {
         let sc = [1.0f32, 2.0, 3.0, 4.0, 17.0, 33.0, 63.0, 0.0];
         let m = [0.0f32, 1.0, 2.0, 3.0, 20.0, 40.0, 5.0, 63.0];
         let mut b = vec![0x00, 0x3C, 0x00, 0x38];
-        b.extend([
-            0x41, 0x82, 0xC3, 0x04, 0x40, 0x81, 0x02, 0xC3, 0x41, 0x81, 0x5F, 0xF0,
-        ]);
+        b.extend([0x41, 0x82, 0xC3, 0x04, 0x40, 0x81, 0x02, 0xC3, 0x41, 0x81, 0x5F, 0xF0]);
         // qs: 4 chunks of 32 bytes; byte l of chunk c holds element 64c + l (low nibble,
         // value l % 16) and element 64c + 32 + l (high nibble, value 15 - l % 16).
         for _c in 0..4 {
@@ -1007,20 +854,13 @@ mod tests {
         // Top 2 bits: byte 8 + j % 4, bits 2 * (j / 4):
         //   byte 8: u0=2, u4=3, u8=2, u12=2 -> 2 | 3<<2 | 2<<4 | 2<<6 = 0xAE
         //   byte 9: all 2 -> 0xAA; byte 10: u2=1, rest 2 -> 0xA9; byte 11: u3=0, u15=0 -> 0x28
-        let scale = |j: usize| -> f32 {
-            [
-                1.0, 2.0, -1.0, -32.0, 31.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                -31.0,
-            ][j]
-        };
+        let scale = |j: usize| -> f32 { [1.0, 2.0, -1.0, -32.0, 31.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -31.0][j] };
         // hmask: bytes 0..16 all ones (high bit set: no -4), bytes 16..32 zero (-4).
         let mut b = vec![0xFFu8; 16];
         b.extend([0u8; 16]);
         // qs: every byte 0b11_10_01_00, so the 2-bit level of element e is (e / 32) % 4.
         b.extend([0xE4u8; 64]);
-        b.extend([
-            0x01, 0x02, 0x0F, 0x00, 0x0F, 0x00, 0x00, 0x10, 0xAE, 0xAA, 0xA9, 0x28,
-        ]);
+        b.extend([0x01, 0x02, 0x0F, 0x00, 0x0F, 0x00, 0x00, 0x10, 0xAE, 0xAA, 0xA9, 0x28]);
         b.extend([0x00, 0x3C]);
         let y = dequant(DType::Q3_K, &b, 256);
         for (e, &v) in y.iter().enumerate() {
@@ -1043,11 +883,7 @@ mod tests {
         let y = dequant(DType::Q2_K, &b, 256);
         for (e, &v) in y.iter().enumerate() {
             let j = (e / 16) as f32;
-            assert_eq!(
-                v,
-                j * ((e / 32) % 4) as f32 - 0.5 * (15.0 - j),
-                "element {e}"
-            );
+            assert_eq!(v, j * ((e / 32) % 4) as f32 - 0.5 * (15.0 - j), "element {e}");
         }
         assert_eq!(y[0], -7.5);
         assert_eq!(y[40], -4.5); // 2*1 - 6.5
@@ -1058,19 +894,10 @@ mod tests {
     #[test]
     fn floats_round_to_nearest_even() {
         let x = [1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), -2.5];
-        assert_eq!(
-            quantize_row(DType::F16, &x).unwrap(),
-            [0x00, 0x3C, 0x02, 0x3C, 0x00, 0xC1]
-        );
+        assert_eq!(quantize_row(DType::F16, &x).unwrap(), [0x00, 0x3C, 0x02, 0x3C, 0x00, 0xC1]);
         let x = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8)];
-        assert_eq!(
-            quantize_row(DType::BF16, &x).unwrap(),
-            [0x80, 0x3F, 0x82, 0x3F]
-        );
-        assert_eq!(
-            dequant(DType::BF16, &[0x82, 0x3F], 1),
-            [1.0 + 2f32.powi(-6)]
-        );
+        assert_eq!(quantize_row(DType::BF16, &x).unwrap(), [0x80, 0x3F, 0x82, 0x3F]);
+        assert_eq!(dequant(DType::BF16, &[0x82, 0x3F], 1), [1.0 + 2f32.powi(-6)]);
         assert_eq!(dequant(DType::F16, &[0x00, 0xC1], 1), [-2.5]);
     }
 
@@ -1089,28 +916,13 @@ mod tests {
     fn errors() {
         let mut y = vec![0.0f32; 256];
         // wrong source length
-        is_invalid(
-            dequantize_row(DType::Q4_0, &[0; 17], &mut y[..32]),
-            "dequantize",
-        );
-        is_invalid(
-            dequantize_row(DType::Q4_0, &[0; 19], &mut y[..32]),
-            "dequantize",
-        );
+        is_invalid(dequantize_row(DType::Q4_0, &[0; 17], &mut y[..32]), "dequantize");
+        is_invalid(dequantize_row(DType::Q4_0, &[0; 19], &mut y[..32]), "dequantize");
         is_invalid(dequantize_row(DType::Q6_K, &[0; 209], &mut y), "dequantize");
-        is_invalid(
-            dequantize_row(DType::F16, &[0; 3], &mut y[..1]),
-            "dequantize",
-        );
+        is_invalid(dequantize_row(DType::F16, &[0; 3], &mut y[..1]), "dequantize");
         // length not a multiple of the block size
-        is_invalid(
-            dequantize_row(DType::Q4_0, &[0; 18], &mut y[..31]),
-            "dequantize",
-        );
-        is_invalid(
-            dequantize_row(DType::Q4_K, &[0; 144], &mut y[..255]),
-            "dequantize",
-        );
+        is_invalid(dequantize_row(DType::Q4_0, &[0; 18], &mut y[..31]), "dequantize");
+        is_invalid(dequantize_row(DType::Q4_K, &[0; 144], &mut y[..255]), "dequantize");
         is_invalid(quantize_row(DType::Q8_0, &[0.0; 33]), "quantize");
         is_invalid(quantize_row(DType::Q2_K, &[0.0; 128]), "quantize");
         // not a weight format
@@ -1143,9 +955,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for dtype in DType::WEIGHTS {
             let n = 2 * QK_K;
-            let b: Vec<u8> = (0..dtype.bytes_for(n).unwrap())
-                .map(|_| rng.gen())
-                .collect();
+            let b: Vec<u8> = (0..dtype.bytes_for(n).unwrap()).map(|_| rng.gen()).collect();
             let mut y = vec![0.0f32; n];
             dequantize_row(dtype, &b, &mut y).unwrap();
         }

@@ -15,13 +15,7 @@ const OP: &str = "rope";
 /// Llama 3.1 scaling of one inverse frequency: long wavelengths (beyond
 /// original_max_position / low_freq_factor) are divided by `factor`, short ones (below
 /// original_max_position / high_freq_factor) kept, and the band between interpolated.
-fn llama31_scale(
-    inv_freq: f64,
-    factor: f64,
-    low_freq_factor: f64,
-    high_freq_factor: f64,
-    original_max_position: f64,
-) -> f64 {
+fn llama31_scale(inv_freq: f64, factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: f64) -> f64 {
     let low_freq_wavelen = original_max_position / low_freq_factor;
     let high_freq_wavelen = original_max_position / high_freq_factor;
     let wavelen = 2.0 * PI / inv_freq;
@@ -30,8 +24,7 @@ fn llama31_scale(
     } else if wavelen > low_freq_wavelen {
         inv_freq / factor
     } else {
-        let smooth = (original_max_position / wavelen - low_freq_factor)
-            / (high_freq_factor - low_freq_factor);
+        let smooth = (original_max_position / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
         (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
     }
 }
@@ -43,13 +36,7 @@ fn inv_freqs(p: &RopeParams) -> Vec<f64> {
         .map(|i| {
             let f = p.rope_theta.powf(-((2 * i) as f64) / r as f64);
             if p.rope_factor > 1.0 {
-                llama31_scale(
-                    f,
-                    p.rope_factor,
-                    p.low_freq_factor,
-                    p.high_freq_factor,
-                    p.original_max_position as f64,
-                )
+                llama31_scale(f, p.rope_factor, p.low_freq_factor, p.high_freq_factor, p.original_max_position as f64)
             } else {
                 f
             }
@@ -62,13 +49,9 @@ fn rotate(x: &mut [f64], p: &RopeParams, pos: &[i32], inv_freq: &[f64]) {
     let half = p.rotary_dim / 2;
     let heads = x.len() / (pos.len() * p.head_size);
     for (row_index, row) in x.chunks_exact_mut(p.head_size).enumerate() {
-        let position = f64::from(pos[row_index % pos.len()]);
+        let position = f64::from(pos[row_index / heads]);
         for (i, f) in inv_freq.iter().enumerate() {
-            let (ia, ib) = if p.interleave {
-                (2 * i, 2 * i + 1)
-            } else {
-                (i, i + half)
-            };
+            let (ia, ib) = if p.interleave { (2 * i, 2 * i + 1) } else { (i, i + half) };
             let (sin, cos) = (position * f).sin_cos();
             let (a, b) = (row[ia], row[ib]);
             row[ia] = a * cos - b * sin;
@@ -83,10 +66,7 @@ pub fn rope(p: &RopeParams, inputs: &Tensors) -> Result<Tensors> {
     Op::Rope(p.clone()).check_inputs(inputs)?;
     let pos = i32_in(OP, inputs, "pos_ids")?;
     if let Some((t, id)) = pos.iter().enumerate().find(|(_, &id)| id < 0) {
-        return Err(Error::invalid(
-            OP,
-            format!("pos_ids[{t}] = {id} is negative"),
-        ));
+        return Err(Error::invalid(OP, format!("pos_ids[{t}] = {id} is negative")));
     }
     let inv_freq = inv_freqs(p);
     let mut q = f64_in(OP, inputs, "q")?;
@@ -94,10 +74,7 @@ pub fn rope(p: &RopeParams, inputs: &Tensors) -> Result<Tensors> {
     rotate(&mut q, p, &pos, &inv_freq);
     rotate(&mut k, p, &pos, &inv_freq);
     let (t, d) = (p.num_tokens, p.head_size);
-    Ok(outputs([
-        ("q_out", float_out(p.dtype, &[t, p.num_heads, d], &q)),
-        ("k_out", float_out(p.dtype, &[t, p.num_kv_heads, d], &k)),
-    ]))
+    Ok(outputs([("q_out", float_out(p.dtype, &[t, p.num_heads, d], &q)), ("k_out", float_out(p.dtype, &[t, p.num_kv_heads, d], &k))]))
 }
 
 #[cfg(test)]
@@ -128,14 +105,8 @@ mod tests {
     fn inputs(p: &RopeParams, q: &[f32], k: &[f32], pos: &[i32]) -> Tensors {
         let (t, d) = (p.num_tokens, p.head_size);
         let mut m = Tensors::new();
-        m.insert(
-            "q".into(),
-            Tensor::from_f32(p.dtype, vec![t, p.num_heads, d], q),
-        );
-        m.insert(
-            "k".into(),
-            Tensor::from_f32(p.dtype, vec![t, p.num_kv_heads, d], k),
-        );
+        m.insert("q".into(), Tensor::from_f32(p.dtype, vec![t, p.num_heads, d], q));
+        m.insert("k".into(), Tensor::from_f32(p.dtype, vec![t, p.num_kv_heads, d], k));
         m.insert("pos_ids".into(), Tensor::from_i32(vec![t], pos));
         m
     }
@@ -147,10 +118,7 @@ mod tests {
     /// Run rope; returns (q_out, k_out) as f32.
     fn run(p: &RopeParams, q: &[f32], k: &[f32], pos: &[i32]) -> (Vec<f32>, Vec<f32>) {
         let out = rope(p, &inputs(p, q, k, pos)).unwrap();
-        (
-            out["q_out"].to_f32().unwrap(),
-            out["k_out"].to_f32().unwrap(),
-        )
+        (out["q_out"].to_f32().unwrap(), out["k_out"].to_f32().unwrap())
     }
 
     #[test]
@@ -167,8 +135,8 @@ mod tests {
     #[test]
     fn one_pair_at_position_one_by_hand() {
         // cos 1 = 0.5403023058681398, sin 1 = 0.8414709848078965; (a, b) = (1, 2):
-        // a·cos − b·sin = −1.1426396637476532, b·cos + a·sin = 1.9220755965441761.
-        let (a, b) = (-1.142_639_663_747_653_2, 1.922_075_596_544_176_1);
+        // a·cos − b·sin = −1.1426396637476532, b·cos + a·sin = 1.922075596544176.
+        let (a, b) = (-1.142_639_663_747_653_2, 1.922_075_596_544_176);
         // NeoX: pair 0 is (x[0], x[2]); the other pair has inv_freq 10000^(−1/2) = 0.01.
         let p = params(1, 1, 1, 4, 4, false);
         let (q, k) = run(&p, &[1.0, 0.0, 2.0, 0.0], &[1.0, 0.0, 2.0, 0.0], &[1]);
@@ -176,10 +144,7 @@ mod tests {
         assert_eq!(k, q);
         // Second pair: (x[1], x[3]) = (1, 0) turns by 0.01 rad.
         let (q, _) = run(&p, &[0.0, 1.0, 0.0, 0.0], &[0.0; 4], &[1]);
-        assert_eq!(
-            q,
-            vec![0.0, 0.01f64.cos() as f32, 0.0, 0.01f64.sin() as f32]
-        );
+        assert_eq!(q, vec![0.0, 0.01f64.cos() as f32, 0.0, 0.01f64.sin() as f32]);
         // Interleaved: pair 0 is (x[0], x[1]).
         let p = params(1, 1, 1, 4, 4, true);
         let (q, _) = run(&p, &[1.0, 2.0, 0.0, 0.0], &[0.0; 4], &[1]);
@@ -205,15 +170,54 @@ mod tests {
         let (q, k) = (random(&mut rng, t * hq * d), random(&mut rng, t * hk * d));
         let pos = [0, 7, 300];
         let (qn, kn) = run(&params(t, hq, hk, d, r, false), &q, &k, &pos);
-        let (qi, ki) = run(
-            &params(t, hq, hk, d, r, true),
-            &to_gptj(&q),
-            &to_gptj(&k),
-            &pos,
-        );
+        let (qi, ki) = run(&params(t, hq, hk, d, r, true), &to_gptj(&q), &to_gptj(&k), &pos);
         assert_eq!(to_gptj(&qn), qi);
         assert_eq!(to_gptj(&kn), ki);
         assert_ne!(qn, q);
+    }
+
+    /// Output element e of a head, written per element: its partner dim, the sign, and
+    /// the frequency as exp(−ln θ · 2i / r).
+    fn elementwise(x: &[f32], d: usize, heads: usize, r: usize, theta: f64, interleave: bool, pos: &[i32]) -> Vec<f64> {
+        let mut out = Vec::with_capacity(x.len());
+        for (n, &v) in x.iter().enumerate() {
+            let (row, e) = (n / d, n % d);
+            let head = &x[row * d..(row + 1) * d];
+            if e >= r {
+                out.push(v as f64);
+                continue;
+            }
+            let (i, partner, first) = if interleave {
+                (e / 2, e ^ 1, e % 2 == 0)
+            } else if e < r / 2 {
+                (e, e + r / 2, true)
+            } else {
+                (e - r / 2, e - r / 2, false)
+            };
+            let angle = pos[row / heads] as f64 * (-(theta.ln()) * (2 * i) as f64 / r as f64).exp();
+            let (x0, x1) = (v as f64, head[partner] as f64);
+            out.push(if first { x0 * angle.cos() - x1 * angle.sin() } else { x0 * angle.cos() + x1 * angle.sin() });
+        }
+        out
+    }
+
+    #[test]
+    fn matches_elementwise_formula() {
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        for (interleave, r, theta) in [(false, 16, 10000.0), (true, 16, 500000.0), (false, 6, 10000.0), (true, 10, 1e6)] {
+            let (t, hq, hk, d) = (4, 3, 2, 16);
+            let p = RopeParams { rope_theta: theta, ..params(t, hq, hk, d, r, interleave) };
+            let (q, k) = (random(&mut rng, t * hq * d), random(&mut rng, t * hk * d));
+            let pos = [0, 1, 17, 4999];
+            let (qo, ko) = run(&p, &q, &k, &pos);
+            for (got, want) in
+                [(qo, elementwise(&q, d, hq, r, theta, interleave, &pos)), (ko, elementwise(&k, d, hk, r, theta, interleave, &pos))]
+            {
+                for (n, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((*g as f64 - w).abs() <= 1e-6, "r {r} interleave {interleave} element {n}: {g} vs {w}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -235,10 +239,7 @@ mod tests {
     #[test]
     fn llama31_factor_one_is_no_scaling() {
         // With factor 1 every band of the formula gives the frequency back.
-        for (i, f) in (0..64)
-            .map(|i| 500000f64.powf(-(2.0 * i as f64) / 128.0))
-            .enumerate()
-        {
+        for (i, f) in (0..64).map(|i| 500000f64.powf(-(2.0 * i as f64) / 128.0)).enumerate() {
             let s = llama31_scale(f, 1.0, 1.0, 4.0, 8192.0);
             assert!((s - f).abs() <= 1e-15 * f, "pair {i}: {s} vs {f}");
         }
@@ -247,36 +248,21 @@ mod tests {
         let (q, k) = (random(&mut rng, 32), random(&mut rng, 32));
         let p = params(2, 1, 1, 16, 16, false);
         let mut odd = p.clone();
-        (
-            odd.low_freq_factor,
-            odd.high_freq_factor,
-            odd.original_max_position,
-        ) = (7.0, 7.0, 3);
+        (odd.low_freq_factor, odd.high_freq_factor, odd.original_max_position) = (7.0, 7.0, 3);
         assert_eq!(run(&p, &q, &k, &[3, 4000]), run(&odd, &q, &k, &[3, 4000]));
     }
 
     #[test]
     fn llama31_factor_8_scales_low_frequencies_only() {
         let mut p = params(1, 1, 1, 128, 128, false);
-        (
-            p.rope_theta,
-            p.rope_factor,
-            p.low_freq_factor,
-            p.high_freq_factor,
-            p.original_max_position,
-        ) = (500000.0, 8.0, 1.0, 4.0, 8192);
-        let plain = inv_freqs(&RopeParams {
-            rope_factor: 1.0,
-            ..p.clone()
-        });
+        (p.rope_theta, p.rope_factor, p.low_freq_factor, p.high_freq_factor, p.original_max_position) = (500000.0, 8.0, 1.0, 4.0, 8192);
+        let plain = inv_freqs(&RopeParams { rope_factor: 1.0, ..p.clone() });
         let scaled = inv_freqs(&p);
         // Highest frequency (wavelength 2π) unchanged, lowest divided by 8.
         assert_eq!(scaled[0], plain[0]);
         assert_eq!(scaled[63], plain[63] / 8.0);
         // Pairs in the band between wavelengths 2048 and 8192 are interpolated: one by hand.
-        let i = (0..64)
-            .find(|&i| (2048.0..=8192.0).contains(&(2.0 * PI / plain[i])))
-            .unwrap();
+        let i = (0..64).find(|&i| (2048.0..=8192.0).contains(&(2.0 * PI / plain[i]))).unwrap();
         let wl = 2.0 * PI / plain[i];
         let smooth = (8192.0 / wl - 1.0) / 3.0;
         assert!(smooth > 0.0 && smooth < 1.0);
@@ -294,16 +280,9 @@ mod tests {
     #[test]
     fn negative_position_is_an_error() {
         let p = params(2, 1, 1, 4, 4, false);
-        let e = rope(&p, &inputs(&p, &[0.0; 8], &[0.0; 8], &[3, -2]))
-            .unwrap_err()
-            .to_string();
+        let e = rope(&p, &inputs(&p, &[0.0; 8], &[0.0; 8], &[3, -2])).unwrap_err().to_string();
         assert_eq!(e, "[rope] pos_ids[1] = -2 is negative");
-        let bad = inputs(
-            &params(3, 1, 1, 4, 4, false),
-            &[0.0; 12],
-            &[0.0; 12],
-            &[0, 1, 2],
-        );
+        let bad = inputs(&params(3, 1, 1, 4, 4, false), &[0.0; 12], &[0.0; 12], &[0, 1, 2]);
         assert!(rope(&p, &bad).is_err());
     }
 
@@ -312,16 +291,8 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let (q, k) = (random(&mut rng, 16), random(&mut rng, 16));
         for dtype in [DType::F16, DType::BF16] {
-            let p = RopeParams {
-                dtype,
-                ..params(2, 1, 1, 8, 8, true)
-            };
-            let (q32, k32) = run(
-                &params(2, 1, 1, 8, 8, true),
-                &rounded(dtype, &q),
-                &rounded(dtype, &k),
-                &[2, 11],
-            );
+            let p = RopeParams { dtype, ..params(2, 1, 1, 8, 8, true) };
+            let (q32, k32) = run(&params(2, 1, 1, 8, 8, true), &rounded(dtype, &q), &rounded(dtype, &k), &[2, 11]);
             let (qh, kh) = run(&p, &q, &k, &[2, 11]);
             assert_eq!(qh, rounded(dtype, &q32));
             assert_eq!(kh, rounded(dtype, &k32));

@@ -8,8 +8,8 @@
 
 use crate::util::{f64_in, float_out, get, outputs};
 use ingot_core::{
-    ensure, DType, ExtractKParams, LogitsParams, MinPParams, Result, SampleParams, SoftcapParams, SoftmaxParams, TemperatureParams,
-    Tensor, Tensors, TopKParams, TopPParams,
+    ensure, DType, ExtractKParams, LogitsParams, MinPParams, Result, SampleParams, SoftcapParams, SoftmaxParams, TemperatureParams, Tensor,
+    Tensors, TopKParams, TopPParams,
 };
 use std::cmp::Ordering;
 
@@ -83,10 +83,7 @@ pub fn extract_k_values(p: &ExtractKParams, inputs: &Tensors) -> Result<Tensors>
             idx.push(i as i32);
         }
     }
-    Ok(outputs([
-        ("values", float_out(p.dtype, &[p.m, p.k], &vals)),
-        ("indices", Tensor::from_i32(vec![p.m, p.k], &idx)),
-    ]))
+    Ok(outputs([("values", float_out(p.dtype, &[p.m, p.k], &vals)), ("indices", Tensor::from_i32(vec![p.m, p.k], &idx))]))
 }
 
 pub fn argmax(p: &LogitsParams, inputs: &Tensors) -> Result<Tensors> {

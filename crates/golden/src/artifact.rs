@@ -57,7 +57,14 @@ pub struct Case {
 }
 
 fn entry(name: &str, t: &Tensor, tol: Option<Tolerance>) -> TensorEntry {
-    TensorEntry { name: name.to_string(), file: format!("{name}.bin"), dtype: t.dtype, shape: t.shape.clone(), bytes: t.data.len(), tolerance: tol }
+    TensorEntry {
+        name: name.to_string(),
+        file: format!("{name}.bin"),
+        dtype: t.dtype,
+        shape: t.shape.clone(),
+        bytes: t.data.len(),
+        tolerance: tol,
+    }
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
@@ -110,7 +117,8 @@ impl Case {
         json.push('\n');
         let mp = dir.join("meta.json");
         std::fs::write(&mp, json).map_err(|e| io_err(&mp, e))?;
-        for (e, t) in meta.inputs.iter().map(|e| (e, &self.inputs[&e.name])).chain(meta.outputs.iter().map(|e| (e, &self.outputs[&e.name]))) {
+        for (e, t) in meta.inputs.iter().map(|e| (e, &self.inputs[&e.name])).chain(meta.outputs.iter().map(|e| (e, &self.outputs[&e.name])))
+        {
             let p = dir.join(&e.file);
             std::fs::write(&p, &t.data).map_err(|err| io_err(&p, err))?;
         }
@@ -129,7 +137,10 @@ pub struct Loaded {
 
 fn load_tensor(dir: &Path, e: &TensorEntry) -> Result<Tensor> {
     if e.file.contains('/') || e.file.contains('\\') || e.file.starts_with('.') {
-        return Err(Error::Artifact { path: dir.join("meta.json"), msg: format!("tensor file name '{}' must be a plain file name", e.file) });
+        return Err(Error::Artifact {
+            path: dir.join("meta.json"),
+            msg: format!("tensor file name '{}' must be a plain file name", e.file),
+        });
     }
     let p = dir.join(&e.file);
     let data = std::fs::read(&p).map_err(|err| io_err(&p, err))?;

@@ -42,7 +42,15 @@ pub struct CaseReport {
 
 /// Check one artifact directory on `backend`.
 pub fn check_case(dir: &Path, backend: &dyn Backend) -> CaseReport {
-    let mut r = CaseReport { dir: dir.to_path_buf(), case: String::new(), op: String::new(), dtype: String::new(), status: Status::Error, message: String::new(), outputs: vec![] };
+    let mut r = CaseReport {
+        dir: dir.to_path_buf(),
+        case: String::new(),
+        op: String::new(),
+        dtype: String::new(),
+        status: Status::Error,
+        message: String::new(),
+        outputs: vec![],
+    };
     let loaded = match load(dir) {
         Ok(l) => l,
         Err(e) => {
@@ -69,7 +77,8 @@ pub fn check_case(dir: &Path, backend: &dyn Backend) -> CaseReport {
     let mut pass = true;
     for e in &loaded.meta.outputs {
         let Some(tol) = e.tolerance.as_ref() else { continue };
-        let metric = serde_json::to_value(tol).ok().and_then(|v| v.get("metric").and_then(|m| m.as_str().map(String::from))).unwrap_or_default();
+        let metric =
+            serde_json::to_value(tol).ok().and_then(|v| v.get("metric").and_then(|m| m.as_str().map(String::from))).unwrap_or_default();
         let verdict = match got.get(&e.name) {
             Some(t) => compare(tol, &loaded.outputs[&e.name], t),
             None => Verdict { pass: false, worst: f64::INFINITY, detail: format!("backend returned no '{}'", e.name) },

@@ -109,7 +109,10 @@ impl Flags {
     fn get<'a>(&'a self, names: &[&'a str]) -> Result<Option<(&'a str, &'a str)>> {
         let present: Vec<&str> = names.iter().copied().filter(|n| self.vals.contains_key(*n)).collect();
         if present.len() > 1 {
-            return Err(Error::Usage(format!("flags {} mean the same thing: give one", present.iter().map(|n| format!("--{n}")).collect::<Vec<_>>().join(" and "))));
+            return Err(Error::Usage(format!(
+                "flags {} mean the same thing: give one",
+                present.iter().map(|n| format!("--{n}")).collect::<Vec<_>>().join(" and ")
+            )));
         }
         for n in names {
             self.used.borrow_mut().insert(n.to_string());
@@ -338,7 +341,11 @@ fn build(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensors)> {
             (op, m)
         }
         AddResidual => {
-            let p = RowsParams { num_tokens: f.usize(&["num_tokens"], 8)?, hidden_size: f.usize(&["hidden_size"], 128)?, dtype: dt(f, DType::F32)? };
+            let p = RowsParams {
+                num_tokens: f.usize(&["num_tokens"], 8)?,
+                hidden_size: f.usize(&["hidden_size"], 128)?,
+                dtype: dt(f, DType::F32)?,
+            };
             let op = Op::AddResidual(p.clone());
             op.validate()?;
             limit(&op)?;
@@ -409,7 +416,12 @@ fn build(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensors)> {
                 };
                 (Op::TopkMaskLogits(p.clone()), p.num_tokens, p.vocab_size, p.dtype)
             } else {
-                let p = ExtractKParams { m: f.usize(&["M", "m"], 4)?, n: f.usize(&["N", "n"], 1000)?, k: f.usize(&["k"], 10)?, dtype: dt(f, DType::F32)? };
+                let p = ExtractKParams {
+                    m: f.usize(&["M", "m"], 4)?,
+                    n: f.usize(&["N", "n"], 1000)?,
+                    k: f.usize(&["k"], 10)?,
+                    dtype: dt(f, DType::F32)?,
+                };
                 (Op::ExtractKValues(p.clone()), p.m, p.n, p.dtype)
             };
             op.validate()?;
@@ -433,7 +445,11 @@ fn build(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensors)> {
             (op, ins([(name, float(d, &[rows, cols], &x))]))
         }
         Argmax => {
-            let p = LogitsParams { num_tokens: f.usize(&["num_tokens"], 4)?, vocab_size: f.usize(&["vocab_size"], 1000)?, dtype: dt(f, DType::F32)? };
+            let p = LogitsParams {
+                num_tokens: f.usize(&["num_tokens"], 4)?,
+                vocab_size: f.usize(&["vocab_size"], 1000)?,
+                dtype: dt(f, DType::F32)?,
+            };
             let op = Op::Argmax(p.clone());
             op.validate()?;
             limit(&op)?;
@@ -453,7 +469,12 @@ fn build(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensors)> {
             let op = if kind == Softcap {
                 Op::Softcap(SoftcapParams { num_tokens: t, vocab_size: v, cap: f.f64(&["cap"], 30.0)?, dtype: d })
             } else {
-                Op::TemperatureScale(TemperatureParams { num_tokens: t, vocab_size: v, temperature: f.f64(&["temperature"], 0.7)?, dtype: d })
+                Op::TemperatureScale(TemperatureParams {
+                    num_tokens: t,
+                    vocab_size: v,
+                    temperature: f.f64(&["temperature"], 0.7)?,
+                    dtype: d,
+                })
             };
             op.validate()?;
             limit(&op)?;
@@ -469,15 +490,15 @@ fn build(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensors)> {
             op.validate()?;
             limit(&op)?;
             let mut x = Vec::with_capacity(t * v);
-            for _ in 0..t {
-                let mut tries = 0;
-                let row = loop {
-                    let row = rounded(d, &g.normals(v, 2.0));
-                    tries += 1;
-                    if tries > 1000 || well_posed(&op, &row) {
-                        break row;
-                    }
-                };
+            for r in 0..t {
+                // Peaked logits put the top-p boundary among tokens of real probability,
+                // where a margin from the boundary can exist at all.
+                let row = (0..1000).map(|_| rounded(d, &g.normals(v, 5.0))).find(|row| well_posed(&op, row)).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "[{}] found no row {r} without a value near the decision boundary in 1000 draws; change top_p/min_p or vocab_size",
+                        op.name()
+                    ))
+                })?;
                 x.extend(row);
             }
             (op, ins([("logits", float(d, &[t, v], &x))]))
@@ -594,7 +615,11 @@ fn build(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensors)> {
         }
         QuantizeKv | DequantizeKv => kv_quant(kind, f, g)?,
         Dequantize => {
-            let p = DequantizeParams { rows: f.usize(&["rows"], 4)?, cols: f.usize(&["cols"], 256)?, dtype: f.dtype(&["dtype", "weight_dtype"], DType::Q4_0)? };
+            let p = DequantizeParams {
+                rows: f.usize(&["rows"], 4)?,
+                cols: f.usize(&["cols"], 256)?,
+                dtype: f.dtype(&["dtype", "weight_dtype"], DType::Q4_0)?,
+            };
             let op = Op::Dequantize(p.clone());
             op.validate()?;
             limit(&op)?;
@@ -662,7 +687,8 @@ fn make_pages(g: &mut Gen, batch: usize, kv_len: usize, ps: usize) -> Result<Pag
     if ps == 0 {
         return Err(Error::Usage("--page_size must be at least 1".into()));
     }
-    let kv_lens: Vec<usize> = (0..batch).map(|b| if b == 0 { kv_len } else { (kv_len / 2).max(1) + g.below(kv_len - (kv_len / 2).max(1) + 1) }).collect();
+    let kv_lens: Vec<usize> =
+        (0..batch).map(|b| if b == 0 { kv_len } else { (kv_len / 2).max(1) + g.below(kv_len - (kv_len / 2).max(1) + 1) }).collect();
     let counts: Vec<usize> = kv_lens.iter().map(|l| l.div_ceil(ps)).collect();
     let used: usize = counts.iter().sum();
     // Spare pages the sequences do not own: they must stay untouched.
@@ -686,7 +712,16 @@ fn make_pages(g: &mut Gen, batch: usize, kv_len: usize, ps: usize) -> Result<Pag
 fn paged(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensors)> {
     let decode = kind == OpKind::BatchDecodeWithPagedKvCache;
     let append = kind == OpKind::AppendPagedKvCache;
-    let batch = f.usize(&["batch_size"], if decode { 4 } else if append { 2 } else { 1 })?;
+    let batch = f.usize(
+        &["batch_size"],
+        if decode {
+            4
+        } else if append {
+            2
+        } else {
+            1
+        },
+    )?;
     let hq = if append { 0 } else { f.usize(&["num_qo_heads", "num_query_heads", "num_heads"], 8)? };
     let hk = f.usize(&["num_kv_heads"], 8)?;
     let d = f.usize(&["head_size", "head_dim"], 64)?;
@@ -723,7 +758,16 @@ fn paged(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensors)> {
             }
         }
         let n = bi.len();
-        let p = AppendKvParams { batch_size: batch, num_tokens: n, num_kv_heads: hk, head_size: d, page_size: ps, num_pages: pg.num_pages, num_page_ids: ids, dtype };
+        let p = AppendKvParams {
+            batch_size: batch,
+            num_tokens: n,
+            num_kv_heads: hk,
+            head_size: d,
+            page_size: ps,
+            num_pages: pg.num_pages,
+            num_page_ids: ids,
+            dtype,
+        };
         let op = Op::AppendPagedKvCache(p);
         op.validate()?;
         limit(&op)?;
@@ -792,7 +836,15 @@ fn kv_quant(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensors)> {
     let bits = f.usize(&["bits"], 4)?;
     let dtype = dt(f, DType::F32)?;
     let op = if kind == OpKind::QuantizeKv {
-        Op::QuantizeKv(KvQuantParams { n_kv_heads: hk, head_dim: d, max_seq, group_size: gs, bits, position: f.usize(&["position"], 7)?, dtype })
+        Op::QuantizeKv(KvQuantParams {
+            n_kv_heads: hk,
+            head_dim: d,
+            max_seq,
+            group_size: gs,
+            bits,
+            position: f.usize(&["position"], 7)?,
+            dtype,
+        })
     } else {
         Op::DequantizeKv(KvDequantParams {
             n_kv_heads: hk,

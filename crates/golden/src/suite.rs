@@ -43,7 +43,13 @@ pub fn standard() -> Vec<Entry> {
         let dt = || ("dtype", d.name().to_string());
         let n = d.name();
         e(&mut v, format!("awk_{n}"), Gemm, &[("m", "31"), ("n", "33"), ("k", "32")], &[dt()]);
-        e(&mut v, format!("awk_trans_bias_{n}"), Gemm, &[("m", "33"), ("n", "31"), ("k", "65"), ("transa", "true"), ("transb", "true"), ("use_bias", "true")], &[dt()]);
+        e(
+            &mut v,
+            format!("awk_trans_bias_{n}"),
+            Gemm,
+            &[("m", "33"), ("n", "31"), ("k", "65"), ("transa", "true"), ("transb", "true"), ("use_bias", "true")],
+            &[dt()],
+        );
         e(&mut v, format!("llm_mlp_up_{n}"), Gemm, &[("m", "4"), ("n", "1536"), ("k", "576"), ("transb", "true")], &[dt()]);
         e(&mut v, format!("llm_gemv_{n}"), Gemm, &[("m", "1"), ("n", "896"), ("k", "896"), ("transb", "true")], &[dt()]);
 
@@ -53,7 +59,13 @@ pub fn standard() -> Vec<Entry> {
         for op in [RmsNorm, FusedAddRmsNorm] {
             e(&mut v, format!("awk_{n}"), op, &[("num_tokens", "3"), ("hidden_size", "33")], &[dt()]);
             e(&mut v, format!("llm_{n}"), op, &[("num_tokens", "7"), ("hidden_size", "4096"), ("eps", "1e-5")], &[dt()]);
-            e(&mut v, format!("gemma_{n}"), op, &[("num_tokens", "5"), ("hidden_size", "640"), ("eps", "1e-6"), ("gemma", "true")], &[dt()]);
+            e(
+                &mut v,
+                format!("gemma_{n}"),
+                op,
+                &[("num_tokens", "5"), ("hidden_size", "640"), ("eps", "1e-6"), ("gemma", "true")],
+                &[dt()],
+            );
         }
         e(&mut v, format!("awk_{n}"), LayerNorm, &[("num_tokens", "3"), ("hidden_size", "33")], &[dt()]);
         e(&mut v, format!("llm_{n}"), LayerNorm, &[("num_tokens", "5"), ("hidden_size", "768")], &[dt()]);
@@ -88,36 +100,229 @@ pub fn standard() -> Vec<Entry> {
         e(&mut v, format!("awk_{n}"), MinPMask, &[("num_tokens", "3"), ("vocab_size", "33"), ("min_p", "0.05")], &[dt()]);
         e(&mut v, format!("llm_{n}"), MinPMask, &[("num_tokens", "2"), ("vocab_size", "32000"), ("min_p", "0.1")], &[dt()]);
 
-        e(&mut v, format!("awk_{n}"), Rope, &[("num_tokens", "5"), ("num_heads", "7"), ("num_kv_heads", "1"), ("head_size", "64")], &[dt()]);
-        e(&mut v, format!("llama31_{n}"), Rope, &[
-            ("num_tokens", "9"), ("num_heads", "32"), ("num_kv_heads", "8"), ("head_size", "128"), ("rope_theta", "500000"),
-            ("rope_factor", "8"), ("low_freq_factor", "1"), ("high_freq_factor", "4"), ("original_max_position", "8192"), ("max_position", "8192"),
-        ], &[dt()]);
-        e(&mut v, format!("gptj_{n}"), Rope, &[("num_tokens", "4"), ("num_heads", "3"), ("head_size", "64"), ("interleave", "true")], &[dt()]);
-        e(&mut v, format!("partial_{n}"), Rope, &[("num_tokens", "4"), ("num_heads", "3"), ("head_size", "64"), ("rotary_dim", "32")], &[dt()]);
-        e(&mut v, format!("qwen2_{n}"), Rope, &[("num_tokens", "6"), ("num_heads", "14"), ("num_kv_heads", "2"), ("head_size", "64"), ("rope_theta", "1000000")], &[dt()]);
+        e(
+            &mut v,
+            format!("awk_{n}"),
+            Rope,
+            &[("num_tokens", "5"), ("num_heads", "7"), ("num_kv_heads", "1"), ("head_size", "64")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("llama31_{n}"),
+            Rope,
+            &[
+                ("num_tokens", "9"),
+                ("num_heads", "32"),
+                ("num_kv_heads", "8"),
+                ("head_size", "128"),
+                ("rope_theta", "500000"),
+                ("rope_factor", "8"),
+                ("low_freq_factor", "1"),
+                ("high_freq_factor", "4"),
+                ("original_max_position", "8192"),
+                ("max_position", "8192"),
+            ],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("gptj_{n}"),
+            Rope,
+            &[("num_tokens", "4"), ("num_heads", "3"), ("head_size", "64"), ("interleave", "true")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("partial_{n}"),
+            Rope,
+            &[("num_tokens", "4"), ("num_heads", "3"), ("head_size", "64"), ("rotary_dim", "32")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("qwen2_{n}"),
+            Rope,
+            &[("num_tokens", "6"), ("num_heads", "14"), ("num_kv_heads", "2"), ("head_size", "64"), ("rope_theta", "1000000")],
+            &[dt()],
+        );
 
-        e(&mut v, format!("awk_{n}"), AppendPagedKvCache, &[("batch_size", "3"), ("num_kv_heads", "3"), ("head_size", "64"), ("page_size", "16"), ("kv_len", "37"), ("num_tokens", "5")], &[dt()]);
-        e(&mut v, format!("decode_{n}"), AppendPagedKvCache, &[("batch_size", "4"), ("num_kv_heads", "8"), ("head_size", "128"), ("page_size", "16"), ("kv_len", "100"), ("num_tokens", "1")], &[dt()]);
-        e(&mut v, format!("ps1_{n}"), AppendPagedKvCache, &[("batch_size", "2"), ("num_kv_heads", "2"), ("head_size", "32"), ("page_size", "1"), ("kv_len", "9"), ("num_tokens", "9")], &[dt()]);
+        e(
+            &mut v,
+            format!("awk_{n}"),
+            AppendPagedKvCache,
+            &[("batch_size", "3"), ("num_kv_heads", "3"), ("head_size", "64"), ("page_size", "16"), ("kv_len", "37"), ("num_tokens", "5")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("decode_{n}"),
+            AppendPagedKvCache,
+            &[
+                ("batch_size", "4"),
+                ("num_kv_heads", "8"),
+                ("head_size", "128"),
+                ("page_size", "16"),
+                ("kv_len", "100"),
+                ("num_tokens", "1"),
+            ],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("ps1_{n}"),
+            AppendPagedKvCache,
+            &[("batch_size", "2"), ("num_kv_heads", "2"), ("head_size", "32"), ("page_size", "1"), ("kv_len", "9"), ("num_tokens", "9")],
+            &[dt()],
+        );
 
-        e(&mut v, format!("awk_gqa_{n}"), BatchPrefillWithPagedKvCache, &[("batch_size", "3"), ("num_qo_heads", "6"), ("num_kv_heads", "2"), ("head_size", "64"), ("page_size", "16"), ("kv_len", "37"), ("num_tokens", "7")], &[dt()]);
-        e(&mut v, format!("noncausal_{n}"), BatchPrefillWithPagedKvCache, &[("batch_size", "2"), ("num_qo_heads", "4"), ("num_kv_heads", "4"), ("head_size", "32"), ("page_size", "8"), ("kv_len", "20"), ("num_tokens", "5"), ("causal", "false")], &[dt()]);
-        e(&mut v, format!("window_cap_{n}"), BatchPrefillWithPagedKvCache, &[("batch_size", "2"), ("num_qo_heads", "4"), ("num_kv_heads", "1"), ("head_size", "256"), ("page_size", "16"), ("kv_len", "40"), ("num_tokens", "12"), ("window_left", "8"), ("logits_soft_cap", "50")], &[dt()]);
-        e(&mut v, format!("llm_prompt_{n}"), BatchPrefillWithPagedKvCache, &[("batch_size", "1"), ("num_qo_heads", "32"), ("num_kv_heads", "8"), ("head_size", "128"), ("page_size", "16"), ("kv_len", "128"), ("num_tokens", "128")], &[dt()]);
+        e(
+            &mut v,
+            format!("awk_gqa_{n}"),
+            BatchPrefillWithPagedKvCache,
+            &[
+                ("batch_size", "3"),
+                ("num_qo_heads", "6"),
+                ("num_kv_heads", "2"),
+                ("head_size", "64"),
+                ("page_size", "16"),
+                ("kv_len", "37"),
+                ("num_tokens", "7"),
+            ],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("noncausal_{n}"),
+            BatchPrefillWithPagedKvCache,
+            &[
+                ("batch_size", "2"),
+                ("num_qo_heads", "4"),
+                ("num_kv_heads", "4"),
+                ("head_size", "32"),
+                ("page_size", "8"),
+                ("kv_len", "20"),
+                ("num_tokens", "5"),
+                ("causal", "false"),
+            ],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("window_cap_{n}"),
+            BatchPrefillWithPagedKvCache,
+            &[
+                ("batch_size", "2"),
+                ("num_qo_heads", "4"),
+                ("num_kv_heads", "1"),
+                ("head_size", "256"),
+                ("page_size", "16"),
+                ("kv_len", "40"),
+                ("num_tokens", "12"),
+                ("window_left", "8"),
+                ("logits_soft_cap", "50"),
+            ],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("llm_prompt_{n}"),
+            BatchPrefillWithPagedKvCache,
+            &[
+                ("batch_size", "1"),
+                ("num_qo_heads", "32"),
+                ("num_kv_heads", "8"),
+                ("head_size", "128"),
+                ("page_size", "16"),
+                ("kv_len", "128"),
+                ("num_tokens", "128"),
+            ],
+            &[dt()],
+        );
 
-        e(&mut v, format!("awk_{n}"), BatchDecodeWithPagedKvCache, &[("batch_size", "3"), ("num_qo_heads", "7"), ("num_kv_heads", "7"), ("head_size", "64"), ("page_size", "16"), ("kv_len", "33")], &[dt()]);
-        e(&mut v, format!("llm_gqa_{n}"), BatchDecodeWithPagedKvCache, &[("batch_size", "4"), ("num_qo_heads", "32"), ("num_kv_heads", "8"), ("head_size", "128"), ("page_size", "16"), ("kv_len", "300")], &[dt()]);
-        e(&mut v, format!("gemma_window_{n}"), BatchDecodeWithPagedKvCache, &[("batch_size", "2"), ("num_qo_heads", "4"), ("num_kv_heads", "1"), ("head_size", "256"), ("page_size", "16"), ("kv_len", "50"), ("window_left", "16"), ("logits_soft_cap", "30")], &[dt()]);
+        e(
+            &mut v,
+            format!("awk_{n}"),
+            BatchDecodeWithPagedKvCache,
+            &[
+                ("batch_size", "3"),
+                ("num_qo_heads", "7"),
+                ("num_kv_heads", "7"),
+                ("head_size", "64"),
+                ("page_size", "16"),
+                ("kv_len", "33"),
+            ],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("llm_gqa_{n}"),
+            BatchDecodeWithPagedKvCache,
+            &[
+                ("batch_size", "4"),
+                ("num_qo_heads", "32"),
+                ("num_kv_heads", "8"),
+                ("head_size", "128"),
+                ("page_size", "16"),
+                ("kv_len", "300"),
+            ],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("gemma_window_{n}"),
+            BatchDecodeWithPagedKvCache,
+            &[
+                ("batch_size", "2"),
+                ("num_qo_heads", "4"),
+                ("num_kv_heads", "1"),
+                ("head_size", "256"),
+                ("page_size", "16"),
+                ("kv_len", "50"),
+                ("window_left", "16"),
+                ("logits_soft_cap", "30"),
+            ],
+            &[dt()],
+        );
 
         for out in DType::FLOATS {
-            e(&mut v, format!("{n}_to_{}", out.name()), Cast, &[("num_elements", "1031")], &[("input_dtype", n.to_string()), ("output_dtype", out.name().to_string())]);
+            e(
+                &mut v,
+                format!("{n}_to_{}", out.name()),
+                Cast,
+                &[("num_elements", "1031")],
+                &[("input_dtype", n.to_string()), ("output_dtype", out.name().to_string())],
+            );
         }
         for bits in ["4", "8"] {
-            e(&mut v, format!("qwen_int{bits}_{n}"), QuantizeKv, &[("num_kv_heads", "8"), ("head_size", "128"), ("max_seq", "64"), ("group_size", "32"), ("position", "7")], &[("bits", bits.to_string()), dt()]);
-            e(&mut v, format!("awk_int{bits}_{n}"), QuantizeKv, &[("num_kv_heads", "3"), ("head_size", "64"), ("max_seq", "5"), ("group_size", "16"), ("position", "4")], &[("bits", bits.to_string()), dt()]);
-            e(&mut v, format!("qwen_int{bits}_{n}"), DequantizeKv, &[("num_kv_heads", "8"), ("head_size", "128"), ("max_seq", "64"), ("group_size", "32"), ("n_positions", "16")], &[("bits", bits.to_string()), dt()]);
-            e(&mut v, format!("awk_int{bits}_{n}"), DequantizeKv, &[("num_kv_heads", "3"), ("head_size", "64"), ("max_seq", "9"), ("group_size", "16"), ("start", "3"), ("n_positions", "5")], &[("bits", bits.to_string()), dt()]);
+            e(
+                &mut v,
+                format!("qwen_int{bits}_{n}"),
+                QuantizeKv,
+                &[("num_kv_heads", "8"), ("head_size", "128"), ("max_seq", "64"), ("group_size", "32"), ("position", "7")],
+                &[("bits", bits.to_string()), dt()],
+            );
+            e(
+                &mut v,
+                format!("awk_int{bits}_{n}"),
+                QuantizeKv,
+                &[("num_kv_heads", "3"), ("head_size", "64"), ("max_seq", "5"), ("group_size", "16"), ("position", "4")],
+                &[("bits", bits.to_string()), dt()],
+            );
+            e(
+                &mut v,
+                format!("qwen_int{bits}_{n}"),
+                DequantizeKv,
+                &[("num_kv_heads", "8"), ("head_size", "128"), ("max_seq", "64"), ("group_size", "32"), ("n_positions", "16")],
+                &[("bits", bits.to_string()), dt()],
+            );
+            e(
+                &mut v,
+                format!("awk_int{bits}_{n}"),
+                DequantizeKv,
+                &[("num_kv_heads", "3"), ("head_size", "64"), ("max_seq", "9"), ("group_size", "16"), ("start", "3"), ("n_positions", "5")],
+                &[("bits", bits.to_string()), dt()],
+            );
         }
     }
     e(&mut v, "awk", SampleFromProbs, &[("num_tokens", "5"), ("vocab_size", "33")], &[]);
@@ -130,12 +335,30 @@ pub fn standard() -> Vec<Entry> {
         e(&mut v, format!("gemv_{n}"), QuantizedMatmul, &[("m", "1"), ("n", "33"), ("k", "512")], &[("weight_dtype", n.to_string())]);
         e(&mut v, format!("batch_{n}"), QuantizedMatmul, &[("m", "7"), ("n", "31"), ("k", "256")], &[("weight_dtype", n.to_string())]);
         if w.is_quantized() {
-            e(&mut v, format!("std_{n}"), EmbeddingLookup, &[("num_tokens", "9"), ("hidden_size", "512"), ("vocab_size", "100")], &[("dtype", n.to_string())]);
+            e(
+                &mut v,
+                format!("std_{n}"),
+                EmbeddingLookup,
+                &[("num_tokens", "9"), ("hidden_size", "512"), ("vocab_size", "100")],
+                &[("dtype", n.to_string())],
+            );
         }
     }
     for x in [DType::F16, DType::BF16] {
-        e(&mut v, format!("x{}_q4_k", x.name()), QuantizedMatmul, &[("m", "3"), ("n", "16"), ("k", "256"), ("weight_dtype", "q4_k")], &[("dtype", x.name().to_string())]);
-        e(&mut v, format!("x{}_q8_0", x.name()), QuantizedMatmul, &[("m", "3"), ("n", "16"), ("k", "256"), ("weight_dtype", "q8_0")], &[("dtype", x.name().to_string())]);
+        e(
+            &mut v,
+            format!("x{}_q4_k", x.name()),
+            QuantizedMatmul,
+            &[("m", "3"), ("n", "16"), ("k", "256"), ("weight_dtype", "q4_k")],
+            &[("dtype", x.name().to_string())],
+        );
+        e(
+            &mut v,
+            format!("x{}_q8_0", x.name()),
+            QuantizedMatmul,
+            &[("m", "3"), ("n", "16"), ("k", "256"), ("weight_dtype", "q8_0")],
+            &[("dtype", x.name().to_string())],
+        );
     }
     e(&mut v, "llm_qwen_mlp_q4_0", QuantizedMatmul, &[("m", "1"), ("n", "4864"), ("k", "896"), ("weight_dtype", "q4_0")], &[]);
     e(&mut v, "llm_q6_k", QuantizedMatmul, &[("m", "2"), ("n", "1024"), ("k", "2048"), ("weight_dtype", "q6_k")], &[]);

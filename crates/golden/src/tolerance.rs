@@ -69,8 +69,9 @@ pub fn default_tolerance(op: &Op, name: &str, out: DType) -> Tolerance {
         QuantizedMatmul => nmse_of(act, 1e-5, 3e-5, 1e-4),
         Dequantize => Tolerance::AllClose { atol: 1e-5, rtol: 1e-6 },
         EmbeddingLookup if !act.is_float() => Tolerance::AllClose { atol: 1e-5, rtol: 1e-6 },
-        EmbeddingLookup | TopkMaskLogits | ExtractKValues | Argmax | TopPMask | MinPMask | SampleFromProbs | Cast
-        | AppendPagedKvCache => Tolerance::Exact,
+        EmbeddingLookup | TopkMaskLogits | ExtractKValues | Argmax | TopPMask | MinPMask | SampleFromProbs | Cast | AppendPagedKvCache => {
+            Tolerance::Exact
+        }
         Softmax => Tolerance::AllClose { atol: 1e-7, rtol: 1e-4 },
         // f32 angles: pos·inv_freq carries a relative error of ~6e-8, so ~5e-4 rad at position 8192.
         Rope => Tolerance::AllClose { atol: 2e-3, rtol: rtol_of(out) },
@@ -111,12 +112,7 @@ pub fn compare(tol: &Tolerance, want: &Tensor, got: &Tensor) -> Verdict {
                     b[..es.min(4)].copy_from_slice(&t.data[idx * es..idx * es + es.min(4)]);
                     i32::from_le_bytes(b)
                 };
-                let n_bad = want
-                    .data
-                    .chunks(es)
-                    .zip(got.data.chunks(es))
-                    .filter(|(a, b)| a != b)
-                    .count();
+                let n_bad = want.data.chunks(es).zip(got.data.chunks(es)).filter(|(a, b)| a != b).count();
                 fail(format!("{n_bad} elements differ; first at {idx}: got {}, expected {}", read(got), read(want)))
             }
         };
@@ -141,7 +137,8 @@ pub fn compare(tol: &Tolerance, want: &Tensor, got: &Tensor) -> Verdict {
     let finite = w.iter().zip(&g).filter(|(a, _)| a.is_finite());
     match tol {
         Tolerance::Exact => {
-            let bad: Vec<usize> = w.iter().zip(&g).enumerate().filter(|(_, (a, b))| !(a == b || (a.is_nan() && b.is_nan()))).map(|(i, _)| i).collect();
+            let bad: Vec<usize> =
+                w.iter().zip(&g).enumerate().filter(|(_, (a, b))| !(a == b || (a.is_nan() && b.is_nan()))).map(|(i, _)| i).collect();
             match bad.first() {
                 None => Verdict { pass: true, worst: 0.0, detail: String::new() },
                 Some(&i) => fail(format!("{} elements differ; first at {i}: got {}, expected {}", bad.len(), g[i], w[i])),
