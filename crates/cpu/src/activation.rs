@@ -39,10 +39,12 @@ impl Act {
                     0.0
                 }
             }
-            Act::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+            // 1 + erf(x/√2) = erfc(−x/√2): no cancellation for negative x.
+            Act::Gelu => 0.5 * x * libm::erfc(-x / std::f64::consts::SQRT_2),
+            // 0.5·(1 + tanh(u)) = σ(2u): no cancellation for negative x.
             Act::GeluTanh => {
                 let c = (2.0 / std::f64::consts::PI).sqrt();
-                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+                x * sigmoid(2.0 * c * (x + 0.044715 * x * x * x))
             }
         }
     }
@@ -111,5 +113,17 @@ mod tests {
             assert!(a.apply(f64::INFINITY) >= 1.0);
             assert!(!a.apply(-1e300).is_nan() && !a.apply(1e300).is_nan());
         }
+    }
+
+    #[test]
+    fn negative_tails_keep_relative_accuracy() {
+        // gelu(-10) = -10·Φ(-10) = -10 · 7.619853024160527e-24
+        let g = Act::Gelu.apply(-10.0);
+        assert!((g / -7.619_853_024_160_527e-23 - 1.0).abs() < 1e-12, "{g}");
+        // gelu_tanh(-10) = -10·σ(2u), u = √(2/π)(−10 − 44.715)
+        let u = (2.0 / std::f64::consts::PI).sqrt() * (-10.0 - 44.715);
+        let want = -10.0 / (1.0 + (-2.0 * u).exp());
+        let got = Act::GeluTanh.apply(-10.0);
+        assert!(got < 0.0 && (got / want - 1.0).abs() < 1e-12, "{got} vs {want}");
     }
 }
