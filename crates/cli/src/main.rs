@@ -1,6 +1,7 @@
 //! `ingot`: the command-line front end.
 
 mod golden_cmd;
+mod info_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -19,12 +20,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: golden_cmd::GoldenCmd,
     },
+    /// What a GGUF model file holds: architecture, sizes, quantization mix, memory for the
+    /// weights and the KV cache; --json adds every metadata entry and tensor.
+    Info(info_cmd::InfoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Golden { cmd } => golden_cmd::run(cmd),
+        Cmd::Info(args) => info_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,7 @@ pub mod activation;
 pub mod attention;
 pub mod cast;
 pub mod embedding;
+pub mod fast;
 pub mod gemm;
 pub mod kv_quant;
 pub mod norm;

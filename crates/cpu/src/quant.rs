@@ -38,24 +38,7 @@ pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     if src.len() != want {
         return Err(Error::invalid(OP, format!("{} {dtype} elements need {want} bytes, got {}", dst.len(), src.len())));
     }
-    let block: fn(&[u8], &mut [f32]) = match dtype {
-        DType::F32 => |b, y| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        DType::F16 => |b, y| y[0] = f16::from_le_bytes([b[0], b[1]]).to_f32(),
-        // bf16 is the top half of an f32: widening is a shift, exact for every bit pattern.
-        DType::BF16 => |b, y| y[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
-        DType::Q4_0 => dequant_q4_0,
-        DType::Q4_1 => dequant_q4_1,
-        DType::Q5_0 => dequant_q5_0,
-        DType::Q5_1 => dequant_q5_1,
-        DType::Q8_0 => dequant_q8_0,
-        DType::Q2_K => dequant_q2_k,
-        DType::Q3_K => dequant_q3_k,
-        DType::Q4_K => dequant_q4_k,
-        DType::Q5_K => dequant_q5_k,
-        DType::Q6_K => dequant_q6_k,
-        // Not reachable: checked against DType::WEIGHTS above.
-        other => return Err(Error::invalid(OP, format!("{other} is not a weight format"))),
-    };
+    let block = block_decoder(dtype).ok_or_else(|| Error::invalid(OP, format!("{dtype} is not a weight format")))?;
     for (b, y) in src.chunks_exact(dtype.type_size()).zip(dst.chunks_exact_mut(bs)) {
         block(b, y);
     }
@@ -960,4 +943,26 @@ mod tests {
             dequantize_row(dtype, &b, &mut y).unwrap();
         }
     }
+}
+
+/// The block decoder of a weight format: decodes one block (`dtype.type_size()` bytes)
+/// into `dtype.block_size()` f32 values, exactly as [`dequantize_row`]. For hot loops
+/// that have checked lengths once; `None` for a dtype that is not a weight format.
+pub fn block_decoder(dtype: DType) -> Option<fn(&[u8], &mut [f32])> {
+    Some(match dtype {
+        DType::F32 => |b, y| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        DType::F16 => |b, y| y[0] = f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        DType::BF16 => |b, y| y[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
+        DType::Q4_0 => dequant_q4_0,
+        DType::Q4_1 => dequant_q4_1,
+        DType::Q5_0 => dequant_q5_0,
+        DType::Q5_1 => dequant_q5_1,
+        DType::Q8_0 => dequant_q8_0,
+        DType::Q2_K => dequant_q2_k,
+        DType::Q3_K => dequant_q3_k,
+        DType::Q4_K => dequant_q4_k,
+        DType::Q5_K => dequant_q5_k,
+        DType::Q6_K => dequant_q6_k,
+        _ => return None,
+    })
 }

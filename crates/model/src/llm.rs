@@ -1,0 +1,295 @@
+//! One forward pass for every supported architecture (llama, qwen2, gemma3), on the CPU
+//! fast path. Weights stay in the GGUF file's formats and are read from the mmap; each
+//! projection is a [`Linear`] whatever its format.
+
+use crate::config::{Arch, Config};
+use crate::{Error, Result};
+use ingot_core::DType;
+use ingot_cpu::fast::{self, WeightView};
+use ingot_gguf::GgufFile;
+use std::path::Path;
+
+/// A projection y = x·Wᵀ with W [out, in] stored in any weight format of the file.
+#[derive(Clone, Copy, Debug)]
+pub struct Linear {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    offset: usize,
+    size: usize,
+}
+
+/// Weights of one transformer block.
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// A loaded model: the open file, its config and where each weight lives.
+pub struct Model {
+    file: GgufFile,
+    pub config: Config,
+    embd: Linear,
+    output: Linear,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    inv_freq: Vec<f32>,
+    inv_freq_swa: Vec<f32>,
+}
+
+/// The per-sequence key/value cache: for each layer, positions × (kv heads · head dim).
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Drop every position from `n` on (to rewind a sequence).
+    pub fn truncate(&mut self, n: usize, kv_width: usize) {
+        if n < self.len {
+            for l in self.k.iter_mut().chain(self.v.iter_mut()) {
+                l.truncate(n * kv_width);
+            }
+            self.len = n;
+        }
+    }
+}
+
+/// Which logits `forward` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position's: [vocab].
+    Last,
+    /// Every position's: [tokens, vocab].
+    All,
+}
+
+fn model_err(arch: &str, msg: impl Into<String>) -> Error {
+    Error::Model { arch: arch.to_string(), msg: msg.into() }
+}
+
+impl Model {
+    /// Open a GGUF file and map its weights.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        Model::from_file(GgufFile::open(path)?)
+    }
+
+    /// Build a model over an already open file.
+    pub fn from_file(file: GgufFile) -> Result<Model> {
+        let config = Config::from_gguf(&file)?;
+        let arch = config.arch.name();
+        let linear = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
+            let t = file.tensor(name)?;
+            let dtype = file.tensor_dtype(name)?;
+            let shape = t.shape_row_major();
+            if shape != [rows as u64, cols as u64] {
+                return Err(model_err(arch, format!("tensor '{name}' has shape {shape:?}, expected [{rows}, {cols}]")));
+            }
+            let lin = Linear { dtype, rows, cols, offset: t.file_offset as usize, size: t.size as usize };
+            // Validates the byte count against the format once, at load.
+            WeightView::new(dtype, rows, cols, file.data_of(t)?)?;
+            Ok(lin)
+        };
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let t = file.tensor(name)?;
+            let dtype = file.tensor_dtype(name)?;
+            if t.numel() != len as u64 {
+                return Err(model_err(arch, format!("tensor '{name}' has {} elements, expected {len}", t.numel())));
+            }
+            let mut out = vec![0f32; len];
+            ingot_cpu::quant::dequantize_row(dtype, file.data_of(t)?, &mut out)?;
+            Ok(out)
+        };
+        let opt_vector = |name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+            if file.find_tensor(name).is_some() {
+                vector(name, len).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let c = &config;
+        let (qd, kvd) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for il in 0..c.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}");
+            let gemma = c.arch == Arch::Gemma3;
+            layers.push(Layer {
+                attn_norm: vector(&n("attn_norm.weight"), c.n_embd)?,
+                wq: linear(&n("attn_q.weight"), qd, c.n_embd)?,
+                wk: linear(&n("attn_k.weight"), kvd, c.n_embd)?,
+                wv: linear(&n("attn_v.weight"), kvd, c.n_embd)?,
+                wo: linear(&n("attn_output.weight"), c.n_embd, qd)?,
+                bq: opt_vector(&n("attn_q.bias"), qd)?,
+                bk: opt_vector(&n("attn_k.bias"), kvd)?,
+                bv: opt_vector(&n("attn_v.bias"), kvd)?,
+                q_norm: if gemma { Some(vector(&n("attn_q_norm.weight"), c.head_dim)?) } else { None },
+                k_norm: if gemma { Some(vector(&n("attn_k_norm.weight"), c.head_dim)?) } else { None },
+                post_attn_norm: if gemma { Some(vector(&n("post_attention_norm.weight"), c.n_embd)?) } else { None },
+                ffn_norm: vector(&n("ffn_norm.weight"), c.n_embd)?,
+                gate: linear(&n("ffn_gate.weight"), c.n_ff, c.n_embd)?,
+                up: linear(&n("ffn_up.weight"), c.n_ff, c.n_embd)?,
+                down: linear(&n("ffn_down.weight"), c.n_embd, c.n_ff)?,
+                post_ffn_norm: if gemma { Some(vector(&n("post_ffw_norm.weight"), c.n_embd)?) } else { None },
+            });
+        }
+        let embd = linear("token_embd.weight", c.vocab, c.n_embd)?;
+        // Tied embeddings when the file has no separate output matrix.
+        let output = if file.find_tensor("output.weight").is_some() { linear("output.weight", c.vocab, c.n_embd)? } else { embd };
+        let output_norm = vector("output_norm.weight", c.n_embd)?;
+        let freqs = |base: f32| -> Result<Vec<f32>> {
+            let half = c.rope_dim / 2;
+            let mut f: Vec<f32> = (0..half).map(|i| (base as f64).powf(-2.0 * i as f64 / c.rope_dim as f64) as f32).collect();
+            // Llama 3 scaling is stored as per-frequency divisors.
+            if let Some(div) = opt_vector("rope_freqs.weight", half)? {
+                for (x, d) in f.iter_mut().zip(div) {
+                    *x /= d;
+                }
+            }
+            Ok(f)
+        };
+        let inv_freq = freqs(c.rope_base)?;
+        let inv_freq_swa = freqs(c.rope_base_swa)?;
+        Ok(Model { config, embd, output, output_norm, layers, inv_freq, inv_freq_swa, file })
+    }
+
+    /// The open GGUF file (metadata for the tokenizer and chat template).
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    fn view(&self, l: &Linear) -> WeightView<'_> {
+        let data = &self.file.bytes()[l.offset..l.offset + l.size];
+        // Checked at load; the file cannot change under the mmap's borrow.
+        WeightView::new(l.dtype, l.rows, l.cols, data).expect("weight checked at load")
+    }
+
+    fn linear(&self, l: &Linear, x: &[f32], t: usize) -> Vec<f32> {
+        let mut y = vec![0f32; t * l.rows];
+        fast::matmul_xwt(x, t, &self.view(l), &mut y);
+        y
+    }
+
+    /// An empty cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache { k: vec![Vec::new(); self.config.n_layer], v: vec![Vec::new(); self.config.n_layer], len: 0 }
+    }
+
+    /// Run `tokens` (the sequence's next tokens, after the `cache.len()` already cached)
+    /// and return logits. With `trace`, the residual stream after every layer is
+    /// appended to it ([layer][tokens × n_embd]) for divergence hunting.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, mut trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let arch = c.arch.name();
+        let t = tokens.len();
+        if t == 0 {
+            return Err(model_err(arch, "forward needs at least one token"));
+        }
+        if cache.k.len() != c.n_layer {
+            return Err(model_err(arch, "this cache belongs to another model"));
+        }
+        let start = cache.len;
+        if start + t > c.context {
+            return Err(model_err(arch, format!("{} tokens exceed the context of {}", start + t, c.context)));
+        }
+        let (e, hd) = (c.n_embd, c.head_dim);
+        let kvw = c.n_kv_head * hd;
+        let embd = self.view(&self.embd);
+        let mut x = vec![0f32; t * e];
+        for (i, &tok) in tokens.iter().enumerate() {
+            if tok as usize >= c.vocab {
+                return Err(model_err(arch, format!("token id {tok} is outside the vocabulary of {}", c.vocab)));
+            }
+            embd.row(tok as usize, &mut x[i * e..(i + 1) * e]);
+        }
+        if c.embd_scale != 1.0 {
+            x.iter_mut().for_each(|v| *v *= c.embd_scale);
+        }
+        for (il, lw) in self.layers.iter().enumerate() {
+            let mut h = x.clone();
+            fast::rms_norm(&mut h, &lw.attn_norm, c.eps);
+            let mut q = self.linear(&lw.wq, &h, t);
+            let mut k = self.linear(&lw.wk, &h, t);
+            let mut v = self.linear(&lw.wv, &h, t);
+            for (y, b) in [(&mut q, &lw.bq), (&mut k, &lw.bk), (&mut v, &lw.bv)] {
+                if let Some(b) = b {
+                    for row in y.chunks_exact_mut(b.len()) {
+                        row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    }
+                }
+            }
+            if let Some(w) = &lw.q_norm {
+                fast::rms_norm(&mut q, w, c.eps);
+            }
+            if let Some(w) = &lw.k_norm {
+                fast::rms_norm(&mut k, w, c.eps);
+            }
+            let swa = c.is_swa(il);
+            let freqs = if swa { &self.inv_freq_swa } else { &self.inv_freq };
+            for i in 0..t {
+                fast::rope(&mut q[i * c.n_head * hd..(i + 1) * c.n_head * hd], hd, start + i, freqs, c.rope_neox);
+                fast::rope(&mut k[i * kvw..(i + 1) * kvw], hd, start + i, freqs, c.rope_neox);
+            }
+            cache.k[il].truncate(start * kvw);
+            cache.v[il].truncate(start * kvw);
+            cache.k[il].extend_from_slice(&k);
+            cache.v[il].extend_from_slice(&v);
+            let window = if swa { c.sliding_window } else { None };
+            let att = fast::attention(&q, &cache.k[il], &cache.v[il], t, start, c.n_head, c.n_kv_head, hd, c.attn_scale, window, 0.0);
+            let mut o = self.linear(&lw.wo, &att, t);
+            if let Some(w) = &lw.post_attn_norm {
+                fast::rms_norm(&mut o, w, c.eps);
+            }
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            let mut h = x.clone();
+            fast::rms_norm(&mut h, &lw.ffn_norm, c.eps);
+            let mut g = self.linear(&lw.gate, &h, t);
+            let u = self.linear(&lw.up, &h, t);
+            if c.arch == Arch::Gemma3 {
+                fast::gelu_tanh_mul(&mut g, &u);
+            } else {
+                fast::silu_mul(&mut g, &u);
+            }
+            let mut d = self.linear(&lw.down, &g, t);
+            if let Some(w) = &lw.post_ffn_norm {
+                fast::rms_norm(&mut d, w, c.eps);
+            }
+            x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.push(x.clone());
+            }
+        }
+        cache.len = start + t;
+        let rows = match which {
+            Logits::Last => &mut x[(t - 1) * e..],
+            Logits::All => &mut x[..],
+        };
+        fast::rms_norm(rows, &self.output_norm, c.eps);
+        let n = rows.len() / e;
+        Ok(self.linear(&self.output, rows, n))
+    }
+}
