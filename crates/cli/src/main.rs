@@ -2,6 +2,8 @@
 
 mod golden_cmd;
 mod info_cmd;
+mod models;
+mod run_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +25,9 @@ enum Cmd {
     /// What a GGUF model file holds: architecture, sizes, quantization mix, memory for the
     /// weights and the KV cache; --json adds every metadata entry and tensor.
     Info(info_cmd::InfoArgs),
+    /// Generate text from a prompt with a GGUF model (default: SmolLM2-135M-Instruct Q4_1,
+    /// fetched on first use); text to stdout, timings to stderr.
+    Run(run_cmd::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Golden { cmd } => golden_cmd::run(cmd),
         Cmd::Info(args) => info_cmd::run(args),
+        Cmd::Run(args) => run_cmd::run(args),
     };
     match result {
         Ok(code) => code,
