@@ -15,13 +15,12 @@ pub struct WeightView<'a> {
     pub cols: usize,
     pub data: &'a [u8],
     row_bytes: usize,
-    decode: fn(&[u8], &mut [f32]),
 }
 
 impl<'a> WeightView<'a> {
     /// Check that `data` holds exactly `rows` rows of `cols` values of `dtype`.
     pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
-        let decode = block_decoder(dtype).ok_or_else(|| Error::invalid("weights", format!("{dtype} is not a weight format")))?;
+        block_decoder(dtype).ok_or_else(|| Error::invalid("weights", format!("{dtype} is not a weight format")))?;
         let row_bytes = dtype
             .bytes_for(cols)
             .ok_or_else(|| Error::invalid("weights", format!("row of {cols} is not a whole number of {dtype} blocks")))?;
@@ -29,16 +28,15 @@ impl<'a> WeightView<'a> {
         if want != Some(data.len()) {
             return Err(Error::invalid("weights", format!("{rows}x{cols} {dtype} needs {want:?} bytes, got {}", data.len())));
         }
-        Ok(WeightView { dtype, rows, cols, data, row_bytes, decode })
+        Ok(WeightView { dtype, rows, cols, data, row_bytes })
     }
 
     /// Decode row `r` into `out` (`cols` values).
     pub fn row(&self, r: usize, out: &mut [f32]) {
         let src = &self.data[r * self.row_bytes..(r + 1) * self.row_bytes];
-        let (ts, bs) = (self.dtype.type_size(), self.dtype.block_size());
-        for (b, y) in src.chunks_exact(ts).zip(out.chunks_exact_mut(bs)) {
-            (self.decode)(b, y);
-        }
+        // The dtype was checked to be a weight format in `new`.
+        let known = crate::quant::decode_row_unchecked(self.dtype, src, &mut out[..self.cols]);
+        debug_assert!(known);
     }
 }
 

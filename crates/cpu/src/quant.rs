@@ -106,6 +106,7 @@ pub fn quantize_row(dtype: DType, src: &[f32]) -> Result<Vec<u8>> {
 // ---------------------------------------------------------------------------
 
 /// An f16 field at byte offset `o` of a block.
+#[inline]
 fn f16_at(b: &[u8], o: usize) -> f32 {
     f16::from_le_bytes([b[o], b[o + 1]]).to_f32()
 }
@@ -153,6 +154,7 @@ fn min_max(x: &[f32]) -> (f32, f32) {
 /// Q4_0, 18 bytes per 32 elements: `d: f16` (0..2), `qs: [u8; 16]` (2..18).
 /// Element `j < 16` is the low nibble of `qs[j]`, element `j + 16` its high nibble;
 /// value = `(q - 8) * d`.
+#[inline]
 fn dequant_q4_0(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let qs = &b[2..18];
@@ -164,6 +166,7 @@ fn dequant_q4_0(b: &[u8], y: &mut [f32]) {
 
 /// Q4_1, 20 bytes per 32 elements: `d: f16` (0..2), `m: f16` (2..4), `qs: [u8; 16]` (4..20),
 /// nibbles as in Q4_0; value = `q * d + m`.
+#[inline]
 fn dequant_q4_1(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let m = f16_at(b, 2);
@@ -176,6 +179,7 @@ fn dequant_q4_1(b: &[u8], y: &mut [f32]) {
 
 /// The 5-bit levels of a Q5_0/Q5_1 block: low nibbles as in Q4_0, the fifth bit of
 /// element `j` is bit `j` of `qh` read as a little-endian u32.
+#[inline]
 fn q5_levels(qh: &[u8], qs: &[u8]) -> [u8; QK] {
     let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
     let mut q = [0u8; QK];
@@ -190,6 +194,7 @@ fn q5_levels(qh: &[u8], qs: &[u8]) -> [u8; QK] {
 
 /// Q5_0, 22 bytes per 32 elements: `d: f16` (0..2), `qh: [u8; 4]` (2..6), `qs: [u8; 16]` (6..22);
 /// value = `(q - 16) * d`.
+#[inline]
 fn dequant_q5_0(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let q = q5_levels(&b[2..6], &b[6..22]);
@@ -200,6 +205,7 @@ fn dequant_q5_0(b: &[u8], y: &mut [f32]) {
 
 /// Q5_1, 24 bytes per 32 elements: `d: f16` (0..2), `m: f16` (2..4), `qh: [u8; 4]` (4..8),
 /// `qs: [u8; 16]` (8..24); value = `q * d + m`.
+#[inline]
 fn dequant_q5_1(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let m = f16_at(b, 2);
@@ -210,6 +216,7 @@ fn dequant_q5_1(b: &[u8], y: &mut [f32]) {
 }
 
 /// Q8_0, 34 bytes per 32 elements: `d: f16` (0..2), `qs: [i8; 32]` (2..34); value = `q * d`.
+#[inline]
 fn dequant_q8_0(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     for (y, &q) in y.iter_mut().zip(b[2..34].iter()) {
@@ -380,6 +387,7 @@ fn q3k_pack(u: &[u8; 16], s: &mut [u8]) {
 /// `d: f16` (80..82), `dmin: f16` (82..84). Sixteen sub-blocks of 16; sub-block `j`
 /// has scale `scales[j] & 15` and min `scales[j] >> 4`; 2-bit levels placed by
 /// [`k2_pos`]; value = `(d * sc) * q - dmin * m`.
+#[inline]
 fn dequant_q2_k(b: &[u8], y: &mut [f32]) {
     let (scales, qs) = (&b[0..16], &b[16..80]);
     let d = f16_at(b, 80);
@@ -399,6 +407,7 @@ fn dequant_q2_k(b: &[u8], y: &mut [f32]) {
 /// 6-bit scales packed as in [`q3k_scale`] (value minus 32); the low 2 bits of a
 /// level are placed by [`k2_pos`], its high bit is bit `e / 32` of `hmask[e % 32]`;
 /// value = `(d * (sc - 32)) * (low - (high ? 0 : 4))`.
+#[inline]
 fn dequant_q3_k(b: &[u8], y: &mut [f32]) {
     let (hmask, qs, scales) = (&b[0..32], &b[32..96], &b[96..108]);
     let d = f16_at(b, 108);
@@ -416,6 +425,7 @@ fn dequant_q3_k(b: &[u8], y: &mut [f32]) {
 /// `scales: [u8; 12]` (4..16), `qs: [u8; 128]` (16..144). Eight sub-blocks of 32 with
 /// 6-bit scales and mins packed as in [`k4_scale_min`]; nibbles placed by [`k4_pos`];
 /// value = `(d * sc) * q - dmin * m`.
+#[inline]
 fn dequant_q4_k(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let dmin = f16_at(b, 2);
@@ -434,6 +444,7 @@ fn dequant_q4_k(b: &[u8], y: &mut [f32]) {
 /// Q5_K, 176 bytes per 256 elements: `d: f16` (0..2), `dmin: f16` (2..4),
 /// `scales: [u8; 12]` (4..16), `qh: [u8; 32]` (16..48), `qs: [u8; 128]` (48..176).
 /// As Q4_K, with the fifth bit of element `e` in bit `e / 32` of `qh[e % 32]`.
+#[inline]
 fn dequant_q5_k(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let dmin = f16_at(b, 2);
@@ -454,6 +465,7 @@ fn dequant_q5_k(b: &[u8], y: &mut [f32]) {
 /// `scales: [i8; 16]` (192..208), `d: f16` (208..210). Sixteen sub-blocks of 16 with
 /// signed 8-bit scales; 6-bit levels placed by [`q6k_pos`];
 /// value = `(d * sc) * (q - 32)`.
+#[inline]
 fn dequant_q6_k(b: &[u8], y: &mut [f32]) {
     let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
     let d = f16_at(b, 208);
@@ -965,4 +977,46 @@ pub fn block_decoder(dtype: DType) -> Option<fn(&[u8], &mut [f32])> {
         DType::Q6_K => dequant_q6_k,
         _ => return None,
     })
+}
+
+#[inline(always)]
+fn decode_blocks<F: Fn(&[u8], &mut [f32])>(f: F, dtype: DType, src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(dtype.type_size()).zip(dst.chunks_exact_mut(dtype.block_size())) {
+        f(b, y);
+    }
+}
+
+/// [`dequantize_row`] without the checks, each format's decoder inlined into its own
+/// loop: for hot paths whose lengths were checked once (`src` holds exactly the blocks
+/// of `dst`). Returns false for a dtype that is not a weight format.
+pub fn decode_row_unchecked(dtype: DType, src: &[u8], dst: &mut [f32]) -> bool {
+    match dtype {
+        DType::F32 => {
+            for (b, y) in src.chunks_exact(4).zip(dst.iter_mut()) {
+                *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::F16 => {
+            for (b, y) in src.chunks_exact(2).zip(dst.iter_mut()) {
+                *y = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        DType::BF16 => {
+            for (b, y) in src.chunks_exact(2).zip(dst.iter_mut()) {
+                *y = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+            }
+        }
+        DType::Q4_0 => decode_blocks(dequant_q4_0, dtype, src, dst),
+        DType::Q4_1 => decode_blocks(dequant_q4_1, dtype, src, dst),
+        DType::Q5_0 => decode_blocks(dequant_q5_0, dtype, src, dst),
+        DType::Q5_1 => decode_blocks(dequant_q5_1, dtype, src, dst),
+        DType::Q8_0 => decode_blocks(dequant_q8_0, dtype, src, dst),
+        DType::Q2_K => decode_blocks(dequant_q2_k, dtype, src, dst),
+        DType::Q3_K => decode_blocks(dequant_q3_k, dtype, src, dst),
+        DType::Q4_K => decode_blocks(dequant_q4_k, dtype, src, dst),
+        DType::Q5_K => decode_blocks(dequant_q5_k, dtype, src, dst),
+        DType::Q6_K => decode_blocks(dequant_q6_k, dtype, src, dst),
+        _ => return false,
+    }
+    true
 }
