@@ -8,7 +8,7 @@ element by element, tokenizer vocabularies included), and every tensor's name, t
 shape (ggml order), element count, data offset and byte size.
 
 A missing model is reported and skipped; with INGOT_REQUIRE_MODELS=1 it is a failure.
-Usage: python3 scripts/gguf_dump_check.py [--ingot target/debug/ingot] [MODEL.gguf ...]
+Usage: python3 scripts/gguf_dump_check.py [--ingot target/release/ingot] [MODEL.gguf ...]
 """
 
 import argparse
@@ -115,13 +115,18 @@ def check_model(path: Path, ingot: str) -> list[str]:
     return errors
 
 
+def default_ingot() -> str:
+    built = [p for p in (Path("target/release/ingot"), Path("target/debug/ingot")) if p.exists()]
+    return str(max(built, key=lambda p: p.stat().st_mtime)) if built else "target/release/ingot"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ingot", default="target/debug/ingot", help="the ingot binary (default target/debug/ingot)")
+    ap.add_argument("--ingot", default=default_ingot(), help="the ingot binary (default: the newer of target/release/ingot and target/debug/ingot)")
     ap.add_argument("models", nargs="*", help="GGUF files (default: the three test models)")
     args = ap.parse_args()
     if not Path(args.ingot).exists():
-        print(f"gguf_dump_check: {args.ingot} not found; build it with `cargo build -p ingot-cli`", file=sys.stderr)
+        print(f"gguf_dump_check: {args.ingot} not found; build it with `cargo build --release -p ingot-cli`", file=sys.stderr)
         return 1
     try:
         import gguf  # noqa: F401

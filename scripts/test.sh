@@ -21,5 +21,5 @@ $ingot golden gen --suite standard --out "$out/b"
 diff -r "$out/a" "$out/b" >/dev/null || { echo "golden gen is not deterministic: $out/a and $out/b differ"; exit 1; }
 $ingot golden check "$out/a" --backend cpu
 python3 scripts/crosscheck.py "$out/a"
-python3 scripts/gguf_dump_check.py
+python3 scripts/gguf_dump_check.py --ingot "$ingot"
 echo "all tests passed"

@@ -68,7 +68,13 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     if prompt_ids.len() + a.max_tokens > model.config.context {
         bail!("{} prompt tokens + {} new tokens exceed the model's context of {}", prompt_ids.len(), a.max_tokens, model.config.context);
     }
-    eprintln!("ingot: {} ({}, {} layers) loaded in {:.2}s", path.display(), model.config.arch.name(), model.config.n_layer, t_load.elapsed().as_secs_f64());
+    eprintln!(
+        "ingot: {} ({}, {} layers) loaded in {:.2}s",
+        path.display(),
+        model.config.arch.name(),
+        model.config.n_layer,
+        t_load.elapsed().as_secs_f64()
+    );
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
     let mut cache = model.new_cache();

@@ -300,7 +300,7 @@ impl GgufFile {
     pub fn get_u32_array(&self, key: &str) -> Result<Vec<u32>> {
         let v = self.value(key)?;
         let a = match v {
-            Value::Array(a) if a.is_empty() || a.get(0).and_then(|e| e.as_integer()).is_some() => a,
+            Value::Array(a) if a.element_type().is_integer() => a,
             _ => return Err(self.wrong_type(key, "an array of integers", v)),
         };
         a.iter()
@@ -540,7 +540,7 @@ fn parse_header(buf: &[u8], file: &str) -> Result<Header> {
     let mut c = Cursor { buf, pos: 0, file };
     let magic: [u8; 4] = c.array(&|| "the GGUF magic".to_string())?;
     if magic != GGUF_MAGIC {
-        return Err(c.error(0, format!("not a GGUF file: it starts with {:?}, not \"GGUF\"", String::from_utf8_lossy(&magic))));
+        return Err(c.error(0, format!("not a GGUF file: it starts with \"{}\", not \"GGUF\"", magic.escape_ascii())));
     }
     let version = c.u32(&|| "the GGUF version".to_string())?;
     match version {

@@ -72,6 +72,21 @@ impl ValueType {
         }
     }
 
+    /// True for the eight integer types (not bool).
+    pub fn is_integer(self) -> bool {
+        matches!(
+            self,
+            ValueType::U8
+                | ValueType::I8
+                | ValueType::U16
+                | ValueType::I16
+                | ValueType::U32
+                | ValueType::I32
+                | ValueType::U64
+                | ValueType::I64
+        )
+    }
+
     /// The fewest bytes one value of this type takes in a file: its size for scalars, the
     /// length field for a string, the element type and count for an array.
     pub(crate) fn min_encoded_size(self) -> u64 {

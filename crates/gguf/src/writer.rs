@@ -131,7 +131,10 @@ impl GgufWriter {
             offsets.push(offset);
             offset = (offset + t.data.len() as u64).next_multiple_of(alignment);
         }
-        pad(&mut out, alignment);
+        // With no tensors there is no data section to align (and nothing to pad for).
+        if !self.tensors.is_empty() {
+            pad(&mut out, alignment);
+        }
         for t in &self.tensors {
             out.extend_from_slice(&t.data);
             pad(&mut out, alignment);

@@ -87,7 +87,7 @@ fn the_valid_baseline_opens() {
 #[test]
 fn not_gguf() {
     assert_reason(&Raw(b"GGML\x03\0\0\0".to_vec()), 0, "not a GGUF file");
-    assert_reason(&Raw(b"\x7fELF".to_vec()), 0, "not a GGUF file");
+    assert_reason(&Raw(b"\x7fELF".to_vec()), 0, r#"not a GGUF file: it starts with "\x7fELF", not "GGUF""#);
     assert_reason(&Raw(b"GG".to_vec()), 0, "unexpected end of file reading the GGUF magic: needs 4 bytes, 2 left");
     assert_reason(&Raw(Vec::new()), 0, "unexpected end of file");
 }

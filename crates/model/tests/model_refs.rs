@@ -31,7 +31,8 @@ fn model_path(name: &str) -> Option<PathBuf> {
 
 fn refs(stem: &str) -> Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/refs_{stem}.json"));
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}; regenerate with python3 scripts/make_model_refs.py", p.display()));
+    let text =
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}; regenerate with python3 scripts/make_model_refs.py", p.display()));
     serde_json::from_str(&text).expect("refs json")
 }
 
@@ -53,7 +54,8 @@ fn argmax(v: &[f32]) -> u32 {
 /// first position and the first layer whose residual stream left the reference.
 fn check_exact(model: &Model, r: &Value) -> Vec<String> {
     let sampled = ids(&r["sampled_ids"]);
-    let dirs: Vec<Vec<f64>> = r["directions"].as_array().unwrap().iter().map(|d| d.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect();
+    let dirs: Vec<Vec<f64>> =
+        r["directions"].as_array().unwrap().iter().map(|d| d.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect();
     let vocab = model.config.vocab;
     let e = model.config.n_embd;
     let mut failures = Vec::new();
@@ -121,7 +123,8 @@ fn check_greedy(model: &Model, r: &Value) -> Vec<String> {
         let mut checked = false;
         let mut same = steps.len();
         for (i, s) in steps.iter().enumerate() {
-            let top: Vec<(u32, f64)> = s["top5"].as_array().unwrap().iter().map(|x| (x[0].as_u64().unwrap() as u32, x[1].as_f64().unwrap())).collect();
+            let top: Vec<(u32, f64)> =
+                s["top5"].as_array().unwrap().iter().map(|x| (x[0].as_u64().unwrap() as u32, x[1].as_f64().unwrap())).collect();
             let ours = argmax(&logits);
             let gap = top[0].1 - top[1].1;
             if !checked && gap < 1.0 {
