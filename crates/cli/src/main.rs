@@ -1,5 +1,6 @@
 //! `ingot`: the command-line front end.
 
+mod convert_cmd;
 mod golden_cmd;
 mod info_cmd;
 mod models;
@@ -28,6 +29,8 @@ enum Cmd {
     /// Generate text from a prompt with a GGUF model (default: SmolLM2-135M-Instruct Q4_1,
     /// fetched on first use); text to stdout, timings to stderr.
     Run(run_cmd::RunArgs),
+    /// Re-save a GGUF model with its weight matrices in another format (Ingot's quantizers).
+    Convert(convert_cmd::ConvertArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Cmd::Golden { cmd } => golden_cmd::run(cmd),
         Cmd::Info(args) => info_cmd::run(args),
         Cmd::Run(args) => run_cmd::run(args),
+        Cmd::Convert(args) => convert_cmd::run(args),
     };
     match result {
         Ok(code) => code,

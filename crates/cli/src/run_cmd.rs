@@ -26,7 +26,7 @@ pub struct RunArgs {
     #[arg(long = "max-tokens", short = 'n', default_value_t = 128)]
     max_tokens: usize,
     /// 0: greedy; above 0: sample from softmax(logits / temperature).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Seed of the sampler (temperature > 0).
     #[arg(long, default_value_t = 0)]

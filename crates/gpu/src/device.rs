@@ -1,0 +1,185 @@
+//! Device plumbing shared by the op files: the client, which float types the device
+//! can compute in, host ↔ device copies, and launch geometry.
+
+use cubecl::prelude::*;
+use cubecl::ir::features::TypeUsage;
+use cubecl::server::Handle;
+use ingot_core::{DType, Error, Result, Tensor, Tensors};
+
+/// Threads per cube for element-wise kernels and row reductions. 256 fits every
+/// runtime's limits (wgpu guarantees 256 invocations per workgroup).
+pub(crate) const BLOCK: u32 = 256;
+
+/// Most cubes along one grid axis on wgpu (65535); larger grids use a second axis.
+const MAX_CUBES_X: usize = 65535;
+
+/// One device of runtime `R`: its client and what float types it computes in.
+pub struct Device<R: Runtime> {
+    pub(crate) client: ComputeClient<R>,
+    f32_ok: bool,
+    f16_ok: bool,
+    bf16_ok: bool,
+}
+
+impl<R: Runtime> Device<R> {
+    pub(crate) fn new(client: ComputeClient<R>) -> Self {
+        // A type must be storable in a buffer and usable in arithmetic and conversions:
+        // lavapipe lists no bf16, and a bf16 kernel there never writes its output.
+        let f32_ok = full_use::<R, f32>(&client);
+        let f16_ok = full_use::<R, half::f16>(&client);
+        let bf16_ok = full_use::<R, half::bf16>(&client);
+        Device { client, f32_ok, f16_ok, bf16_ok }
+    }
+
+    /// The CubeCL client, for callers that launch their own kernels.
+    pub fn client(&self) -> &ComputeClient<R> {
+        &self.client
+    }
+
+    /// Whether float kernels can run in `dtype` on this device.
+    pub fn has_float(&self, dtype: DType) -> bool {
+        match dtype {
+            DType::F32 => self.f32_ok,
+            DType::F16 => self.f16_ok,
+            DType::BF16 => self.bf16_ok,
+            _ => false,
+        }
+    }
+
+    /// Copy a host tensor's bytes to a new device buffer (padded to whole u32 words,
+    /// so kernels that read 16-bit data as words stay in bounds).
+    pub(crate) fn upload(&self, t: &Tensor) -> Handle {
+        if t.data.len() % 4 == 0 {
+            self.client.create_from_slice(&t.data)
+        } else {
+            let mut v = t.data.clone();
+            v.resize(t.data.len().next_multiple_of(4), 0);
+            self.client.create_from_slice(&v)
+        }
+    }
+
+    /// Upload f32 values.
+    pub(crate) fn upload_f32(&self, v: &[f32]) -> Handle {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.client.create_from_slice(&bytes)
+    }
+
+    /// A new uninitialized buffer for `numel` elements of `dtype` (rounded up to whole words).
+    pub(crate) fn alloc(&self, dtype: DType, numel: usize) -> Handle {
+        let bytes = dtype.bytes_for(numel).unwrap_or(0).max(4).next_multiple_of(4);
+        self.client.empty(bytes)
+    }
+
+    /// Read a buffer back as a tensor of `dtype` and `shape`.
+    pub(crate) fn download(&self, op: &'static str, h: Handle, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        let want = dtype.bytes_for(numel).unwrap_or(0);
+        let bytes = self.client.read_one(h).map_err(|e| Error::invalid(op, format!("device read failed: {e:?}")))?;
+        if bytes.len() < want {
+            return Err(Error::invalid(op, format!("device returned {} bytes, expected {want}", bytes.len())));
+        }
+        Tensor::from_bytes(dtype, shape.to_vec(), bytes[..want].to_vec())
+    }
+}
+
+/// Whether `P` can be stored in buffers, computed with and converted on this device.
+fn full_use<R: Runtime, P: CubePrimitive>(client: &ComputeClient<R>) -> bool {
+    let u = P::supported_uses(client);
+    u.contains(TypeUsage::Buffer) && u.contains(TypeUsage::Arithmetic) && u.contains(TypeUsage::Conversion)
+}
+
+/// An input tensor by name (present: `check_inputs` ran first).
+pub(crate) fn input<'a>(op: &'static str, inputs: &'a Tensors, name: &str) -> Result<&'a Tensor> {
+    inputs.get(name).ok_or_else(|| Error::invalid(op, format!("missing input '{name}'")))
+}
+
+/// Grid for `n` independent work items of `BLOCK` threads each cube: (count, dim).
+/// The kernel recovers the item index with [`crate::device::linear_pos`].
+pub(crate) fn grid_1d(n: usize) -> (CubeCount, CubeDim) {
+    let cubes = n.div_ceil(BLOCK as usize).max(1);
+    grid_cubes(cubes, BLOCK)
+}
+
+/// Grid of `cubes` cubes of `threads` threads, folded onto two axes when needed.
+pub(crate) fn grid_cubes(cubes: usize, threads: u32) -> (CubeCount, CubeDim) {
+    let x = cubes.min(MAX_CUBES_X);
+    let y = cubes.div_ceil(x);
+    (CubeCount::Static(x as u32, y as u32, 1), CubeDim::new_1d(threads))
+}
+
+/// The linear index of this cube in a grid made by [`grid_cubes`].
+#[cube]
+pub(crate) fn cube_index() -> usize {
+    CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
+}
+
+/// The linear index of this thread in a grid made by [`grid_1d`].
+#[cube]
+pub(crate) fn linear_pos() -> usize {
+    cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize
+}
+
+/// Run `$body` with `$F` bound to the Rust float type of `$dt` (f32, f16 or bf16).
+macro_rules! with_float {
+    ($dt:expr, $F:ident => $body:expr) => {
+        match $dt {
+            ingot_core::DType::F16 => {
+                type $F = half::f16;
+                $body
+            }
+            ingot_core::DType::BF16 => {
+                type $F = half::bf16;
+                $body
+            }
+            _ => {
+                type $F = f32;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_float;
+
+/// Sum `value` over the cube's threads through shared memory (no plane operations);
+/// every thread gets the total. `BLOCK` threads, a power of two.
+#[cube]
+pub(crate) fn cube_sum(value: f32) -> f32 {
+    let mut smem = SharedMemory::<f32>::new(BLOCK as usize);
+    let t = UNIT_POS_X as usize;
+    smem[t] = value;
+    sync_cube();
+    let mut stride: usize = 128;
+    while stride > 0 {
+        if t < stride {
+            smem[t] = smem[t] + smem[t + stride];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = smem[0];
+    sync_cube();
+    total
+}
+
+/// The maximum of `value` over the cube's threads through shared memory; every thread
+/// gets it. NaN propagates (a NaN anywhere gives NaN).
+#[cube]
+pub(crate) fn cube_max(value: f32) -> f32 {
+    let mut smem = SharedMemory::<f32>::new(BLOCK as usize);
+    let t = UNIT_POS_X as usize;
+    smem[t] = value;
+    sync_cube();
+    let mut stride: usize = 128;
+    while stride > 0 {
+        if t < stride {
+            let a = smem[t];
+            let b = smem[t + stride];
+            smem[t] = select(a.is_nan() || a > b, a, b);
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = smem[0];
+    sync_cube();
+    total
+}
