@@ -1,5 +1,6 @@
 //! `ingot`: the command-line front end.
 
+mod bench_cmd;
 mod convert_cmd;
 mod golden_cmd;
 mod info_cmd;
@@ -31,6 +32,8 @@ enum Cmd {
     Run(run_cmd::RunArgs),
     /// Re-save a GGUF model with its weight matrices in another format (Ingot's quantizers).
     Convert(convert_cmd::ConvertArgs),
+    /// Prompt-processing and generation speed (pp/tg, like llama-bench), optionally beside llama.cpp.
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Cmd::Info(args) => info_cmd::run(args),
         Cmd::Run(args) => run_cmd::run(args),
         Cmd::Convert(args) => convert_cmd::run(args),
+        Cmd::Bench(args) => bench_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -113,3 +113,25 @@ fn converted_copies_run_f32_exactly_q8_0_closely() {
     let bad = ingot(&["convert", model.to_str().unwrap(), dir.path().join("x.gguf").to_str().unwrap(), "--type", "i32"]);
     assert!(!bad.status.success() && text(&bad).contains("not a weight format"), "{}", text(&bad));
 }
+
+#[test]
+fn bench_reports_pp_and_tg() {
+    let Some(model) = smollm2() else { return };
+    let m = model.to_str().unwrap();
+    let o = ingot(&["bench", "--model", m, "-p", "8", "-n", "4", "-r", "2", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["test"], "pp8");
+    assert_eq!(rows[1]["test"], "tg4");
+    for r in rows {
+        let v = r["ingot_tps"].as_array().unwrap();
+        assert_eq!(v.len(), 2);
+        assert!(v.iter().all(|x| x.as_f64().unwrap() > 0.0));
+    }
+    let o = ingot(&["bench", "--model", m, "-p", "0", "-n", "0"]);
+    assert!(!o.status.success() && text(&o).contains("nothing to run"), "{}", text(&o));
+    let o = ingot(&["bench", "--model", m, "-p", "100000", "-n", "0"]);
+    assert!(!o.status.success() && text(&o).contains("exceeds the model's context"), "{}", text(&o));
+}

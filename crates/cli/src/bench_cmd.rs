@@ -1,0 +1,138 @@
+//! `ingot bench`: prompt processing (pp) and token generation (tg) speed, like
+//! llama-bench: random token ids from a fixed seed, repetitions, mean ± stdev; with
+//! `--vs-llama-cpp`, llama.cpp (llama-cpp-python) on the same file, alternating runs.
+
+use crate::models;
+use anyhow::{bail, Context, Result};
+use ingot_model::{Logits, Model};
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// GGUF model; default: the default model.
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// Prompt lengths to test (comma-separated); 0 skips.
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    pp: Vec<usize>,
+    /// Generation lengths to test (comma-separated); 0 skips.
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    tg: Vec<usize>,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Also time llama.cpp through llama-cpp-python on the same file (needs it installed).
+    #[arg(long)]
+    vs_llama_cpp: bool,
+    /// Print JSON instead of a Markdown table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    model: String,
+    test: String,
+    ingot_tps: Vec<f64>,
+    llama_cpp_tps: Vec<f64>,
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
+    (m, var.sqrt())
+}
+
+fn ingot_once(model: &Model, pp: usize, tg: usize, seed: u64) -> Result<f64> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let vocab = model.config.vocab as u32;
+    let mut cache = model.new_cache();
+    if pp > 0 {
+        let toks: Vec<u32> = (0..pp).map(|_| rng.gen_range(0..vocab)).collect();
+        let t = Instant::now();
+        model.forward(&toks, &mut cache, Logits::Last, None)?;
+        return Ok(pp as f64 / t.elapsed().as_secs_f64());
+    }
+    let tok = rng.gen_range(0..vocab);
+    let t = Instant::now();
+    for _ in 0..tg {
+        model.forward(&[tok], &mut cache, Logits::Last, None)?;
+    }
+    Ok(tg as f64 / t.elapsed().as_secs_f64())
+}
+
+fn llama_cpp_once(path: &Path, pp: usize, tg: usize, threads: usize, seed: u64) -> Result<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama_cpp_bench.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(path)
+        .args(["--pp", &pp.to_string(), "--tg", &tg.to_string(), "--threads", &threads.to_string(), "--seed", &seed.to_string()])
+        .output()
+        .context("running python3 scripts/llama_cpp_bench.py")?;
+    if !out.status.success() {
+        bail!("llama.cpp bench failed (is llama-cpp-python installed?): {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+    }
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).context("llama.cpp bench output")?;
+    let key = if pp > 0 { "pp_tps" } else { "tg_tps" };
+    j[key].as_f64().context("llama.cpp bench printed no rate")
+}
+
+pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    if a.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
+    let path = models::resolve(a.model.as_deref())?;
+    let model = Model::load(&path)?;
+    let name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let mut tests: Vec<(usize, usize)> = a.pp.iter().filter(|&&p| p > 0).map(|&p| (p, 0)).collect();
+    tests.extend(a.tg.iter().filter(|&&n| n > 0).map(|&n| (0, n)));
+    if tests.is_empty() {
+        bail!("nothing to run: give -p and/or -n above 0");
+    }
+    for &(p, n) in &tests {
+        if p.max(n) + 1 > model.config.context {
+            bail!("a test of {} tokens exceeds the model's context of {}", p.max(n), model.config.context);
+        }
+    }
+    // Warm up: page the weights in.
+    ingot_once(&model, 0, 2, 0)?;
+    let mut rows = Vec::new();
+    for &(p, n) in &tests {
+        let mut row = Row { model: name.clone(), test: if p > 0 { format!("pp{p}") } else { format!("tg{n}") }, ingot_tps: vec![], llama_cpp_tps: vec![] };
+        for r in 0..a.repetitions {
+            row.ingot_tps.push(ingot_once(&model, p, n, r as u64)?);
+            if a.vs_llama_cpp {
+                row.llama_cpp_tps.push(llama_cpp_once(&path, p, n, threads, r as u64)?);
+            }
+        }
+        rows.push(row);
+    }
+    if a.json {
+        println!("{}", serde_json::json!({"threads": threads, "backend": "cpu", "rows": rows}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("| model | backend | threads | test | ingot t/s | llama.cpp t/s | ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let (m, s) = mean_sd(&r.ingot_tps);
+        let (lm, ls) = mean_sd(&r.llama_cpp_tps);
+        let (l, ratio) =
+            if r.llama_cpp_tps.is_empty() { ("-".to_string(), "-".to_string()) } else { (format!("{lm:.2} ± {ls:.2}"), format!("{:.2}", m / lm)) };
+        println!("| {} | cpu | {threads} | {} | {m:.2} ± {s:.2} | {l} | {ratio} |", r.model, r.test);
+    }
+    Ok(ExitCode::SUCCESS)
+}
