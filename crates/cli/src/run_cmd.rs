@@ -2,14 +2,79 @@
 
 use crate::models;
 use anyhow::{bail, Context, Result};
+use ingot_engine::{generate, Sampler, SamplingParams};
 use ingot_model::chat::{default_template, ChatTemplate, Message};
-use ingot_model::tokenizer::{StreamDecoder, Tokenizer, Vocab};
-use ingot_model::{Logits, Model};
-use rand::{Rng, SeedableRng};
+use ingot_model::tokenizer::{Tokenizer, Vocab};
+use ingot_model::Model;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
+
+/// The sampling flags shared by `run` and `chat`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long = "max-tokens", short = 'n', default_value_t = 128)]
+    max_tokens: usize,
+    /// 0: greedy; above 0: sample from softmax(logits / temperature).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    temperature: f32,
+    /// Keep only the k most likely tokens (0: off).
+    #[arg(long = "top-k", default_value_t = 0)]
+    top_k: usize,
+    /// Keep the most likely tokens up to this probability mass, in (0, 1] (1: off).
+    #[arg(long = "top-p", default_value_t = 1.0, allow_negative_numbers = true)]
+    top_p: f32,
+    /// Drop tokens less likely than min-p times the most likely one, in [0, 1] (0: off).
+    #[arg(long = "min-p", default_value_t = 0.0, allow_negative_numbers = true)]
+    min_p: f32,
+    /// Repetition penalty on tokens already generated, llama.cpp's (1: off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0, allow_negative_numbers = true)]
+    repeat_penalty: f32,
+    /// Subtracted per earlier occurrence of a token, OpenAI's (0: off).
+    #[arg(long = "frequency-penalty", default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// Subtracted once from every token already generated, OpenAI's (0: off).
+    #[arg(long = "presence-penalty", default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Seed of the sampler (temperature > 0): the same seed gives the same output.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the output contains this text (not printed); repeatable.
+    #[arg(long, value_name = "STR")]
+    stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    /// The engine's parameters, checked; errors name the flag.
+    pub fn params(&self) -> Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            logit_bias: Vec::new(),
+            seed: self.seed,
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+        };
+        match p.validate() {
+            Ok(()) => Ok(p),
+            Err(ingot_engine::Error::Param { param, msg }) => {
+                let flag = match param {
+                    "repetition_penalty" => "repeat-penalty".to_string(),
+                    other => other.replace('_', "-"),
+                };
+                bail!("--{flag} {msg}")
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -22,15 +87,8 @@ pub struct RunArgs {
     /// A GGUF model file; default: SmolLM2-135M-Instruct Q4_1, fetched into the cache on first use.
     #[arg(long, short)]
     model: Option<PathBuf>,
-    /// Most tokens to generate.
-    #[arg(long = "max-tokens", short = 'n', default_value_t = 128)]
-    max_tokens: usize,
-    /// 0: greedy; above 0: sample from softmax(logits / temperature).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    temperature: f32,
-    /// Seed of the sampler (temperature > 0).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Wrap the prompt in the model's chat template as one user message.
     #[arg(long)]
     chat: bool,
@@ -39,35 +97,19 @@ pub struct RunArgs {
     json: bool,
 }
 
-pub fn run(a: RunArgs) -> Result<ExitCode> {
-    let prompt = a.prompt.or(a.prompt_flag).context("no prompt: give it as an argument or with --prompt")?;
-    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-        bail!("--temperature must be a finite number >= 0, got {}", a.temperature);
-    }
-    let path = models::resolve(a.model.as_deref())?;
+/// A model with its tokenizer, loaded from `--model` (or the default model).
+pub struct Loaded {
+    pub path: PathBuf,
+    pub model: Model,
+    pub tok: Tokenizer,
+}
+
+/// Loads the model and its tokenizer, reporting the load on stderr.
+pub fn load(model: Option<&Path>) -> Result<Loaded> {
+    let path = models::resolve(model)?;
     let t_load = Instant::now();
     let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let tok = Tokenizer::new(&Vocab::from_gguf(model.file())?)?;
-    let text = if a.chat {
-        let src = match model.file().get_str("tokenizer.chat_template") {
-            Ok(s) => s.to_string(),
-            Err(_) => default_template(model.config.arch.name())
-                .with_context(|| format!("{} has no chat template and Ingot knows none for {}", path.display(), model.config.arch.name()))?
-                .to_string(),
-        };
-        let piece = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
-        ChatTemplate::new(&src)?.render(&[Message::new("user", prompt.clone())], true, &piece(tok.bos()), &piece(tok.eos()))?
-    } else {
-        prompt
-    };
-    // With a chat template the BOS (if any) is part of the rendered text.
-    let prompt_ids = tok.encode(&text, !a.chat, a.chat)?;
-    if prompt_ids.is_empty() {
-        bail!("the prompt encodes to no tokens");
-    }
-    if prompt_ids.len() + a.max_tokens > model.config.context {
-        bail!("{} prompt tokens + {} new tokens exceed the model's context of {}", prompt_ids.len(), a.max_tokens, model.config.context);
-    }
     eprintln!(
         "ingot: {} ({}, {} layers) loaded in {:.2}s",
         path.display(),
@@ -75,80 +117,69 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         model.config.n_layer,
         t_load.elapsed().as_secs_f64()
     );
+    Ok(Loaded { path, model, tok })
+}
 
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
-    let mut cache = model.new_cache();
-    let t0 = Instant::now();
-    let mut logits = model.forward(&prompt_ids, &mut cache, Logits::Last, None)?;
-    let t_prompt = t0.elapsed();
-    let mut generated = Vec::new();
-    let mut out = String::new();
-    let mut dec = StreamDecoder::new(true);
+impl Loaded {
+    /// The model's chat template (the file's, else Ingot's built-in one for its architecture).
+    pub fn chat_template(&self) -> Result<ChatTemplate> {
+        let arch = self.model.config.arch.name();
+        let src = match self.model.file().get_str("tokenizer.chat_template") {
+            Ok(s) => s.to_string(),
+            Err(_) => default_template(arch)
+                .with_context(|| format!("{} has no chat template and Ingot knows none for {arch}", self.path.display()))?
+                .to_string(),
+        };
+        Ok(ChatTemplate::new(&src)?)
+    }
+
+    /// Renders `messages` with the generation prompt and encodes them (the template writes
+    /// any BOS itself).
+    pub fn encode_chat(&self, template: &ChatTemplate, messages: &[Message]) -> Result<Vec<u32>> {
+        let piece = |id: Option<u32>| id.and_then(|i| self.tok.token_text(i)).unwrap_or("").to_string();
+        let text = template.render(messages, true, &piece(self.tok.bos()), &piece(self.tok.eos()))?;
+        Ok(self.tok.encode(&text, false, true)?)
+    }
+}
+
+pub fn run(a: RunArgs) -> Result<ExitCode> {
+    let prompt = a.prompt.or(a.prompt_flag).context("no prompt: give it as an argument or with --prompt")?;
+    let params = a.sampling.params()?;
+    let m = load(a.model.as_deref())?;
+    let prompt_ids =
+        if a.chat { m.encode_chat(&m.chat_template()?, &[Message::new("user", prompt)])? } else { m.tok.encode(&prompt, true, false)? };
+    if prompt_ids.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    let context = m.model.config.context;
+    if prompt_ids.len() + params.max_tokens > context {
+        bail!("{} prompt tokens + {} new tokens exceed the model's context of {context}", prompt_ids.len(), params.max_tokens);
+    }
+    let mut sampler = Sampler::new(params, m.model.config.vocab)?;
+    let mut cache = m.model.new_cache();
     let stdout = std::io::stdout();
-    let t1 = Instant::now();
-    while generated.len() < a.max_tokens {
-        let next = if a.temperature == 0.0 { argmax(&logits) } else { sample(&logits, a.temperature, &mut rng) };
-        if tok.is_eog(next) {
-            break;
-        }
-        generated.push(next);
-        let piece = dec.push(&tok, next)?;
-        if !a.json && !piece.is_empty() {
+    let g = generate(&m.model, &m.tok, &mut cache, &prompt_ids, &mut sampler, None, |piece| {
+        if !a.json {
             let mut o = stdout.lock();
             o.write_all(piece.as_bytes())?;
             o.flush()?;
         }
-        out.push_str(&piece);
-        if generated.len() == a.max_tokens {
-            break;
-        }
-        logits = model.forward(&[next], &mut cache, Logits::Last, None)?;
-    }
-    let tail = dec.finish();
-    out.push_str(&tail);
-    let t_gen = t1.elapsed();
+        Ok(())
+    })?;
     if a.json {
-        let j = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": generated, "text": out});
+        let j = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": g.tokens, "text": g.text});
         println!("{j}");
     } else {
-        print!("{tail}");
         println!();
     }
     let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    let (tp, tg) = (g.prompt_time.as_secs_f64(), g.gen_time.as_secs_f64());
     eprintln!(
-        "ingot: prompt {} tokens in {:.2}s ({:.1} tok/s); generated {} tokens in {:.2}s ({:.1} tok/s)",
+        "ingot: prompt {} tokens in {tp:.2}s ({:.1} tok/s); generated {} tokens in {tg:.2}s ({:.1} tok/s)",
         prompt_ids.len(),
-        t_prompt.as_secs_f64(),
-        rate(prompt_ids.len(), t_prompt.as_secs_f64()),
-        generated.len(),
-        t_gen.as_secs_f64(),
-        rate(generated.len(), t_gen.as_secs_f64())
+        rate(prompt_ids.len(), tp),
+        g.tokens.len(),
+        rate(g.tokens.len(), tg)
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// First index of the largest logit.
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// Sample from softmax(logits / t).
-fn sample(logits: &[f32], t: f32, rng: &mut impl Rng) -> u32 {
-    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let w: Vec<f64> = logits.iter().map(|&l| (((l - m) / t) as f64).exp()).collect();
-    let total: f64 = w.iter().sum();
-    let mut u = rng.gen::<f64>() * total;
-    for (i, x) in w.iter().enumerate() {
-        u -= x;
-        if u < 0.0 {
-            return i as u32;
-        }
-    }
-    argmax(logits)
 }

@@ -1,8 +1,8 @@
 //! Device plumbing shared by the op files: the client, which float types the device
 //! can compute in, host ↔ device copies, and launch geometry.
 
-use cubecl::prelude::*;
 use cubecl::ir::features::TypeUsage;
+use cubecl::prelude::*;
 use cubecl::server::Handle;
 use ingot_core::{DType, Error, Result, Tensor, Tensors};
 
@@ -182,4 +182,19 @@ pub(crate) fn cube_max(value: f32) -> f32 {
     let total = smem[0];
     sync_cube();
     total
+}
+
+/// Whether wgpu finds an adapter of the backend CubeCL will use (Metal on macOS, Vulkan
+/// elsewhere). CubeCL panics, in its server thread, when there is none; ask first.
+#[cfg(feature = "wgpu")]
+pub(crate) fn wgpu_adapter_present() -> bool {
+    let backend = if cfg!(target_os = "macos") { wgpu::Backends::METAL } else { wgpu::Backends::VULKAN };
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor { backends: backend, ..wgpu::InstanceDescriptor::new_without_display_handle() });
+    let options = wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        force_fallback_adapter: false,
+        compatible_surface: None,
+    };
+    cubecl::future::block_on(instance.request_adapter(&options)).is_ok()
 }

@@ -21,7 +21,7 @@ pub mod rope;
 pub mod sampling;
 
 use cubecl::prelude::*;
-use ingot_core::{DType, Error, Op, Result, Tensors};
+use ingot_core::{Error, Op, Result, Tensors};
 
 pub use device::Device;
 
@@ -118,7 +118,6 @@ impl<R: Runtime> ingot_core::Backend for GpuBackend<R> {
         }
     }
 }
-
 
 #[cfg(feature = "wgpu")]
 mod wgpu_backend {

@@ -20,15 +20,7 @@ fn add_kernel<F: Float>(a: &Array<F>, b: &Array<F>, out: &mut Array<F>, n: usize
 }
 
 #[cube(launch_unchecked)]
-fn rms_norm_kernel<F: Float>(
-    x: &Array<F>,
-    w: &Array<F>,
-    out: &mut Array<F>,
-    rows: usize,
-    h: usize,
-    eps: f32,
-    #[comptime] gemma: bool,
-) {
+fn rms_norm_kernel<F: Float>(x: &Array<F>, w: &Array<F>, out: &mut Array<F>, rows: usize, h: usize, eps: f32, #[comptime] gemma: bool) {
     let row = cube_index();
     if row < rows {
         let base = row * h;
@@ -94,15 +86,7 @@ fn fused_add_rms_norm_kernel<F: Float>(
 }
 
 #[cube(launch_unchecked)]
-fn layer_norm_kernel<F: Float>(
-    x: &Array<F>,
-    gamma: &Array<F>,
-    beta: &Array<F>,
-    out: &mut Array<F>,
-    rows: usize,
-    h: usize,
-    eps: f32,
-) {
+fn layer_norm_kernel<F: Float>(x: &Array<F>, gamma: &Array<F>, beta: &Array<F>, out: &mut Array<F>, rows: usize, h: usize, eps: f32) {
     let row = cube_index();
     if row < rows {
         let base = row * h;

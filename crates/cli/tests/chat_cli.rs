@@ -1,0 +1,103 @@
+//! `ingot chat` with piped stdin (one user turn per line): replies stream to stdout, the
+//! second turn reuses the KV cache of the first, /reset starts over, EOF and /exit leave.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn ingot(args: &[&str], stdin: &str) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ingot"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ingot");
+    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn smollm2() -> Option<PathBuf> {
+    let dir = std::env::var_os("INGOT_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ingot/models"));
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var("INGOT_REQUIRE_MODELS").as_deref() == Ok("1") {
+        panic!("{} missing and INGOT_REQUIRE_MODELS=1", p.display());
+    }
+    eprintln!("SKIP: {} not found (run scripts/fetch_models.sh); this test checks nothing", p.display());
+    None
+}
+
+/// The `N` of every `ingot: reused N cached tokens` line.
+fn reused(o: &Output) -> Vec<usize> {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter_map(|l| l.strip_prefix("ingot: reused ")?.strip_suffix(" cached tokens")?.parse().ok())
+        .collect()
+}
+
+fn replies(o: &Output) -> usize {
+    String::from_utf8_lossy(&o.stderr).lines().filter(|l| l.starts_with("ingot: generated ")).count()
+}
+
+#[test]
+fn two_turns_reuse_the_cache_and_the_first_equals_run_chat() {
+    let Some(model) = smollm2() else { return };
+    let m = model.to_str().unwrap();
+    let q1 = "What is the capital of France?";
+    let o = ingot(&["chat", "--model", m, "--temperature", "0", "-n", "16"], &format!("{q1}\nAnd of Germany?\n"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(replies(&o), 2, "{}", text(&o));
+    let r = reused(&o);
+    assert_eq!(r.len(), 2, "{}", text(&o));
+    assert_eq!(r[0], 0);
+    assert!(r[1] > 0, "the second turn reused no cached tokens: {}", text(&o));
+    // The first turn is exactly `ingot run --chat` (same template, same greedy tokens).
+    let run = Command::new(env!("CARGO_BIN_EXE_ingot"))
+        .args(["run", "--model", m, "--chat", "--temperature", "0", "-n", "16", q1])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+    let first = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(!first.trim().is_empty());
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.starts_with(&first), "chat's first reply differs from run --chat:\n{out}\nvs\n{first}");
+    assert!(out.len() > first.len() + 1, "no second reply: {out}");
+}
+
+#[test]
+fn reset_gives_the_same_reply_from_the_cache_and_exit_leaves() {
+    let Some(model) = smollm2() else { return };
+    let m = model.to_str().unwrap();
+    // After /reset the conversation renders as the first one did: all but its last token
+    // come from the cache, and greedy decoding must give the same reply.
+    let o = ingot(
+        &["chat", "--model", m, "--temperature", "0", "-n", "12", "--system", "Be brief."],
+        "Name a color.\n/reset\nName a color.\n/exit\nnever read\n",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(replies(&o), 2, "{}", text(&o));
+    let r = reused(&o);
+    assert_eq!(r.len(), 2);
+    assert!(r[1] > 10, "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("history cleared"));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let half = out.len() / 2;
+    assert_eq!(out[..half], out[half..], "the reply after /reset differs: {out}");
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let o = ingot(&["chat", "--model", "/nonexistent/x.gguf"], "");
+    assert!(!o.status.success() && text(&o).contains("no such model file"), "{}", text(&o));
+    let o = ingot(&["chat", "--model", "/nonexistent/x.gguf", "--min-p", "2"], "");
+    assert!(!o.status.success() && text(&o).contains("--min-p must be in [0, 1]"), "{}", text(&o));
+}

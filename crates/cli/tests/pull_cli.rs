@@ -1,0 +1,60 @@
+//! `ingot pull`: lists the known models and what is cached; unknown names are clear
+//! errors; a cached model is verified by sha256 without downloading anything.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn ingot(args: &[&str], models: Option<&std::path::Path>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ingot"));
+    c.args(args);
+    if let Some(m) = models {
+        c.env("INGOT_MODELS", m);
+    }
+    c.output().expect("run ingot")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn lists_known_models_and_what_is_cached() {
+    let empty = tempfile::tempdir().unwrap();
+    let o = ingot(&["pull"], Some(empty.path()));
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    for name in ["smollm2", "gemma3", "qwen2.5-coder", "SmolLM2-135M-Instruct.Q4_1.gguf"] {
+        assert!(t.contains(name), "{name} missing from: {t}");
+    }
+    assert_eq!(t.matches("not cached").count(), 3, "{t}");
+    // A cached file is listed with its path and size.
+    std::fs::write(empty.path().join("gemma-3-270m-q4_k_m.gguf"), vec![0u8; 1 << 20]).unwrap();
+    let t = text(&ingot(&["pull"], Some(empty.path())));
+    assert_eq!(t.matches("not cached").count(), 2, "{t}");
+    assert!(t.contains("1.0 MiB") && t.contains("gemma-3-270m-q4_k_m.gguf"), "{t}");
+}
+
+#[test]
+fn unknown_name_is_a_clear_error() {
+    let o = ingot(&["pull", "nope"], None);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("unknown model 'nope'") && t.contains("smollm2, gemma3, qwen2.5-coder"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+#[test]
+fn cached_model_is_reported_verified() {
+    let dir = std::env::var_os("INGOT_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ingot/models"));
+    if !dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file() {
+        eprintln!("SKIP: SmolLM2 is not cached; this test would download it");
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    let o = ingot(&["pull", "smollm2"], Some(&dir));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("cached and verified (sha256)"), "{}", text(&o));
+    assert!(t0.elapsed().as_secs() < 30, "verifying took {:?}", t0.elapsed());
+}

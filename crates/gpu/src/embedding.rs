@@ -1,0 +1,90 @@
+//! `embedding_lookup` for float tables: out[t] = table[ids[t]], copied bit for bit.
+//!
+//! Layout: table [vocab_size, hidden_size], ids [num_tokens] i32, out [num_tokens,
+//! hidden_size]. Buffers are read and written as u32 words: f32 elements one per word,
+//! f16/bf16 elements two per word (element 2w in the low half), so a row of odd length
+//! may start mid-word. Each thread writes one output word. No float arithmetic touches
+//! the values, so every float dtype runs on every device (lavapipe has no bf16) and NaN
+//! payloads survive. Ids are checked on the host before the launch (an id outside
+//! 0..vocab_size is an error, as in `ingot_cpu::embedding`); the kernel also writes 0
+//! rather than read out of bounds if one slipped through.
+//! GGUF block tables (dequantizing lookups) come with the dequantize kernels.
+
+use crate::device::{grid_1d, input, linear_pos, Device};
+use cubecl::prelude::*;
+use ingot_core::{ensure, EmbeddingParams, Result, Tensors};
+
+/// The 32-bit or 16-bit pattern of output element `e`.
+#[cube]
+fn gather_elem(table: &Array<u32>, ids: &Array<i32>, e: usize, h: usize, vocab: usize, #[comptime] wide: bool) -> u32 {
+    let t = e / h;
+    let j = e % h;
+    let id = ids[t];
+    let mut v = 0u32;
+    if id >= 0 && usize::cast_from(id) < vocab {
+        let s = usize::cast_from(id) * h + j;
+        if wide {
+            v = table[s];
+        } else {
+            v = (table[s / 2] >> (u32::cast_from(s % 2) * 16)) & 0xffff;
+        }
+    }
+    v
+}
+
+#[cube(launch_unchecked)]
+fn embedding_kernel(table: &Array<u32>, ids: &Array<i32>, out: &mut Array<u32>, n: usize, h: usize, vocab: usize, #[comptime] wide: bool) {
+    let w = linear_pos();
+    if wide {
+        if w < n {
+            out[w] = gather_elem(table, ids, w, h, vocab, wide);
+        }
+    } else {
+        let e = 2 * w;
+        if e < n {
+            let lo = gather_elem(table, ids, e, h, vocab, wide);
+            let mut hi = 0u32;
+            if e + 1 < n {
+                hi = gather_elem(table, ids, e + 1, h, vocab, wide);
+            }
+            out[w] = lo | (hi << 16);
+        }
+    }
+}
+
+/// `embedding_lookup` of a float table.
+pub fn embedding_lookup<R: Runtime>(d: &Device<R>, p: &EmbeddingParams, inputs: &Tensors) -> Result<Tensors> {
+    const OP: &str = "embedding_lookup";
+    let (t, h, vocab) = (p.num_tokens, p.hidden_size, p.vocab_size);
+    let table = input(OP, inputs, "table")?;
+    let ids_t = input(OP, inputs, "ids")?;
+    for (i, &id) in ids_t.to_i32()?.iter().enumerate() {
+        ensure!(id >= 0 && (id as usize) < vocab, OP, "ids[{i}] = {id} is outside 0..{vocab}");
+    }
+    let wide = p.dtype.type_size() == 4;
+    let n = t * h;
+    let table_words = table.data.len().div_ceil(4);
+    let tab = d.upload(table);
+    let ids = d.upload(ids_t);
+    let out = d.alloc(p.dtype, n);
+    let out_words = p.dtype.bytes_for(n).unwrap_or(0).div_ceil(4);
+    let (count, dim) = grid_1d(out_words);
+    // SAFETY: the table buffer holds `table_words` words (vocab·h elements, padded to whole
+    // words) and the kernel reads element id·h + j only for 0 <= id < vocab and j < h;
+    // ids holds t entries, read at e / h < t; thread w writes output word w < out_words.
+    unsafe {
+        embedding_kernel::launch_unchecked::<R>(
+            &d.client,
+            count,
+            dim,
+            ArrayArg::from_raw_parts(tab, table_words),
+            ArrayArg::from_raw_parts(ids, t),
+            ArrayArg::from_raw_parts(out.clone(), out_words),
+            n,
+            h,
+            vocab,
+            wide,
+        )
+    };
+    Ok(Tensors::from([("output".to_string(), d.download(OP, out, p.dtype, &[t, h])?)]))
+}

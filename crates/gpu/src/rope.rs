@@ -1,0 +1,133 @@
+//! `rope`: rotary position embedding of q and k (FlashInfer semantics, Llama 3.1 scaling
+//! when `rope_factor` > 1).
+//!
+//! Layout: q [T, num_heads, head_size], k [T, num_kv_heads, head_size], pos_ids [T] i32.
+//! One thread per output element: element j < rotary_dim of a head belongs to pair i
+//! (NeoX: (i, i + r/2); GPT-J: (2i, 2i + 1)) and is a·cos − b·sin or b·cos + a·sin of
+//! that pair; elements from rotary_dim on are copied. The r/2 inverse frequencies depend
+//! only on the parameters and are computed on the host in f64 (as `ingot_cpu::rope`),
+//! then stored as f32. The angle pos·inv_freq is an f32 product (the protocol's tolerance
+//! allows for that); it is reduced to [−π, π] with a two-constant Cody–Waite step before
+//! the device's sin/cos, whose accuracy outside that range is not specified.
+
+use crate::device::{grid_1d, input, linear_pos, with_float, Device};
+use cubecl::prelude::*;
+use ingot_core::{ensure, Result, RopeParams, Tensors};
+use std::f64::consts::PI;
+
+/// The r/2 inverse frequencies, with Llama 3.1 scaling when rope_factor > 1 (docs/ops.md).
+fn inv_freqs(p: &RopeParams) -> Vec<f32> {
+    let r = p.rotary_dim;
+    (0..r / 2)
+        .map(|i| {
+            let f = p.rope_theta.powf(-((2 * i) as f64) / r as f64);
+            if p.rope_factor <= 1.0 {
+                return f as f32;
+            }
+            let l = p.original_max_position as f64;
+            let (low_wl, high_wl) = (l / p.low_freq_factor, l / p.high_freq_factor);
+            let wl = 2.0 * PI / f;
+            let g = if wl < high_wl {
+                f
+            } else if wl > low_wl {
+                f / p.rope_factor
+            } else {
+                let s = (l / wl - p.low_freq_factor) / (p.high_freq_factor - p.low_freq_factor);
+                (1.0 - s) * f / p.rope_factor + s * f
+            };
+            g as f32
+        })
+        .collect()
+}
+
+#[cube(launch_unchecked)]
+fn rope_kernel<F: Float>(
+    x: &Array<F>,
+    pos: &Array<i32>,
+    inv_freq: &Array<f32>,
+    out: &mut Array<F>,
+    n: usize,
+    heads: usize,
+    d: usize,
+    r: usize,
+    #[comptime] interleave: bool,
+) {
+    let e = linear_pos();
+    if e < n {
+        let j = e % d;
+        let row = e - j;
+        if j >= r {
+            out[e] = x[e];
+        } else {
+            let half = r / 2;
+            // (ia, ib): the pair's elements; `first`: whether j is a (else b).
+            let mut i = j / 2;
+            let mut ia = row + j - j % 2;
+            let mut ib = ia + 1;
+            let mut first = j % 2 == 0;
+            if !interleave {
+                i = j % half;
+                ia = row + i;
+                ib = ia + half;
+                first = j < half;
+            }
+            let token = e / (heads * d);
+            let theta = f32::cast_from(pos[token]) * inv_freq[i];
+            // θ − k·2π with 2π = C1 + C2, C1 = 6.28125 exact in 8 bits (k·C1 is exact).
+            let k = (theta * 0.159_154_94).round();
+            let red = (theta - k * 6.281_25) - k * 0.001_935_307_2;
+            let c = red.cos();
+            let s = red.sin();
+            let a = f32::cast_from(x[ia]);
+            let b = f32::cast_from(x[ib]);
+            let mut y = b * c + a * s;
+            if first {
+                y = a * c - b * s;
+            }
+            out[e] = F::cast_from(y);
+        }
+    }
+}
+
+/// `rope` on q and k.
+pub fn rope<R: Runtime>(d: &Device<R>, p: &RopeParams, inputs: &Tensors) -> Result<Tensors> {
+    const OP: &str = "rope";
+    let pos_t = input(OP, inputs, "pos_ids")?;
+    if let Some((t, id)) = pos_t.to_i32()?.iter().enumerate().find(|(_, &id)| id < 0) {
+        ensure!(false, OP, "pos_ids[{t}] = {id} is negative");
+    }
+    let (t, hd) = (p.num_tokens, p.head_size);
+    let pos = d.upload(pos_t);
+    let freqs = inv_freqs(p);
+    let inv = d.upload_f32(&freqs);
+    let mut out = Tensors::new();
+    for (name, out_name, heads) in [("q", "q_out", p.num_heads), ("k", "k_out", p.num_kv_heads)] {
+        let n = t * heads * hd;
+        let x = d.upload(input(OP, inputs, name)?);
+        let o = d.alloc(p.dtype, n);
+        let (count, dim) = grid_1d(n);
+        with_float!(p.dtype, F => {
+            // SAFETY: x holds n = t·heads·head_size elements (`check_inputs`), pos holds t,
+            // inv_freq holds rotary_dim/2 (indices i < rotary_dim/2), o was allocated for n;
+            // pair indices stay inside the element's own head row; threads e >= n return.
+            unsafe {
+                rope_kernel::launch_unchecked::<F, R>(
+                    &d.client,
+                    count,
+                    dim,
+                    ArrayArg::from_raw_parts(x, n),
+                    ArrayArg::from_raw_parts(pos.clone(), t),
+                    ArrayArg::from_raw_parts(inv.clone(), freqs.len().max(1)),
+                    ArrayArg::from_raw_parts(o.clone(), n),
+                    n,
+                    heads,
+                    hd,
+                    p.rotary_dim,
+                    p.interleave,
+                )
+            }
+        });
+        out.insert(out_name.to_string(), d.download(OP, o, p.dtype, &[t, heads, hd])?);
+    }
+    Ok(out)
+}
