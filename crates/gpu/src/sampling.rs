@@ -15,8 +15,11 @@ fn softmax_kernel<F: Float>(x: &Array<F>, out: &mut Array<f32>, rows: usize, v: 
     let row = cube_index();
     if row < rows {
         let base = row * v;
-        // −Inf from its bits: CubeCL's WGSL output spells an infinite literal `inf`.
-        let mut local_max = f32::reinterpret(0xff80_0000u32);
+        // The lowest finite f32 as the max identity: an infinite literal does not survive
+        // CubeCL's WGSL output (`inf`), and a reinterpreted constant does not compile for
+        // CUDA (NVRTC: "expression must be an lvalue"). A row of only −Inf still ends in
+        // exp(−Inf)/0 = NaN, as the reference.
+        let mut local_max = f32::new(-3.402_823_5e38);
         let mut j = UNIT_POS_X as usize;
         while j < v {
             let a = f32::cast_from(x[base + j]);
