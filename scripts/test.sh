@@ -13,8 +13,10 @@ export INGOT_REQUIRE_MODELS=1
 export INGOT_REQUIRE_GPU=1
 
 cargo test --release --workspace --locked
-cargo build --release --locked -p ingot-cli
+# The CLI tests built target/release/ingot (CARGO_BIN_EXE); a separate `cargo build` would
+# resolve features without dev-dependencies and rebuild CubeCL for nothing.
 ingot=./target/release/ingot
+[ -x "$ingot" ] || cargo build --release --locked -p ingot-cli
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
