@@ -1,8 +1,10 @@
 //! `ingot chat` with piped stdin (one user turn per line): replies stream to stdout, the
 //! second turn reuses the KV cache of the first, /reset starts over, EOF and /exit leave.
 
+mod common;
+use common::{smollm2, text};
+
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 fn ingot(args: &[&str], stdin: &str) -> Output {
@@ -15,25 +17,6 @@ fn ingot(args: &[&str], stdin: &str) -> Output {
         .expect("run ingot");
     c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     c.wait_with_output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn smollm2() -> Option<PathBuf> {
-    let dir = std::env::var_os("INGOT_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ingot/models"));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("INGOT_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{} missing and INGOT_REQUIRE_MODELS=1", p.display());
-    }
-    eprintln!("SKIP: {} not found (run scripts/fetch_models.sh); this test checks nothing", p.display());
-    None
 }
 
 /// The `N` of every `ingot: reused N cached tokens` line.

@@ -1,31 +1,8 @@
 //! `ingot run`'s sampling flags: a seed fixes the output, --stop ends it before the stop
 //! string, top-k 1 is greedy, and out-of-range values are clear errors before any load.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn ingot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ingot")).args(args).output().expect("run ingot")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn smollm2() -> Option<PathBuf> {
-    let dir = std::env::var_os("INGOT_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ingot/models"));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("INGOT_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{} missing and INGOT_REQUIRE_MODELS=1", p.display());
-    }
-    eprintln!("SKIP: {} not found (run scripts/fetch_models.sh); this test checks nothing", p.display());
-    None
-}
+mod common;
+use common::{ingot, smollm2, text};
 
 fn json(args: &[&str]) -> serde_json::Value {
     let o = ingot(args);
