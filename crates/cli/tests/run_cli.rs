@@ -114,3 +114,19 @@ fn bench_reports_pp_and_tg() {
     let o = ingot(&["bench", "--model", m, "-p", "100000", "-n", "0"]);
     assert!(!o.status.success() && text(&o).contains("exceeds the model's context"), "{}", text(&o));
 }
+
+#[test]
+fn bench_concurrent_runs_sequences_through_the_engine() {
+    let Some(model) = smollm2() else { return };
+    let m = model.to_str().unwrap();
+    let o = ingot(&["bench", "--model", m, "-p", "0", "-n", "4", "-r", "1", "--concurrent", "1,3", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tests: Vec<&str> = j["rows"].as_array().unwrap().iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["tg4", "tg4 x1 total", "tg4 x1 per seq", "tg4 x3 total", "tg4 x3 per seq"]);
+    for r in j["rows"].as_array().unwrap() {
+        assert!(r["ingot_tps"][0].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let o = ingot(&["bench", "--model", m, "-p", "0", "-n", "4", "--concurrent", "0"]);
+    assert!(!o.status.success() && text(&o).contains("--concurrent values must be at least 1"), "{}", text(&o));
+}

@@ -12,6 +12,7 @@ pub mod fast;
 pub mod gemm;
 pub mod kv_quant;
 pub mod norm;
+pub mod paged;
 pub mod quant;
 pub mod rope;
 pub mod sampling;

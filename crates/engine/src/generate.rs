@@ -88,13 +88,16 @@ pub fn generate(
         }
     };
     if finish != FinishReason::Stop {
-        let out = stop.push(&dec.finish());
-        let rest = if out.stopped {
+        let mut out = stop.push(&dec.finish());
+        if !out.stopped {
+            let end = stop.finish();
+            out.text.push_str(&end.text);
+            out.stopped = end.stopped;
+        }
+        if out.stopped {
             finish = FinishReason::Stop;
-            out.text
-        } else {
-            out.text + &stop.finish()
-        };
+        }
+        let rest = out.text;
         if !rest.is_empty() {
             on_text(&rest)?;
             text.push_str(&rest);

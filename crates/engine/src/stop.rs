@@ -27,6 +27,12 @@ impl StopChecker {
 
     /// Adds the next piece of text; returns what can be released. After a stop, every
     /// later push returns nothing.
+    ///
+    /// The text is cut before the stop string that starts first, whatever the pieces: a
+    /// complete stop string does not end the stream while a longer one that starts earlier
+    /// could still complete with the next pieces (stop strings "ab" and "xab" on "…xa" + "b"
+    /// wait for the next piece: "xab" may come); [`finish`](Self::finish) settles what is
+    /// left at the end of the stream.
     pub fn push(&mut self, piece: &str) -> StopOutput {
         if self.stopped {
             return StopOutput { text: String::new(), stopped: true };
@@ -35,31 +41,46 @@ impl StopChecker {
             return StopOutput { text: piece.to_string(), stopped: false };
         }
         self.held.push_str(piece);
-        // The earliest stop string in the held text wins.
-        if let Some(pos) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
-            self.stopped = true;
-            let mut text = std::mem::take(&mut self.held);
-            text.truncate(pos);
-            return StopOutput { text, stopped: true };
+        let complete = self.first_complete();
+        // The earliest held tail that is a proper prefix of some stop string.
+        let pending = self.held.char_indices().map(|(i, _)| i).find(|&i| {
+            let tail = &self.held[i..];
+            self.stops.iter().any(|s| s.len() > tail.len() && s.starts_with(tail))
+        });
+        match complete {
+            Some(pos) if !matches!(pending, Some(q) if q < pos) => self.stop_at(pos),
+            _ => {
+                let keep_from = pending.unwrap_or(self.held.len());
+                let text = self.held[..keep_from].to_string();
+                self.held.drain(..keep_from);
+                StopOutput { text, stopped: false }
+            }
         }
-        // Hold back the longest tail that is a proper prefix of some stop string.
-        let keep_from = self
-            .held
-            .char_indices()
-            .map(|(i, _)| i)
-            .find(|&i| {
-                let tail = &self.held[i..];
-                self.stops.iter().any(|s| s.len() > tail.len() && s.starts_with(tail))
-            })
-            .unwrap_or(self.held.len());
-        let text = self.held[..keep_from].to_string();
-        self.held.drain(..keep_from);
-        StopOutput { text, stopped: false }
     }
 
-    /// Ends the stream without a stop: the held-back text.
-    pub fn finish(&mut self) -> String {
-        std::mem::take(&mut self.held)
+    /// Ends the stream: the held-back text, cut before a stop string it holds (then
+    /// `stopped`, as for a push).
+    pub fn finish(&mut self) -> StopOutput {
+        if self.stopped {
+            return StopOutput { text: String::new(), stopped: true };
+        }
+        match self.first_complete() {
+            Some(pos) => self.stop_at(pos),
+            None => StopOutput { text: std::mem::take(&mut self.held), stopped: false },
+        }
+    }
+
+    /// Start of the earliest stop string in the held text.
+    fn first_complete(&self) -> Option<usize> {
+        self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min()
+    }
+
+    /// Stops, releasing the held text before `pos`.
+    fn stop_at(&mut self, pos: usize) -> StopOutput {
+        self.stopped = true;
+        let mut text = std::mem::take(&mut self.held);
+        text.truncate(pos);
+        StopOutput { text, stopped: true }
     }
 
     /// Whether a stop string was seen.
@@ -73,7 +94,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn run(stops: &[&str], pieces: &[&str]) -> (Vec<String>, bool, String) {
+    fn run(stops: &[&str], pieces: &[&str]) -> (Vec<String>, bool, StopOutput) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
         let mut c = StopChecker::new(&stops);
         let mut out = Vec::new();
@@ -101,7 +122,7 @@ mod tests {
         let (out, stopped, tail) = run(&["STOP"], &["a ST", "ARt", " ok S"]);
         assert!(!stopped);
         assert_eq!(out, vec!["a ", "STARt", " ok "]);
-        assert_eq!(tail, "S");
+        assert_eq!(tail, StopOutput { text: "S".into(), stopped: false });
     }
 
     #[test]
@@ -119,7 +140,24 @@ mod tests {
         assert!(stopped);
         assert_eq!(out.concat(), "naïve ß?");
         let (out, stopped, tail) = run(&[], &["a", "b"]);
-        assert_eq!((out.concat(), stopped, tail), ("ab".to_string(), false, String::new()));
+        assert_eq!((out.concat(), stopped, tail), ("ab".to_string(), false, StopOutput::default()));
+    }
+
+    #[test]
+    fn an_earlier_longer_stop_is_waited_for() {
+        // "ac" completes inside the first piece, but "caca" starts before it and may complete.
+        let (out, stopped, _) = run(&["caca", "ac"], &["x cac", "a!"]);
+        assert!(stopped);
+        assert_eq!(out.concat(), "x ");
+        // It does not: "ac" stands, settled by the next piece.
+        let (out, stopped, _) = run(&["caca", "ac"], &["x cac", "b"]);
+        assert!(stopped);
+        assert_eq!(out, vec!["x ", "c"]);
+        // The stream ends while waiting: finish settles on "ac".
+        let (out, stopped, tail) = run(&["caca", "ac"], &["x cac"]);
+        assert!(!stopped);
+        assert_eq!(out.concat(), "x ");
+        assert_eq!(tail, StopOutput { text: "c".into(), stopped: true });
     }
 
     proptest! {
@@ -147,10 +185,15 @@ mod tests {
                 got.push_str(&o.text);
                 if o.stopped { stopped = true; break; }
             }
+            if !stopped {
+                let f = c.finish();
+                got.push_str(&f.text);
+                stopped = f.stopped;
+            }
             let first = stops.iter().filter_map(|s| text.find(s.as_str())).min();
             match first {
                 Some(pos) => { prop_assert!(stopped); prop_assert_eq!(&got, &text[..pos]); }
-                None => { prop_assert!(!stopped); got.push_str(&c.finish()); prop_assert_eq!(&got, &text); }
+                None => { prop_assert!(!stopped); prop_assert_eq!(&got, &text); }
             }
         }
     }

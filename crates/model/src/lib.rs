@@ -4,9 +4,11 @@
 pub mod chat;
 pub mod config;
 mod error;
+pub mod kv;
 pub mod llm;
 pub mod tokenizer;
 
 pub use config::{Arch, Config};
 pub use error::{Error, Result};
-pub use llm::{KvCache, Linear, Logits, Model};
+pub use kv::{KvCache, KvPool};
+pub use llm::{Linear, Logits, Model, SeqChunk};

@@ -3,10 +3,13 @@
 //! projection is a [`Linear`] whatever its format.
 
 use crate::config::{Arch, Config};
+use crate::kv::{KvCache, KvPool};
 use crate::{Error, Result};
 use ingot_core::DType;
 use ingot_cpu::fast::{self, WeightView};
+use ingot_cpu::paged::{paged_attention, PagedKv, QueryRow};
 use ingot_gguf::GgufFile;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// A projection y = x·Wᵀ with W [out, in] stored in any weight format of the file.
@@ -51,34 +54,6 @@ pub struct Model {
     inv_freq_swa: Vec<f32>,
 }
 
-/// The per-sequence key/value cache: for each layer, positions × (kv heads · head dim).
-#[derive(Clone, Debug, Default)]
-pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    len: usize,
-}
-
-impl KvCache {
-    /// Tokens held.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// Drop every position from `n` on (to rewind a sequence).
-    pub fn truncate(&mut self, n: usize, kv_width: usize) {
-        if n < self.len {
-            for l in self.k.iter_mut().chain(self.v.iter_mut()) {
-                l.truncate(n * kv_width);
-            }
-            self.len = n;
-        }
-    }
-}
-
 /// Which logits `forward` returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -86,6 +61,23 @@ pub enum Logits {
     Last,
     /// Every position's: [tokens, vocab].
     All,
+    /// None (a prefill chunk that is not the prompt's last).
+    None,
+}
+
+/// One sequence's share of a batched forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqChunk<'a> {
+    /// The sequence's next tokens (a prefill chunk, or one token when decoding); at least one.
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`: how many of the sequence's tokens the pages already hold.
+    pub start: usize,
+    /// The sequence's block table: page `pages[j / page_size]` holds position j. It must
+    /// cover `start + tokens.len()` positions; the pages of the new positions are written,
+    /// and must be this sequence's alone (no other sequence of the batch lists them).
+    pub pages: &'a [u32],
+    /// Which of this chunk's logits to return.
+    pub logits: Logits,
 }
 
 fn model_err(arch: &str, msg: impl Into<String>) -> Error {
@@ -195,34 +187,96 @@ impl Model {
 
     /// An empty cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
-        KvCache { k: vec![Vec::new(); self.config.n_layer], v: vec![Vec::new(); self.config.n_layer], len: 0 }
+        let pool = KvPool::new(&self.config, KvCache::PAGE_SIZE, 0).expect("an empty pool always fits");
+        KvCache { pool, pages: Vec::new(), len: 0 }
+    }
+
+    /// A pool of `num_pages` K/V pages of `page_size` positions for batched forwards.
+    pub fn new_pool(&self, page_size: usize, num_pages: usize) -> Result<KvPool> {
+        KvPool::new(&self.config, page_size, num_pages)
     }
 
     /// Run `tokens` (the sequence's next tokens, after the `cache.len()` already cached)
     /// and return logits. With `trace`, the residual stream after every layer is
-    /// appended to it ([layer][tokens × n_embd]) for divergence hunting.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, mut trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
+    /// appended to it ([layer][tokens × n_embd]) for divergence hunting. One sequence of
+    /// [`forward_batch`](Self::forward_batch) over the cache's private pages.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
         let c = &self.config;
-        let arch = c.arch.name();
-        let t = tokens.len();
-        if t == 0 {
-            return Err(model_err(arch, "forward needs at least one token"));
-        }
-        if cache.k.len() != c.n_layer {
-            return Err(model_err(arch, "this cache belongs to another model"));
+        if !cache.pool.fits(c) {
+            return Err(model_err(c.arch.name(), "this cache belongs to another model"));
         }
         let start = cache.len;
-        if start + t > c.context {
-            return Err(model_err(arch, format!("{} tokens exceed the context of {}", start + t, c.context)));
+        // Checked here too so that an overlong input is refused before the pages grow.
+        if start + tokens.len() > c.context {
+            return Err(model_err(c.arch.name(), format!("{} tokens exceed the context of {}", start + tokens.len(), c.context)));
         }
+        cache.reserve(start + tokens.len());
+        let seq = SeqChunk { tokens, start, pages: &cache.pages, logits: which };
+        let logits = self.forward_batch(&mut cache.pool, &[seq], trace)?;
+        cache.len = start + tokens.len();
+        Ok(logits)
+    }
+
+    /// One forward pass over several sequences at once: the rows of every chunk are
+    /// concatenated for the matmuls, and each row attends over its own sequence's pages.
+    /// The K/V of the new positions are written into `pool`. Returns the requested logits,
+    /// sequence by sequence in order ([rows, vocab]). A row's logits are bit-identical
+    /// whatever else is in the batch (every kernel computes each row on its own), and
+    /// whatever the page size or chunking of its sequence. With `trace`, the residual
+    /// stream of all rows after every layer is appended ([layer][rows × n_embd]).
+    pub fn forward_batch(&self, pool: &mut KvPool, seqs: &[SeqChunk], mut trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let arch = c.arch.name();
+        if !pool.fits(c) {
+            return Err(model_err(arch, "this KV pool belongs to another model"));
+        }
+        if seqs.is_empty() {
+            return Err(model_err(arch, "forward_batch needs at least one sequence"));
+        }
+        let ps = pool.page_size();
+        // (sequence, position) of every row; the (page, slot) each row writes.
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        let mut writes: Vec<usize> = Vec::new();
+        let mut writer: HashMap<u32, usize> = HashMap::new();
+        for (b, s) in seqs.iter().enumerate() {
+            let t = s.tokens.len();
+            if t == 0 {
+                return Err(model_err(arch, format!("sequence {b} of the batch has no token to run")));
+            }
+            let end = s.start + t;
+            if end > c.context {
+                return Err(model_err(arch, format!("{end} tokens exceed the context of {}", c.context)));
+            }
+            if s.pages.len().saturating_mul(ps) < end {
+                return Err(model_err(arch, format!("sequence {b}: {} pages of {ps} cannot hold {end} positions", s.pages.len())));
+            }
+            if let Some(p) = s.pages.iter().find(|&&p| p as usize >= pool.num_pages()) {
+                return Err(model_err(arch, format!("sequence {b}: page {p} is outside the pool of {}", pool.num_pages())));
+            }
+            if let Some(tok) = s.tokens.iter().find(|&&tok| tok as usize >= c.vocab) {
+                return Err(model_err(arch, format!("token id {tok} is outside the vocabulary of {}", c.vocab)));
+            }
+            for pos in s.start..end {
+                let page = s.pages[pos / ps];
+                if *writer.entry(page).or_insert(b) != b {
+                    return Err(model_err(arch, format!("page {page} is written by sequence {} and {b} of one batch", writer[&page])));
+                }
+                rows.push((b, pos));
+                writes.push(page as usize * ps + pos % ps);
+            }
+        }
+        // A page written by one sequence must not be read by another (a shared page is never written).
+        for (b, s) in seqs.iter().enumerate() {
+            if let Some(p) = s.pages.iter().find(|p| writer.get(p).is_some_and(|&w| w != b)) {
+                return Err(model_err(arch, format!("page {p} is written by sequence {} and read by sequence {b}", writer[p])));
+            }
+        }
+        let t = rows.len();
         let (e, hd) = (c.n_embd, c.head_dim);
         let kvw = c.n_kv_head * hd;
         let embd = self.view(&self.embd);
         let mut x = vec![0f32; t * e];
-        for (i, &tok) in tokens.iter().enumerate() {
-            if tok as usize >= c.vocab {
-                return Err(model_err(arch, format!("token id {tok} is outside the vocabulary of {}", c.vocab)));
-            }
+        for (i, &tok) in seqs.iter().flat_map(|s| s.tokens).enumerate() {
             embd.row(tok as usize, &mut x[i * e..(i + 1) * e]);
         }
         if c.embd_scale != 1.0 {
@@ -249,16 +303,20 @@ impl Model {
             }
             let swa = c.is_swa(il);
             let freqs = if swa { &self.inv_freq_swa } else { &self.inv_freq };
-            for i in 0..t {
-                fast::rope(&mut q[i * c.n_head * hd..(i + 1) * c.n_head * hd], hd, start + i, freqs, c.rope_neox);
-                fast::rope(&mut k[i * kvw..(i + 1) * kvw], hd, start + i, freqs, c.rope_neox);
+            for (i, &(_, pos)) in rows.iter().enumerate() {
+                fast::rope(&mut q[i * c.n_head * hd..(i + 1) * c.n_head * hd], hd, pos, freqs, c.rope_neox);
+                fast::rope(&mut k[i * kvw..(i + 1) * kvw], hd, pos, freqs, c.rope_neox);
             }
-            cache.k[il].truncate(start * kvw);
-            cache.v[il].truncate(start * kvw);
-            cache.k[il].extend_from_slice(&k);
-            cache.v[il].extend_from_slice(&v);
+            let (kc, vc) = pool.layer_mut(il);
+            for (i, &slot) in writes.iter().enumerate() {
+                kc[slot * kvw..(slot + 1) * kvw].copy_from_slice(&k[i * kvw..(i + 1) * kvw]);
+                vc[slot * kvw..(slot + 1) * kvw].copy_from_slice(&v[i * kvw..(i + 1) * kvw]);
+            }
+            let (kc, vc) = pool.layer(il);
+            let kv = PagedKv { k: kc, v: vc, page_size: ps, n_kv: c.n_kv_head, head_dim: hd };
+            let qrows: Vec<QueryRow> = rows.iter().map(|&(b, pos)| QueryRow { pages: seqs[b].pages, pos }).collect();
             let window = if swa { c.sliding_window } else { None };
-            let att = fast::attention(&q, &cache.k[il], &cache.v[il], t, start, c.n_head, c.n_kv_head, hd, c.attn_scale, window, 0.0);
+            let att = paged_attention(&q, &qrows, &kv, c.n_head, c.attn_scale, window, 0.0);
             let mut o = self.linear(&lw.wo, &att, t);
             if let Some(w) = &lw.post_attn_norm {
                 fast::rms_norm(&mut o, w, c.eps);
@@ -283,13 +341,23 @@ impl Model {
                 tr.push(x.clone());
             }
         }
-        cache.len = start + t;
-        let rows = match which {
-            Logits::Last => &mut x[(t - 1) * e..],
-            Logits::All => &mut x[..],
-        };
-        fast::rms_norm(rows, &self.output_norm, c.eps);
-        let n = rows.len() / e;
-        Ok(self.linear(&self.output, rows, n))
+        // Gather the rows whose logits are wanted, in order.
+        let mut out_rows = Vec::new();
+        let mut at = 0;
+        for s in seqs {
+            let n = s.tokens.len();
+            match s.logits {
+                Logits::All => out_rows.extend_from_slice(&x[at * e..(at + n) * e]),
+                Logits::Last => out_rows.extend_from_slice(&x[(at + n - 1) * e..(at + n) * e]),
+                Logits::None => {}
+            }
+            at += n;
+        }
+        if out_rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        fast::rms_norm(&mut out_rows, &self.output_norm, c.eps);
+        let n = out_rows.len() / e;
+        Ok(self.linear(&self.output, &out_rows, n))
     }
 }

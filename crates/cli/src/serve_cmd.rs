@@ -1,0 +1,254 @@
+//! `ingot serve`: an OpenAI-compatible HTTP server (axum on a multi-thread tokio runtime)
+//! over one model and its [`Engine`]; concurrent requests share the engine's batches. The
+//! routes and shapes are in serve_http.rs and serve_api.rs; this file loads the model,
+//! starts the engine, binds and shuts down on Ctrl-C / SIGTERM.
+
+use crate::run_cmd::load;
+use crate::serve_api::Usage;
+use crate::serve_http::{self, AppState, EventStream, GenEvent, Generator, Metric, MetricKind, SubmitError};
+use anyhow::{bail, Context, Result};
+use futures_util::stream::{self, StreamExt};
+use ingot_engine::{Engine, EngineConfig, Event, GenRequest, RequestHandle, SamplingParams};
+use ingot_model::chat::{ChatTemplate, Message};
+use ingot_model::tokenizer::Tokenizer;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Request bodies larger than this are refused with a 413.
+const MAX_BODY_BYTES: usize = 8 << 20;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A GGUF model file or a known model's name; default: SmolLM2-135M-Instruct Q4_1, fetched
+    /// into the cache on first use.
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port to listen on; 0 picks a free one (the address is printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The model's id in responses and /v1/models (default: the file name without .gguf).
+    #[arg(long)]
+    alias: Option<String>,
+    /// Most tokens of one request, prompt and reply together (default: the model's context).
+    #[arg(long = "ctx-size", short = 'c')]
+    ctx_size: Option<usize>,
+    /// Tokens per KV page.
+    #[arg(long = "page-size", default_value_t = EngineConfig::default().page_size)]
+    page_size: usize,
+    /// KV pages in the pool, shared by all requests (default: 1 GiB of pages, at least one
+    /// full context).
+    #[arg(long = "kv-pages")]
+    kv_pages: Option<usize>,
+    /// Most tokens in one forward pass, prefill chunks included.
+    #[arg(long = "max-batch-tokens", default_value_t = EngineConfig::default().max_batch_tokens)]
+    max_batch_tokens: usize,
+    /// Most requests running at once (more wait in a queue).
+    #[arg(long = "max-seqs", default_value_t = EngineConfig::default().max_seqs)]
+    max_seqs: usize,
+}
+
+/// The model and its engine, as the router sees them.
+struct EngineGenerator {
+    engine: Engine,
+    tok: Arc<Tokenizer>,
+    /// The chat template, or why there is none.
+    template: Result<ChatTemplate, String>,
+    bos: String,
+    eos: String,
+    context: usize,
+    vocab: usize,
+}
+
+/// A request handle that cancels its request when dropped before the last event (the
+/// engine would also notice the closed channel; cancelling wakes it at once).
+struct Cancelling {
+    handle: RequestHandle,
+    ended: bool,
+}
+
+impl Drop for Cancelling {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.handle.cancel();
+        }
+    }
+}
+
+impl Generator for EngineGenerator {
+    fn context(&self) -> usize {
+        self.context
+    }
+
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    fn encode_text(&self, text: &str) -> Result<Vec<u32>, String> {
+        // llama-server's tokenization of completion prompts: BOS as the model wants it,
+        // special tokens written in the text parsed.
+        self.tok.encode(text, true, true).map_err(|e| e.to_string())
+    }
+
+    fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>, String> {
+        // As `ingot run --chat` and `ingot chat` (run_cmd.rs, Loaded::encode_chat): the
+        // template writes any BOS itself; special tokens are parsed.
+        let template = self.template.as_ref().map_err(Clone::clone)?;
+        let text = template.render(messages, true, &self.bos, &self.eos).map_err(|e| e.to_string())?;
+        self.tok.encode(&text, false, true).map_err(|e| e.to_string())
+    }
+
+    fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<EventStream, SubmitError> {
+        let handle = self.engine.submit(GenRequest { prompt, params }).map_err(|e| match e {
+            ingot_engine::Error::Request(_) | ingot_engine::Error::Param { .. } => SubmitError::Invalid(e.to_string()),
+            e => SubmitError::Unavailable(e.to_string()),
+        })?;
+        let events = stream::unfold(Cancelling { handle, ended: false }, |mut c| async move {
+            if c.ended {
+                return None;
+            }
+            let ev = match c.handle.events.recv().await? {
+                Event::Text { text, .. } => GenEvent::Text(text),
+                Event::Done { finish, usage } => {
+                    c.ended = true;
+                    let u = Usage {
+                        prompt_tokens: usage.prompt_tokens,
+                        completion_tokens: usage.completion_tokens,
+                        cached_tokens: usage.cached_prompt_tokens,
+                    };
+                    GenEvent::Done { finish, usage: u }
+                }
+                Event::Error(e) => {
+                    c.ended = true;
+                    GenEvent::Error(e)
+                }
+            };
+            Some((ev, c))
+        });
+        Ok(events.boxed())
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let m = self.engine.metrics();
+        let c = |name, help, value: u64| Metric { name, help, kind: MetricKind::Counter, value: value as f64 };
+        let g = |name, help, value: usize| Metric { name, help, kind: MetricKind::Gauge, value: value as f64 };
+        vec![
+            c("ingot_steps_total", "Forward passes run.", m.steps),
+            c("ingot_batched_steps_total", "Forward passes shared by two sequences or more.", m.batched_steps),
+            g("ingot_max_seqs_in_step", "The most sequences that shared one forward pass.", m.max_seqs_in_step),
+            c("ingot_prompt_tokens_total", "Prompt tokens of the requests accepted.", m.prompt_tokens),
+            c(
+                "ingot_prefill_tokens_total",
+                "Prompt rows run through the model (recomputation after preemption included).",
+                m.prefill_tokens,
+            ),
+            c("ingot_generation_tokens_total", "Tokens generated.", m.generated_tokens),
+            c("ingot_prefix_cached_tokens_total", "Prompt tokens served from cached KV pages.", m.prefix_cached_tokens),
+            c("ingot_preemptions_total", "Times a running sequence gave up its KV pages to make room.", m.preemptions),
+            c("ingot_requests_finished_total", "Requests that ended normally (any finish reason).", m.finished),
+            g("ingot_requests_running", "Requests running.", m.running),
+            g("ingot_requests_waiting", "Requests waiting for room.", m.waiting),
+            g("ingot_kv_pages_free", "KV pages that can be handed out now.", m.free_pages),
+            g("ingot_kv_pages_total", "KV pages in the pool.", m.total_pages),
+        ]
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+pub fn run(a: ServeArgs) -> Result<ExitCode> {
+    let cfg = EngineConfig {
+        page_size: a.page_size,
+        num_pages: a.kv_pages.unwrap_or(0),
+        max_batch_tokens: a.max_batch_tokens,
+        max_seqs: a.max_seqs,
+    };
+    if a.kv_pages == Some(0) {
+        bail!("--kv-pages must be at least 1");
+    }
+    let m = load(a.model.as_deref())?;
+    let model_context = m.model.config.context;
+    let context = match a.ctx_size {
+        None => model_context,
+        Some(0) => bail!("--ctx-size must be at least 1"),
+        Some(c) if c > model_context => bail!("--ctx-size {c} exceeds the model's context of {model_context}"),
+        Some(c) => c,
+    };
+    let model_id = match a.alias {
+        Some(s) if s.is_empty() => bail!("--alias must not be empty"),
+        Some(s) => s,
+        None => m.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()),
+    };
+    let template = m.chat_template().map_err(|e| format!("{e:#}"));
+    if let Err(e) = &template {
+        eprintln!("ingot: /v1/chat/completions is unavailable: {e}");
+    }
+    let piece = |id: Option<u32>| id.and_then(|i| m.tok.token_text(i)).unwrap_or("").to_string();
+    let (bos, eos) = (piece(m.tok.bos()), piece(m.tok.eos()));
+    let vocab = m.model.config.vocab;
+    let tok = Arc::new(m.tok);
+    let engine = Engine::start(Arc::new(m.model), tok.clone(), cfg).context("starting the engine")?;
+    let c = engine.config();
+    eprintln!(
+        "ingot: engine: {} KV pages of {} tokens, {} sequences and {} tokens per step at most; {context} tokens per request",
+        c.num_pages, c.page_size, c.max_seqs, c.max_batch_tokens
+    );
+    // A request must fit the page budget too (the last generated token needs no page).
+    let context = match (c.num_pages * c.page_size).saturating_add(1) {
+        room if room < context => {
+            eprintln!("ingot: the KV pages hold {room} tokens: requests are limited to that (instead of {context})");
+            room
+        }
+        _ => context,
+    };
+    let gen = EngineGenerator { engine: engine.clone(), tok, template, bos, eos, context, vocab };
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let state = Arc::new(AppState { gen: Arc::new(gen), model_id, created });
+    let app = serve_http::router(state, MAX_BODY_BYTES);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
+    let result = rt.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind((a.host.as_str(), a.port)).await.with_context(|| format!("binding {}:{}", a.host, a.port))?;
+        let addr: SocketAddr = listener.local_addr()?;
+        eprintln!("listening on http://{addr}");
+        let engine = engine.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            eprintln!("ingot: shutting down");
+            // Outstanding requests end with an error event, so their streams close and
+            // the server can finish.
+            let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        };
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving")
+    });
+    engine.shutdown();
+    result?;
+    Ok(ExitCode::SUCCESS)
+}

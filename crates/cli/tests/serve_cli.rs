@@ -1,0 +1,497 @@
+//! `ingot serve` end to end: the real binary on 127.0.0.1 with port 0 and the real engine
+//! over SmolLM2 (skipped with a printed reason when the model is absent, unless
+//! INGOT_REQUIRE_MODELS=1). Concurrent streams must reproduce `ingot run` token for token
+//! and share forward passes; a tiny KV page budget must still finish every request; bad
+//! requests get OpenAI-shaped errors; a client that goes away frees its sequence.
+
+mod common;
+use common::{ingot, smollm2, text};
+
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A running `ingot serve`; killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    fn start(model: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ingot"))
+            .args(["serve", "--model", model.to_str().unwrap(), "--host", "127.0.0.1", "--port", "0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ingot serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Forward the server's stderr to the test's (shown on failure) and find the address.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[serve] {line}");
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ingot serve printed no 'listening on' line: {:?}", child.wait());
+            }
+        };
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(300))).build().into();
+        Server { child, base, agent }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POST a body; the status and the body parsed as JSON.
+    fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let mut r = self.agent.post(self.url(path)).header("content-type", "application/json").send(body).expect("POST");
+        let s = r.body_mut().read_to_string().unwrap();
+        (r.status().as_u16(), serde_json::from_str(&s).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {s}")))
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut r = self.agent.get(self.url(path)).call().expect("GET");
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+
+    /// `/metrics` as name -> value.
+    fn metrics(&self) -> HashMap<String, f64> {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once(' ').unwrap();
+                (k.to_string(), v.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// Polls `/metrics` until `ok` holds (at most `secs`); the last metrics.
+    fn wait_metrics(&self, secs: u64, what: &str, ok: impl Fn(&HashMap<String, f64>) -> bool) -> HashMap<String, f64> {
+        let t = Instant::now();
+        loop {
+            let m = self.metrics();
+            if ok(&m) {
+                return m;
+            }
+            assert!(t.elapsed() < Duration::from_secs(secs), "waited {secs}s for {what}: {m:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// POST a streaming request: every SSE data payload up to and including `[DONE]`.
+    fn stream(&self, path: &str, body: &Value) -> Vec<String> {
+        let r = self.agent.post(self.url(path)).send(body.to_string()).expect("POST");
+        assert_eq!(r.status().as_u16(), 200);
+        let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(ct.as_deref(), Some("text/event-stream"));
+        let mut data = Vec::new();
+        for line in BufReader::new(r.into_body().into_reader()).lines() {
+            let line = line.unwrap();
+            if line.is_empty() {
+                continue;
+            }
+            let d = line.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {line:?}"));
+            data.push(d.to_string());
+            if d == "[DONE]" {
+                break;
+            }
+        }
+        data
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The text of a streamed chat reply (checking each chunk's shape), and its finish reason.
+fn chat_stream_text(data: &[String]) -> (String, String) {
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "the stream did not end with [DONE]: {data:?}");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut text = String::new();
+    let mut finish = String::new();
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk", "{c}");
+        assert_eq!(c["id"], chunks[0]["id"]);
+        let ch = &c["choices"][0];
+        if let Some(t) = ch["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        if let Some(f) = ch["finish_reason"].as_str() {
+            assert!(finish.is_empty(), "two finish reasons: {data:?}");
+            finish = f.to_string();
+        }
+    }
+    (text, finish)
+}
+
+const MAX_TOKENS: usize = 8;
+
+/// Short prompts of different lengths and topics (the chat template adds the same system
+/// prompt in front of each, so they also share prefix pages).
+const PROMPTS: [&str; 16] = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Write a haiku about the sea.",
+    "How many legs does a spider have?",
+    "What is 12 times 12?",
+    "Say hello in Spanish.",
+    "Give me a synonym for happy.",
+    "What is the boiling point of water in Celsius?",
+    "Who wrote Romeo and Juliet?",
+    "List two planets.",
+    "What color is the sky on a clear day?",
+    "Translate 'thank you' into French.",
+    "What is the opposite of cold?",
+    "Name a fruit that is yellow.",
+    "How many days are in a week?",
+    "Describe a cat in one sentence.",
+];
+
+/// `ingot run --chat` at temperature 0 for each of [`PROMPTS`], in order (computed once
+/// for all the tests of this file).
+fn references(model: &Path) -> &'static [String] {
+    static REFS: OnceLock<Vec<String>> = OnceLock::new();
+    REFS.get_or_init(|| {
+        let n = MAX_TOKENS.to_string();
+        PROMPTS
+            .iter()
+            .map(|p| {
+                let m = model.to_str().unwrap();
+                let o = ingot(&["run", "--model", m, "--chat", "--json", "--temperature", "0", "--max-tokens", &n, "--prompt", p]);
+                assert!(o.status.success(), "{}", text(&o));
+                serde_json::from_slice::<Value>(&o.stdout).unwrap()["text"].as_str().unwrap().to_string()
+            })
+            .collect()
+    })
+}
+
+fn chat_body(prompt: &str, stream: bool) -> Value {
+    json!({"model": "anything", "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS, "temperature": 0, "stream": stream})
+}
+
+/// Runs `prompts` as concurrent streaming chat requests; each one's text and finish reason.
+fn concurrent_chats(server: &Server, prompts: &[&str]) -> Vec<(String, String)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| s.spawn(move || chat_stream_text(&server.stream("/v1/chat/completions", &chat_body(p, true)))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn concurrent_streams_match_ingot_run_and_share_steps() {
+    let Some(model) = smollm2() else { return };
+    let server = Server::start(&model, &[]);
+    let (status, health) = server.get("/health");
+    assert_eq!((status, serde_json::from_str::<Value>(&health).unwrap()), (200, json!({"status": "ok"})));
+    let (_, models) = server.get("/v1/models");
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
+
+    // One request first: the chat template's system prompt, the same for all, then sits in
+    // the prefix cache and the 16 share its pages.
+    let (status, v) = server.post("/v1/chat/completions", &chat_body(PROMPTS[0], false).to_string());
+    assert_eq!(status, 200, "{v}");
+    let replies = concurrent_chats(&server, &PROMPTS);
+    let m = server.metrics();
+    assert!(m["ingot_max_seqs_in_step"] > 1.0, "no forward pass was shared: {m:?}");
+    assert!(m["ingot_batched_steps_total"] > 0.0, "{m:?}");
+    assert_eq!(m["ingot_requests_running"], 0.0);
+    assert_eq!(m["ingot_kv_pages_free"], m["ingot_kv_pages_total"]);
+    assert!(m["ingot_prefix_cached_tokens_total"] >= 16.0 * 16.0, "{m:?}");
+    let refs = references(&model);
+    let distinct: std::collections::HashSet<&String> = refs.iter().collect();
+    assert!(distinct.len() > 8 && refs.iter().all(|r| !r.is_empty()), "the references are too alike to test anything: {refs:?}");
+    for ((p, (got, finish)), want) in PROMPTS.iter().zip(&replies).zip(refs) {
+        assert_eq!(got, want, "prompt {p:?}: the server's reply differs from `ingot run --chat`");
+        assert!(finish == "stop" || finish == "length", "{p:?}: {finish}");
+    }
+
+    // The whole (non-streamed) reply of the first request: the same text, with usage.
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap(), refs[0]);
+    let u = &v["usage"];
+    assert!(u["prompt_tokens"].as_u64().unwrap() > 10 && u["completion_tokens"].as_u64().unwrap() <= MAX_TOKENS as u64, "{u}");
+    assert_eq!(u["total_tokens"].as_u64(), Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()));
+    // The same prompt again: its full pages come from the prefix cache.
+    let (_, v) = server.post("/v1/chat/completions", &chat_body(PROMPTS[0], false).to_string());
+    assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap(), refs[0]);
+    assert!(v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() >= 16, "{v}");
+}
+
+#[test]
+fn completions_match_ingot_run_and_stop_strings_end_with_stop() {
+    let Some(model) = smollm2() else { return };
+    let server = Server::start(&model, &["--alias", "smol"]);
+    let prompt = "The capital of France is";
+    let o = ingot(&["run", "--model", model.to_str().unwrap(), "--json", "--temperature", "0", "--max-tokens", "8", "--prompt", prompt]);
+    assert!(o.status.success(), "{}", text(&o));
+    let want = serde_json::from_slice::<Value>(&o.stdout).unwrap()["text"].as_str().unwrap().to_string();
+    let (status, v) = server.post("/v1/completions", &json!({"prompt": prompt, "max_tokens": 8, "temperature": 0}).to_string());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((&v["object"], &v["model"]), (&json!("text_completion"), &json!("smol")));
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), want);
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+    // A stop string inside that text: the reply ends before it, with "stop".
+    let word = want.split_whitespace().nth(1).expect("at least two words").to_string();
+    let cut = want.find(&word).unwrap();
+    let (_, v) =
+        server.post("/v1/completions", &json!({"prompt": [prompt], "max_tokens": 8, "temperature": 0, "stop": [word]}).to_string());
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), &want[..cut], "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+    // Streamed, with usage at the end.
+    let data = server.stream(
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(streamed, want);
+    let last = chunks.last().unwrap();
+    assert_eq!((&last["choices"], &last["usage"]["completion_tokens"]), (&json!([]), &json!(8)));
+    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
+}
+
+#[test]
+fn a_tiny_page_budget_still_finishes_every_request() {
+    let Some(model) = smollm2() else { return };
+    // 6 pages of 16 tokens: each of these requests (~50 tokens) needs 4, two of them
+    // shared by all (the system prompt); so two or three run at once, the rest wait or
+    // are preempted.
+    let server = Server::start(&model, &["--kv-pages", "6", "--page-size", "16"]);
+    let prompts = &PROMPTS[..8];
+    let replies = concurrent_chats(&server, prompts);
+    for ((p, (got, _)), want) in prompts.iter().zip(&replies).zip(references(&model)) {
+        assert_eq!(got, want, "prompt {p:?}: the server's reply differs from `ingot run --chat`");
+    }
+    let m = server.metrics();
+    assert!(m["ingot_max_seqs_in_step"] < 8.0, "all sequences ran at once, more than the pages hold: {m:?}");
+    assert_eq!((m["ingot_kv_pages_total"], m["ingot_kv_pages_free"]), (6.0, 6.0), "{m:?}");
+    assert_eq!(m["ingot_requests_running"] + m["ingot_requests_waiting"], 0.0);
+    // A request that could never fit the pages is refused at once; without max_tokens
+    // a reply may use what the pages hold (6 * 16 + 1 tokens).
+    let (status, v) = server.post("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 200}).to_string());
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("the context is 97 tokens per request"), "{v}");
+    let (_, models) = server.get("/v1/models");
+    assert_eq!(serde_json::from_str::<Value>(&models).unwrap()["data"][0]["max_model_len"], 97);
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let Some(model) = smollm2() else { return };
+    let server = Server::start(&model, &[]);
+    let long_prompt = "hello ".repeat(9000);
+    let chat = "/v1/chat/completions";
+    let comp = "/v1/completions";
+    let user = json!([{"role": "user", "content": "Hi"}]);
+    let cases: Vec<(&str, String, u16, Option<&str>, &str)> = vec![
+        (comp, "{\"prompt\": \"Hi\"".into(), 400, None, "not valid JSON"),
+        (chat, "{\"messages\": [}".into(), 400, None, "not valid JSON"),
+        (chat, "\"just a string\"".into(), 400, None, "JSON object"),
+        (comp, json!({"prompt": "Hi", "max_tokens": "8"}).to_string(), 400, Some("max_tokens"), "integer"),
+        (comp, json!({"prompt": 42}).to_string(), 400, Some("prompt"), "must be a string"),
+        (chat, json!({"messages": user, "temperature": "0"}).to_string(), 400, Some("temperature"), "a number"),
+        (chat, json!({"messages": "Hi"}).to_string(), 400, Some("messages"), "an array"),
+        (chat, json!({"messages": [{"role": "user", "content": 1}]}).to_string(), 400, Some("messages[0].content"), "a string"),
+        (comp, json!({"prompt": "Hi", "stream": 1}).to_string(), 400, Some("stream"), "a boolean"),
+        (comp, json!({"prompt": "Hi", "user": 5}).to_string(), 400, Some("user"), "a string"),
+        (comp, json!({"prompt": "Hi", "top_p": 1.5}).to_string(), 400, Some("top_p"), "(0, 1]"),
+        (chat, json!({"messages": user, "temperature": -1}).to_string(), 400, Some("temperature"), "[0, inf]"),
+        (chat, json!({"messages": user, "presence_penalty": 5}).to_string(), 400, Some("presence_penalty"), "[-2, 2]"),
+        (chat, json!({"messages": user, "max_tokens": 0}).to_string(), 400, Some("max_tokens"), "at least 1"),
+        (comp, json!({"prompt": "Hi", "logit_bias": {"99999999": 1}}).to_string(), 400, Some("logit_bias.99999999"), "vocabulary"),
+        (comp, json!({"prompt": ""}).to_string(), 400, Some("prompt"), "empty"),
+        (comp, json!({"max_tokens": 5}).to_string(), 400, Some("prompt"), "required"),
+        (chat, json!({"messages": []}).to_string(), 400, Some("messages"), "empty"),
+        (chat, json!({"messages": user, "stop": ""}).to_string(), 400, Some("stop"), "empty"),
+        (comp, json!({"prompt": long_prompt, "max_tokens": 16}).to_string(), 400, Some("prompt"), "context is 8192 tokens per request"),
+        (chat, json!({"messages": user, "max_tokens": 100000}).to_string(), 400, Some("max_tokens"), "+ 100000 max_tokens"),
+        (comp, json!({"prompt": "Hi", "n": 2}).to_string(), 400, Some("n"), "n = 1"),
+        (chat, json!({"messages": user, "n": 4}).to_string(), 400, Some("n"), "n = 1"),
+        (comp, json!({"prompt": "Hi", "echo": true}).to_string(), 400, Some("echo"), "not supported"),
+        (chat, json!({"messages": user, "logprobs": true}).to_string(), 400, Some("logprobs"), "not supported"),
+    ];
+    for (path, body, status, param, want) in &cases {
+        let (s, v) = server.post(path, body);
+        let e = &v["error"];
+        assert_eq!(s, *status, "{path} {body:.100}: {v}");
+        assert_eq!(e["type"], "invalid_request_error", "{v}");
+        assert_eq!(e["param"].as_str(), *param, "{path} {body:.100}: {v}");
+        assert!(e["message"].as_str().unwrap().contains(want), "{path} {body:.100}: {v}");
+        assert!(e.as_object().unwrap().contains_key("code"));
+    }
+    // The too-long message names both numbers.
+    let (_, v) = server.post(chat, &json!({"messages": user, "max_tokens": 100000}).to_string());
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("8192") && msg.contains("100000"), "{msg}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+
+    // Unknown routes and wrong methods: JSON errors too.
+    for (method, path, status) in [
+        ("GET", "/v1/nothing", 404),
+        ("POST", "/v2/completions", 404),
+        ("GET", chat, 405),
+        ("GET", comp, 405),
+        ("POST", "/health", 405),
+        ("DELETE", "/v1/models", 405),
+    ] {
+        let url = server.url(path);
+        let r = match method {
+            "GET" => server.agent.get(&url).call(),
+            "POST" => server.agent.post(&url).send("{}"),
+            _ => server.agent.delete(&url).call(),
+        };
+        let mut r = r.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{method} {path}: {v}");
+    }
+
+    // Unknown fields of any type are ignored; the server still answers.
+    let (s, v) = server.post(comp, &json!({"prompt": "Hi", "max_tokens": 1, "x_custom": {"a": [1]}, "tools_extra": 5}).to_string());
+    assert_eq!(s, 200, "{v}");
+    // Nothing ran for the refused requests.
+    let m = server.metrics();
+    assert_eq!(m["ingot_prompt_tokens_total"], v["usage"]["prompt_tokens"].as_f64().unwrap(), "{m:?}");
+}
+
+/// A request that would run long: EOS ids 0..=2 banned, many tokens.
+fn long_request(stream: bool) -> Value {
+    json!({"prompt": "Once upon a time", "max_tokens": 4000, "temperature": 0, "stream": stream, "logit_bias": {"0": -100, "1": -100, "2": -100}})
+}
+
+#[test]
+fn a_client_that_disconnects_frees_its_sequence() {
+    let Some(model) = smollm2() else { return };
+    let server = Server::start(&model, &[]);
+    let total = server.metrics()["ingot_kv_pages_total"];
+
+    // Streaming: read up to the first text chunk, then drop the connection.
+    let r = server.agent.post(server.url("/v1/completions")).send(long_request(true).to_string()).unwrap();
+    let mut reader = BufReader::new(r.into_body().into_reader());
+    let mut line = String::new();
+    while !line.starts_with("data: {") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended early");
+    }
+    let m = server.metrics();
+    assert_eq!(m["ingot_requests_running"], 1.0, "{m:?}");
+    assert!(m["ingot_kv_pages_free"] < total, "{m:?}");
+    drop(reader);
+    let m = server.wait_metrics(20, "the dropped stream to end", |m| {
+        m["ingot_requests_running"] == 0.0 && m["ingot_requests_waiting"] == 0.0 && m["ingot_kv_pages_free"] == total
+    });
+    let generated = m["ingot_generation_tokens_total"];
+    assert!(generated < 1000.0, "the request ran on ({generated} tokens)");
+
+    // Not streaming: the client sends the request and closes the socket while it runs.
+    let addr = server.base.strip_prefix("http://").unwrap().to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    let body = long_request(false).to_string();
+    write!(
+        sock,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    server.wait_metrics(20, "the request to start", |m| m["ingot_generation_tokens_total"] > generated + 2.0);
+    drop(sock);
+    let m = server.wait_metrics(20, "the abandoned request to end", |m| {
+        m["ingot_requests_running"] == 0.0 && m["ingot_requests_waiting"] == 0.0 && m["ingot_kv_pages_free"] == total
+    });
+    assert!(m["ingot_generation_tokens_total"] < generated + 1000.0, "{m:?}");
+
+    // The server is still fine afterwards.
+    let (s, v) = server.post("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 2}).to_string());
+    assert_eq!(s, 200, "{v}");
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_ends_streams_and_exits() {
+    let Some(model) = smollm2() else { return };
+    let mut server = Server::start(&model, &[]);
+    let r = server.agent.post(server.url("/v1/completions")).send(long_request(true).to_string()).unwrap();
+    let mut lines = BufReader::new(r.into_body().into_reader()).lines().map_while(Result::ok).filter(|l| !l.is_empty());
+    assert!(lines.next().unwrap().starts_with("data: {"));
+    let kill = Command::new("kill").args(["-INT", &server.child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    // The stream ends with an error event and [DONE]; the server exits cleanly.
+    let rest: Vec<String> = lines.collect();
+    assert_eq!(rest.last().map(String::as_str), Some("data: [DONE]"), "{rest:?}");
+    let err: Value = serde_json::from_str(rest[rest.len() - 2].strip_prefix("data: ").unwrap()).unwrap();
+    assert!(err["error"]["message"].as_str().unwrap().contains("shut down"), "{err}");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the server did not exit after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn flags_ctx_size_alias_and_bad_values() {
+    let Some(model) = smollm2() else { return };
+    let m = model.to_str().unwrap();
+    for (args, want) in [
+        (vec!["--ctx-size", "100000"], "exceeds the model's context of 8192"),
+        (vec!["--ctx-size", "0"], "--ctx-size must be at least 1"),
+        (vec!["--kv-pages", "0"], "--kv-pages must be at least 1"),
+        (vec!["--max-seqs", "0"], "max_seqs must be at least 1"),
+        (vec!["--alias", ""], "--alias must not be empty"),
+        (vec!["--host", "not a host"], "binding not a host:0"),
+    ] {
+        let mut a = vec!["serve", "--model", m, "--port", "0"];
+        a.extend(&args);
+        let o = ingot(&a);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains(want) && !t.contains("panicked"), "{args:?}: {t}");
+    }
+    let server = Server::start(&model, &["--ctx-size", "48", "--alias", "smol"]);
+    let (_, models) = server.get("/v1/models");
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!((&models["data"][0]["id"], &models["data"][0]["max_model_len"]), (&json!("smol"), &json!(48)));
+    // Without max_tokens the reply may fill the rest of the 48 tokens.
+    let body = json!({"messages": [{"role": "user", "content": "Count from one to twenty."}], "temperature": 0});
+    let (status, v) = server.post("/v1/chat/completions", &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["model"], "smol");
+    assert!(v["usage"]["total_tokens"].as_u64().unwrap() <= 48, "{v}");
+    let (status, v) = server.post("/v1/chat/completions", &json!({"messages": body["messages"], "max_tokens": 40}).to_string());
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("the context is 48 tokens per request"), "{v}");
+}

@@ -1,0 +1,75 @@
+//! Helpers of the engine tests: the SmolLM2 model (skipping with a printed reason when it
+//! is absent, failing when INGOT_REQUIRE_MODELS=1), reference generations through the
+//! single-sequence path, and draining a request's events.
+#![allow(dead_code)]
+
+use ingot_engine::{generate, Event, FinishReason, RequestHandle, Sampler, SamplingParams, Usage};
+use ingot_model::tokenizer::{Tokenizer, Vocab};
+use ingot_model::Model;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The model and tokenizer, or None (with a SKIP line) when the file is absent.
+pub fn smollm2() -> Option<(Arc<Model>, Arc<Tokenizer>)> {
+    let dir = std::env::var_os("INGOT_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ingot/models"));
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !p.is_file() {
+        if std::env::var("INGOT_REQUIRE_MODELS").as_deref() == Ok("1") {
+            panic!("{} is missing and INGOT_REQUIRE_MODELS=1 (run scripts/fetch_models.sh)", p.display());
+        }
+        eprintln!("SKIP: {} not found (run scripts/fetch_models.sh); this test checks nothing", p.display());
+        return None;
+    }
+    let model = Model::load(&p).expect("load model");
+    let tok = Tokenizer::new(&Vocab::from_gguf(model.file()).expect("vocab")).expect("tokenizer");
+    Some((Arc::new(model), Arc::new(tok)))
+}
+
+/// `text` encoded with BOS, as `ingot run` does.
+pub fn encode(tok: &Tokenizer, text: &str) -> Vec<u32> {
+    tok.encode(text, true, false).expect("encode")
+}
+
+/// What one request produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+}
+
+/// The single-sequence path (`ingot run`): a fresh cache, [`generate`].
+pub fn alone(model: &Model, tok: &Tokenizer, prompt: &[u32], params: &SamplingParams) -> Outcome {
+    let mut sampler = Sampler::new(params.clone(), model.config.vocab).expect("params");
+    let mut cache = model.new_cache();
+    let g = generate(model, tok, &mut cache, prompt, &mut sampler, None, |_| Ok(())).expect("generate");
+    Outcome { tokens: g.tokens, text: g.text, finish: g.finish }
+}
+
+/// Reads a request's events to the end; panics on an Error event or a channel closed early.
+pub fn drain(h: &mut RequestHandle) -> (Outcome, Usage) {
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    loop {
+        match h.events.blocking_recv() {
+            Some(Event::Text { text: t, token_ids }) => {
+                tokens.extend(token_ids);
+                text.push_str(&t);
+            }
+            Some(Event::Done { finish, usage }) => {
+                // Done is the last event: the engine drops the sender with the sequence.
+                assert_eq!(h.events.blocking_recv(), None, "request {}: an event after Done", h.id);
+                return (Outcome { tokens, text, finish }, usage);
+            }
+            Some(Event::Error(e)) => panic!("request {} failed: {e}", h.id),
+            None => panic!("request {}: events ended without Done", h.id),
+        }
+    }
+}
+
+/// Greedy sampling of `n` tokens.
+pub fn greedy(n: usize) -> SamplingParams {
+    SamplingParams { max_tokens: n, ..Default::default() }
+}
