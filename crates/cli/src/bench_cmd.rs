@@ -29,9 +29,8 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
-    /// Worker threads (default: all cores).
-    #[arg(short = 't', long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    exec: crate::run_cmd::ExecArgs,
     /// Also time llama.cpp through llama-cpp-python on the same file (needs it installed).
     #[arg(long)]
     vs_llama_cpp: bool,
@@ -140,14 +139,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    if threads == 0 {
-        bail!("--threads must be at least 1");
-    }
-    if a.concurrent.contains(&0) {
-        bail!("--concurrent values must be at least 1");
-    }
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
+    let threads = a.exec.apply()?;
     let path = models::resolve(a.model.as_deref())?;
     let model = Arc::new(Model::load(&path)?);
     let name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();

@@ -22,6 +22,8 @@ pub struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    exec: crate::run_cmd::ExecArgs,
 }
 
 /// What Ctrl-C does: stop the reply being generated, or (pressed twice at the prompt) leave.
@@ -52,6 +54,7 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 pub fn run(a: ChatArgs) -> Result<ExitCode> {
     let params = a.sampling.params()?;
     let max_tokens = params.max_tokens;
+    a.exec.apply()?;
     let m = load(a.model.as_deref())?;
     let template = m.chat_template()?;
     let c = &m.model.config;

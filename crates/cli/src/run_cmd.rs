@@ -76,6 +76,38 @@ impl SamplingArgs {
     }
 }
 
+/// Where the model runs: shared by `run`, `chat`, `serve` and `bench`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ExecArgs {
+    /// Backend that runs the model: cpu, or gpu, gpu:cuda, gpu:wgpu, gpu:metal.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// CPU worker threads (default: every core).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+}
+
+impl ExecArgs {
+    /// Check the flags and set up the CPU thread pool; returns the thread count.
+    pub fn apply(&self) -> Result<usize> {
+        match self.backend.as_str() {
+            "cpu" => {}
+            b @ ("gpu" | "gpu:cuda" | "gpu:wgpu" | "gpu:metal") => bail!(
+                "unsupported: --backend {b}: models run on the cpu backend only so far (the GPU backend runs single ops: \
+                 `ingot golden check DIR --backend {b}`, `ingot bench ops --backend {b}`); use --backend cpu"
+            ),
+            b => bail!("unknown --backend '{b}' (expected cpu, gpu, gpu:cuda, gpu:wgpu or gpu:metal)"),
+        }
+        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // The global pool is built once per process; rayon keeps its threads for every op.
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
+        Ok(threads)
+    }
+}
+
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// The prompt (or give it with --prompt).
@@ -89,6 +121,8 @@ pub struct RunArgs {
     model: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    exec: ExecArgs,
     /// Wrap the prompt in the model's chat template as one user message.
     #[arg(long)]
     chat: bool,
@@ -145,6 +179,7 @@ impl Loaded {
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let prompt = a.prompt.or(a.prompt_flag).context("no prompt: give it as an argument or with --prompt")?;
     let params = a.sampling.params()?;
+    a.exec.apply()?;
     let m = load(a.model.as_deref())?;
     let prompt_ids =
         if a.chat { m.encode_chat(&m.chat_template()?, &[Message::new("user", prompt)])? } else { m.tok.encode(&prompt, true, false)? };

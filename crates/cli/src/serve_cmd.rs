@@ -21,6 +21,8 @@ const MAX_BODY_BYTES: usize = 8 << 20;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    exec: crate::run_cmd::ExecArgs,
     /// A GGUF model file or a known model's name; default: SmolLM2-135M-Instruct Q4_1, fetched
     /// into the cache on first use.
     #[arg(long, short)]
@@ -192,6 +194,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     if a.kv_pages == Some(0) {
         bail!("--kv-pages must be at least 1");
     }
+    a.exec.apply()?;
     let m = load(a.model.as_deref())?;
     let model_context = m.model.config.context;
     let context = match a.ctx_size {

@@ -50,6 +50,10 @@ fn bad_input_is_a_clear_error() {
         (&["run", "--model", g, "hi"], "garbage.gguf"),
         (&["run", "--model", g], "no prompt"),
         (&["run", "--model", g, "--temperature", "-1", "hi"], "--temperature must be"),
+        (&["run", "--model", g, "--backend", "gpu:cuda", "hi"], "unsupported: --backend gpu:cuda"),
+        (&["chat", "--model", g, "--backend", "tpu"], "unknown --backend 'tpu'"),
+        (&["serve", "--model", g, "--threads", "0"], "--threads must be at least 1"),
+        (&["bench", "--model", g, "--backend", "gpu"], "unsupported: --backend gpu"),
     ];
     for (args, want) in cases {
         let o = ingot(args);
