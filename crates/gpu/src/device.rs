@@ -4,7 +4,8 @@
 use cubecl::ir::features::TypeUsage;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use ingot_core::{DType, Error, Result, Tensor, Tensors};
+use ingot_core::{DType, Error, Result, Tensor};
+use std::collections::BTreeMap;
 
 /// Threads per cube for element-wise kernels and row reductions. 256 fits every
 /// runtime's limits (wgpu guarantees 256 invocations per workgroup).
@@ -82,14 +83,61 @@ impl<R: Runtime> Device<R> {
     }
 }
 
+/// A tensor in device memory: a buffer of whole u32 words (16-bit and block data padded at
+/// the end) with the dtype and shape of the elements it holds. Cloning shares the buffer.
+#[derive(Clone, Debug)]
+pub struct GpuTensor {
+    pub handle: Handle,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+/// Named device tensors, as [`ingot_core::Tensors`] names host ones.
+pub type GpuTensors = BTreeMap<String, GpuTensor>;
+
+impl GpuTensor {
+    /// A device tensor over `handle`, which must hold at least `dtype.bytes_for(numel)` bytes.
+    pub fn new(handle: Handle, dtype: DType, shape: &[usize]) -> GpuTensor {
+        GpuTensor { handle, dtype, shape: shape.to_vec() }
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Bytes of the elements (not counting the padding to whole words).
+    pub fn bytes(&self) -> usize {
+        self.dtype.bytes_for(self.numel()).unwrap_or(0)
+    }
+    /// Whole u32 words of the buffer that hold the elements (what a kernel over `Array<u32>`
+    /// may read).
+    pub fn words(&self) -> usize {
+        self.bytes().div_ceil(4)
+    }
+}
+
+impl<R: Runtime> Device<R> {
+    /// Copy a host tensor to the device.
+    pub fn to_device(&self, t: &Tensor) -> GpuTensor {
+        GpuTensor { handle: self.upload(t), dtype: t.dtype, shape: t.shape.clone() }
+    }
+    /// Copy a device tensor back to the host (waits for the kernels writing it).
+    pub fn to_host(&self, op: &'static str, t: &GpuTensor) -> Result<Tensor> {
+        self.download(op, t.handle.clone(), t.dtype, &t.shape)
+    }
+    /// Wait until every kernel queued on this device has finished.
+    pub fn sync(&self) {
+        cubecl::future::block_on(self.client.sync()).ok();
+    }
+}
+
 /// Whether `P` can be stored in buffers, computed with and converted on this device.
 fn full_use<R: Runtime, P: CubePrimitive>(client: &ComputeClient<R>) -> bool {
     let u = P::supported_uses(client);
     u.contains(TypeUsage::Buffer) && u.contains(TypeUsage::Arithmetic) && u.contains(TypeUsage::Conversion)
 }
 
-/// An input tensor by name (present: `check_inputs` ran first).
-pub(crate) fn input<'a>(op: &'static str, inputs: &'a Tensors, name: &str) -> Result<&'a Tensor> {
+/// An input tensor by name (present: the inputs were checked first).
+pub(crate) fn input<'a>(op: &'static str, inputs: &'a GpuTensors, name: &str) -> Result<&'a GpuTensor> {
     inputs.get(name).ok_or_else(|| Error::invalid(op, format!("missing input '{name}'")))
 }
 

@@ -10,9 +10,9 @@
 //! rather than read out of bounds if one slipped through.
 //! GGUF block tables (dequantizing lookups) come with the dequantize kernels.
 
-use crate::device::{grid_1d, input, linear_pos, Device};
+use crate::device::{grid_1d, input, linear_pos, Device, GpuTensor, GpuTensors};
 use cubecl::prelude::*;
-use ingot_core::{ensure, EmbeddingParams, Result, Tensors};
+use ingot_core::{EmbeddingParams, Result};
 
 /// The 32-bit or 16-bit pattern of output element `e`.
 #[cube]
@@ -53,19 +53,16 @@ fn embedding_kernel(table: &Array<u32>, ids: &Array<i32>, out: &mut Array<u32>, 
 }
 
 /// `embedding_lookup` of a float table.
-pub fn embedding_lookup<R: Runtime>(d: &Device<R>, p: &EmbeddingParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn embedding_lookup<R: Runtime>(d: &Device<R>, p: &EmbeddingParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     const OP: &str = "embedding_lookup";
     let (t, h, vocab) = (p.num_tokens, p.hidden_size, p.vocab_size);
     let table = input(OP, inputs, "table")?;
     let ids_t = input(OP, inputs, "ids")?;
-    for (i, &id) in ids_t.to_i32()?.iter().enumerate() {
-        ensure!(id >= 0 && (id as usize) < vocab, OP, "ids[{i}] = {id} is outside 0..{vocab}");
-    }
     let wide = p.dtype.type_size() == 4;
     let n = t * h;
-    let table_words = table.data.len().div_ceil(4);
-    let tab = d.upload(table);
-    let ids = d.upload(ids_t);
+    let table_words = table.words();
+    let tab = table.handle.clone();
+    let ids = ids_t.handle.clone();
     let out = d.alloc(p.dtype, n);
     let out_words = p.dtype.bytes_for(n).unwrap_or(0).div_ceil(4);
     let (count, dim) = grid_1d(out_words);
@@ -86,5 +83,5 @@ pub fn embedding_lookup<R: Runtime>(d: &Device<R>, p: &EmbeddingParams, inputs: 
             wide,
         )
     };
-    Ok(Tensors::from([("output".to_string(), d.download(OP, out, p.dtype, &[t, h])?)]))
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[t, h]))]))
 }

@@ -21,9 +21,9 @@ pub mod rope;
 pub mod sampling;
 
 use cubecl::prelude::*;
-use ingot_core::{Error, Op, Result, Tensors};
+use ingot_core::{ensure, Error, Op, Result, Tensors};
 
-pub use device::Device;
+pub use device::{Device, GpuTensor, GpuTensors};
 
 /// Whether a kernel exists for this op and its dtypes, independent of any device.
 /// Float compute kernels exist for f32, f16 and bf16; bf16 and f16 still need the
@@ -94,6 +94,25 @@ impl<R: Runtime> ingot_core::Backend for GpuBackend<R> {
         if !self.supports(op) {
             return Err(self.unsupported(op));
         }
+        check_host_values(op, inputs)?;
+        let dev: GpuTensors = inputs.iter().map(|(k, t)| (k.clone(), self.dev.to_device(t))).collect();
+        let out = self.run_device(op, &dev)?;
+        out.iter().map(|(k, t)| Ok((k.clone(), self.dev.to_host(op.name(), t)?))).collect()
+    }
+}
+
+impl<R: Runtime> GpuBackend<R> {
+    /// Run `op` on tensors already on the device and return its outputs on the device, so
+    /// ops chain with no host round trip. Shapes and dtypes are checked against the op's
+    /// specs; values are not read back (an out-of-range id or position is the caller's to
+    /// avoid: the kernels stay in bounds and write zeros for out-of-range ids, and
+    /// [`ingot_core::Backend::run`] checks such values on the host first).
+    pub fn run_device(&self, op: &Op, inputs: &GpuTensors) -> Result<GpuTensors> {
+        op.validate()?;
+        if !ingot_core::Backend::supports(self, op) {
+            return Err(self.unsupported(op));
+        }
+        check_device_inputs(op, inputs)?;
         let d = &self.dev;
         use activation::Act;
         match op {
@@ -117,6 +136,45 @@ impl<R: Runtime> ingot_core::Backend for GpuBackend<R> {
             _ => Err(self.unsupported(op)),
         }
     }
+}
+
+/// Check that `inputs` holds exactly the op's inputs with the specified dtypes and shapes,
+/// and buffers large enough for them.
+fn check_device_inputs(op: &Op, inputs: &GpuTensors) -> Result<()> {
+    let name = op.name();
+    let specs = op.inputs();
+    for s in &specs {
+        let t = inputs.get(s.name).ok_or_else(|| Error::invalid(name, format!("missing input '{}'", s.name)))?;
+        ensure!(t.dtype == s.dtype, name, "'{}' has dtype {}, expected {}", s.name, t.dtype, s.dtype);
+        ensure!(t.shape == s.shape, name, "'{}' has shape {:?}, expected {:?}", s.name, t.shape, s.shape);
+        let have = t.handle.size() as usize;
+        ensure!(have >= t.bytes(), name, "'{}' buffer holds {have} bytes, the tensor needs {}", s.name, t.bytes());
+    }
+    if let Some(extra) = inputs.keys().find(|k| !specs.iter().any(|s| s.name == k.as_str())) {
+        let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        return Err(Error::invalid(name, format!("unexpected input '{extra}' (inputs are {names:?})")));
+    }
+    Ok(())
+}
+
+/// Checks of input values that the device path leaves to its caller: ids inside the
+/// vocabulary, positions not negative. Run on the host before uploading.
+fn check_host_values(op: &Op, inputs: &Tensors) -> Result<()> {
+    let name = op.name();
+    match op {
+        Op::EmbeddingLookup(p) => {
+            for (i, &id) in inputs["ids"].to_i32()?.iter().enumerate() {
+                ensure!(id >= 0 && (id as usize) < p.vocab_size, name, "ids[{i}] = {id} is outside 0..{}", p.vocab_size);
+            }
+        }
+        Op::Rope(_) => {
+            if let Some((t, id)) = inputs["pos_ids"].to_i32()?.iter().enumerate().find(|(_, &id)| id < 0) {
+                ensure!(false, name, "pos_ids[{t}] = {id} is negative");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(feature = "wgpu")]

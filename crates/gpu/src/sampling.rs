@@ -6,9 +6,11 @@
 //! one thread per element. Math in f32, one rounding. Matches `ingot_cpu::sampling`:
 //! −Inf logits get probability 0, a row of only −Inf (or with +Inf or NaN) gives NaN.
 
-use crate::device::{cube_index, cube_max, cube_sum, grid_1d, grid_cubes, input, linear_pos, with_float, Device, BLOCK};
+use crate::device::{
+    cube_index, cube_max, cube_sum, grid_1d, grid_cubes, input, linear_pos, with_float, Device, GpuTensor, GpuTensors, BLOCK,
+};
 use cubecl::prelude::*;
-use ingot_core::{DType, Result, SoftcapParams, SoftmaxParams, TemperatureParams, Tensors};
+use ingot_core::{DType, Result, SoftcapParams, SoftmaxParams, TemperatureParams};
 
 #[cube(launch_unchecked)]
 fn softmax_kernel<F: Float>(x: &Array<F>, out: &mut Array<f32>, rows: usize, v: usize, inv_temp: f32) {
@@ -64,10 +66,10 @@ fn scale_kernel<F: Float>(x: &Array<F>, out: &mut Array<F>, n: usize, temp: f32)
 }
 
 /// `softmax`: probs = softmax(logits / temperature) per row, f32.
-pub fn softmax<R: Runtime>(d: &Device<R>, p: &SoftmaxParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn softmax<R: Runtime>(d: &Device<R>, p: &SoftmaxParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     const OP: &str = "softmax";
     let (t, v) = (p.num_tokens, p.vocab_size);
-    let x = d.upload(input(OP, inputs, "logits")?);
+    let x = input(OP, inputs, "logits")?.handle.clone();
     let out = d.alloc(DType::F32, t * v);
     let (count, dim) = grid_cubes(t, BLOCK);
     with_float!(p.dtype, F => {
@@ -86,14 +88,14 @@ pub fn softmax<R: Runtime>(d: &Device<R>, p: &SoftmaxParams, inputs: &Tensors) -
             )
         }
     });
-    Ok(Tensors::from([("probs".to_string(), d.download(OP, out, DType::F32, &[t, v])?)]))
+    Ok(GpuTensors::from([("probs".to_string(), GpuTensor::new(out, DType::F32, &[t, v]))]))
 }
 
 /// `softcap`: cap · tanh(x / cap).
-pub fn softcap<R: Runtime>(d: &Device<R>, p: &SoftcapParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn softcap<R: Runtime>(d: &Device<R>, p: &SoftcapParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     const OP: &str = "softcap";
     let n = p.num_tokens * p.vocab_size;
-    let x = d.upload(input(OP, inputs, "logits")?);
+    let x = input(OP, inputs, "logits")?.handle.clone();
     let out = d.alloc(p.dtype, n);
     let (count, dim) = grid_1d(n);
     with_float!(p.dtype, F => {
@@ -111,14 +113,14 @@ pub fn softcap<R: Runtime>(d: &Device<R>, p: &SoftcapParams, inputs: &Tensors) -
             )
         }
     });
-    Ok(Tensors::from([("output".to_string(), d.download(OP, out, p.dtype, &[p.num_tokens, p.vocab_size])?)]))
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[p.num_tokens, p.vocab_size]))]))
 }
 
 /// `temperature_scale`: x / temperature.
-pub fn temperature_scale<R: Runtime>(d: &Device<R>, p: &TemperatureParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn temperature_scale<R: Runtime>(d: &Device<R>, p: &TemperatureParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     const OP: &str = "temperature_scale";
     let n = p.num_tokens * p.vocab_size;
-    let x = d.upload(input(OP, inputs, "logits")?);
+    let x = input(OP, inputs, "logits")?.handle.clone();
     let out = d.alloc(p.dtype, n);
     let (count, dim) = grid_1d(n);
     with_float!(p.dtype, F => {
@@ -136,5 +138,5 @@ pub fn temperature_scale<R: Runtime>(d: &Device<R>, p: &TemperatureParams, input
             )
         }
     });
-    Ok(Tensors::from([("output".to_string(), d.download(OP, out, p.dtype, &[p.num_tokens, p.vocab_size])?)]))
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[p.num_tokens, p.vocab_size]))]))
 }
