@@ -20,6 +20,7 @@ pub struct Device<R: Runtime> {
     f32_ok: bool,
     f16_ok: bool,
     bf16_ok: bool,
+    plane_dim: Option<u32>,
 }
 
 impl<R: Runtime> Device<R> {
@@ -29,7 +30,26 @@ impl<R: Runtime> Device<R> {
         let f32_ok = full_use::<R, f32>(&client);
         let f16_ok = full_use::<R, half::f16>(&client);
         let bf16_ok = full_use::<R, half::bf16>(&client);
-        Device { client, f32_ok, f16_ok, bf16_ok }
+        // Plane (subgroup) kernels need the runtime's plane ops and one fixed plane width
+        // (32 on NVIDIA); CPU adapters such as lavapipe report none and get the shared-memory
+        // paths. INGOT_GPU_NO_PLANE=1 forces those paths on any device, to check them there.
+        let props = client.properties();
+        let hw = &props.hardware;
+        let forced_off = std::env::var("INGOT_GPU_NO_PLANE").is_ok_and(|v| v == "1");
+        let plane_dim = (!forced_off
+            && props.features.plane.contains(cubecl::ir::features::Plane::Ops)
+            && hw.plane_size_min == hw.plane_size_max
+            && hw.plane_size_max.is_power_of_two()
+            && (8..=BLOCK).contains(&hw.plane_size_max))
+        .then_some(hw.plane_size_max);
+        Device { client, f32_ok, f16_ok, bf16_ok, plane_dim }
+    }
+
+    /// The plane (subgroup) width when kernels may use plane operations, `None` when they
+    /// must take their shared-memory path. Kernels choose at launch from this, never from
+    /// an assumed width.
+    pub fn plane_dim(&self) -> Option<u32> {
+        self.plane_dim
     }
 
     /// The CubeCL client, for callers that launch their own kernels.
