@@ -11,7 +11,10 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    sub: Option<BenchSub>,
     /// GGUF model; default: the default model.
     #[arg(long, short)]
     model: Option<PathBuf>,
@@ -33,6 +36,13 @@ pub struct BenchArgs {
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchSub {
+    /// Time single ops at LLM shapes on a GPU backend (time, GB/s, TFLOP/s, fraction of
+    /// the ceilings scripts/torch_ceilings.py measured on the same device).
+    Ops(crate::bench_ops::OpsArgs),
 }
 
 #[derive(serde::Serialize)]
@@ -90,6 +100,9 @@ fn llama_cpp_once(path: &Path, pp: usize, tg: usize, threads: usize, seed: u64) 
 }
 
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    if let Some(BenchSub::Ops(o)) = a.sub {
+        return crate::bench_ops::run(o);
+    }
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }

@@ -252,6 +252,85 @@ pub(crate) fn cube_max(value: f32) -> f32 {
     total
 }
 
+/// [`cube_sum`] with plane operations when `plane` (the device has them, see
+/// [`Device::plane_dim`]): a plane sum, one partial per plane through shared memory, and
+/// every thread adds the partials. The plane width is read at run time (`PLANE_DIM`).
+#[cube]
+pub(crate) fn cube_sum_p(value: f32, #[comptime] plane: bool) -> f32 {
+    let mut total = 0.0f32;
+    if plane {
+        let mut smem = SharedMemory::<f32>::new(BLOCK as usize);
+        let s = plane_sum(value);
+        if UNIT_POS_PLANE == 0 {
+            smem[(UNIT_POS_X / PLANE_DIM) as usize] = s;
+        }
+        sync_cube();
+        for i in 0..CUBE_DIM_X / PLANE_DIM {
+            total += smem[i as usize];
+        }
+        sync_cube();
+    } else {
+        total = cube_sum(value);
+    }
+    total
+}
+
+/// Which combination a u32 cube reduction applies.
+#[derive(CubeType, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum U32Op {
+    Sum,
+    Max,
+    Min,
+}
+
+#[cube]
+fn combine_u32(a: u32, b: u32, #[comptime] op: U32Op) -> u32 {
+    match op {
+        U32Op::Sum => a + b,
+        U32Op::Max => select(a > b, a, b),
+        U32Op::Min => select(a < b, a, b),
+    }
+}
+
+/// Reduce a u32 over the cube's threads (sum, max or min; every thread gets the result),
+/// through plane operations when `plane`, else through shared memory. `BLOCK` threads.
+/// A sum must not exceed `u32::MAX`.
+#[cube]
+pub(crate) fn cube_reduce_u32(value: u32, #[comptime] op: U32Op, #[comptime] plane: bool) -> u32 {
+    let mut smem = SharedMemory::<u32>::new(BLOCK as usize);
+    let t = UNIT_POS_X as usize;
+    let total = if plane {
+        let s = match op {
+            U32Op::Sum => plane_sum(value),
+            U32Op::Max => plane_max(value),
+            U32Op::Min => plane_min(value),
+        };
+        if UNIT_POS_PLANE == 0 {
+            smem[(UNIT_POS_X / PLANE_DIM) as usize] = s;
+        }
+        sync_cube();
+        let mut acc = smem[0];
+        for i in 1..CUBE_DIM_X / PLANE_DIM {
+            acc = combine_u32(acc, smem[i as usize], op);
+        }
+        acc
+    } else {
+        smem[t] = value;
+        sync_cube();
+        let mut stride: usize = 128;
+        while stride > 0 {
+            if t < stride {
+                smem[t] = combine_u32(smem[t], smem[t + stride], op);
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        smem[0]
+    };
+    sync_cube();
+    total
+}
+
 /// Whether wgpu finds an adapter of the backend CubeCL will use (Metal on macOS, Vulkan
 /// elsewhere). CubeCL panics, in its server thread, when there is none; ask first.
 #[cfg(feature = "wgpu")]
