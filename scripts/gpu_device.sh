@@ -5,7 +5,10 @@
 #                                      # and fetch the Vulkan loader packages into .gl/ (both git-ignored)
 #   device run: command "bash scripts/gpu_device.sh run", carry [".gpu-bin", ".gl"]
 #                                      # there: the standard golden suite on gpu:cuda and on
-#                                      # gpu:wgpu (NVIDIA's Vulkan driver); reports land in $OUT
+#                                      # gpu:wgpu (NVIDIA's Vulkan driver), then `ingot bench ops` on
+#                                      # gpu:cuda against PyTorch ceilings measured in the same call;
+#                                      # reports land in $OUT (GPU_SKIP_CHECK=1 / GPU_SKIP_BENCH=1 skip a part;
+#                                      # GPU_BENCH_FILTER=a,b limits the bench cases)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,11 +38,25 @@ run)
   suite=$(mktemp -d)
   $ingot golden gen --suite standard --out "$suite" 2>&1 | tail -1
   status=0
-  for be in gpu:cuda gpu:wgpu; do
-    name=${be/:/_}
-    $ingot golden check "$suite" --backend "$be" --json > "$out/check_$name.json" 2> "$out/check_$name.err" || status=1
-    $ingot golden check "$suite" --backend "$be" | tail -40 | tee "$out/check_$name.txt" || true
-  done
+  if [ "${GPU_SKIP_CHECK:-0}" != 1 ]; then
+    for be in gpu:cuda gpu:wgpu; do
+      name=${be/:/_}
+      $ingot golden check "$suite" --backend "$be" --json > "$out/check_$name.json" 2> "$out/check_$name.err" || status=1
+      $ingot golden check "$suite" --backend "$be" > "$out/check_$name.txt" 2>&1 || true
+      tail -3 "$out/check_$name.txt"
+    done
+    # The shared-memory paths that lavapipe runs, here too.
+    INGOT_GPU_NO_PLANE=1 $ingot golden check "$suite" --backend gpu:cuda > "$out/check_gpu_cuda_noplane.txt" 2>&1 || status=1
+    tail -3 "$out/check_gpu_cuda_noplane.txt"
+  fi
+  if [ "${GPU_SKIP_BENCH:-0}" != 1 ]; then
+    python3 scripts/torch_ceilings.py --dtype bf16 > "$out/ceilings.json" 2> "$out/ceilings.err" || status=1
+    filter=()
+    [ -n "${GPU_BENCH_FILTER:-}" ] && filter=(--filter "$GPU_BENCH_FILTER")
+    $ingot bench ops --backend gpu:cuda --ceilings "$out/ceilings.json" "${filter[@]}" --json-out "$out/bench_ops.json" \
+      > "$out/bench_ops.md" 2> "$out/bench_ops.err" || status=1
+    cat "$out/bench_ops.md"
+  fi
   exit $status
   ;;
 *)

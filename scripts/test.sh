@@ -13,6 +13,8 @@ export INGOT_REQUIRE_MODELS=1
 export INGOT_REQUIRE_GPU=1
 
 cargo test --release --workspace --locked
+# Metal cannot run here: emit every kernel's MSL through CubeCL's Metal compiler instead.
+cargo test --release --locked -p ingot-gpu --features metal --test msl
 # The CLI tests built target/release/ingot (CARGO_BIN_EXE); a separate `cargo build` would
 # resolve features without dev-dependencies and rebuild CubeCL for nothing.
 ingot=./target/release/ingot

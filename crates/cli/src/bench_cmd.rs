@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    sub: Option<BenchSub>,
     /// GGUF model; default: the default model.
     #[arg(long, short)]
     model: Option<PathBuf>,
@@ -46,6 +49,13 @@ pub struct BenchArgs {
 
 /// Prompt tokens of each sequence of a `--concurrent` test.
 const CONCURRENT_PROMPT: usize = 16;
+
+#[derive(clap::Subcommand)]
+enum BenchSub {
+    /// Time single ops at LLM shapes on a GPU backend (time, GB/s, TFLOP/s, fraction of
+    /// the ceilings scripts/torch_ceilings.py measured on the same device).
+    Ops(crate::bench_ops::OpsArgs),
+}
 
 #[derive(serde::Serialize)]
 struct Row {
@@ -136,6 +146,9 @@ fn llama_cpp_once(path: &Path, pp: usize, tg: usize, threads: usize, seed: u64) 
 }
 
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    if let Some(BenchSub::Ops(o)) = a.sub {
+        return crate::bench_ops::run(o);
+    }
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }

@@ -1,6 +1,7 @@
 //! `ingot`: the command-line front end.
 
 mod bench_cmd;
+mod bench_ops;
 mod chat_cmd;
 mod convert_cmd;
 mod golden_cmd;

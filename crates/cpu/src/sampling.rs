@@ -117,7 +117,9 @@ pub fn top_p_mask(p: &TopPParams, inputs: &Tensors) -> Result<Tensors> {
         let mut cum = 0.0;
         for i in ranked(row) {
             // Keep tokens until the kept mass reaches top_p (the crossing token is kept).
-            if cum >= p.top_p {
+            // top_p = 1 keeps every token: the f64 running sum can round to 1 before the
+            // tail, and that tail must not be masked.
+            if p.top_p < 1.0 && cum >= p.top_p {
                 break;
             }
             keep[r * p.vocab_size + i] = true;
@@ -227,6 +229,17 @@ mod tests {
         };
         assert_eq!(mp(0.5), vec![l[0], l[1], ninf]); // 0.3/0.5 = 0.6 >= 0.5, 0.2/0.5 = 0.4 < 0.5
         assert_eq!(mp(0.3), l.to_vec());
+    }
+
+    #[test]
+    fn top_p_one_keeps_a_long_tail() {
+        // One dominant logit and 4000 tokens 60 below it: their mass (~4e-23 in all) is
+        // lost when added to a running sum near 1, yet top_p = 1 must keep them.
+        let mut l = vec![-60.0f32; 4001];
+        l[0] = 0.0;
+        let p = TopPParams { num_tokens: 1, vocab_size: l.len(), top_p: 1.0, dtype: DType::F32 };
+        let out = CpuBackend.run(&Op::TopPMask(p), &logits(DType::F32, 1, &l)).unwrap()["masked"].to_f32().unwrap();
+        assert_eq!(out, l);
     }
 
     #[test]

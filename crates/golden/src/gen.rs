@@ -239,14 +239,21 @@ fn limit(op: &Op) -> Result<()> {
 /// Generate one case: parameters from `flags`, inputs from `seed`, outputs and
 /// tolerances from the CPU reference.
 pub fn generate(kind: OpKind, flags: &Flags, seed: u64, name: &str) -> Result<Case> {
+    let (op, inputs) = generate_inputs(kind, flags, seed, name)?;
+    let outputs = ingot_cpu::CpuBackend.run(&op, &inputs)?;
+    let tolerances = op.outputs().iter().map(|s| (s.name.to_string(), default_tolerance(&op, s.name, s.dtype))).collect();
+    Ok(Case { name: name.to_string(), seed, op, flags: flags.raw().clone(), inputs, outputs, tolerances })
+}
+
+/// The op and inputs of a case without running the reference: for benchmarks at sizes
+/// where the f64 reference would take too long. Same inputs as [`generate`] would make.
+pub fn generate_inputs(kind: OpKind, flags: &Flags, seed: u64, name: &str) -> Result<(Op, Tensors)> {
     check_case_name(name)?;
     let mut g = Gen { rng: ChaCha8Rng::seed_from_u64(seed ^ fnv1a(kind.name()) ^ fnv1a(name).rotate_left(17)) };
     let (op, inputs) = build(kind, flags, &mut g)?;
     flags.finish(kind.name())?;
     op.check_inputs(&inputs)?;
-    let outputs = ingot_cpu::CpuBackend.run(&op, &inputs)?;
-    let tolerances = op.outputs().iter().map(|s| (s.name.to_string(), default_tolerance(&op, s.name, s.dtype))).collect();
-    Ok(Case { name: name.to_string(), seed, op, flags: flags.raw().clone(), inputs, outputs, tolerances })
+    Ok((op, inputs))
 }
 
 fn dt(f: &Flags, default: DType) -> Result<DType> {

@@ -32,5 +32,5 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub use artifact::{load, Case, Loaded, Meta};
 pub use check::{check_case, check_dir, CaseReport, Status};
-pub use gen::{generate, Flags, FLAGS};
+pub use gen::{generate, generate_inputs, Flags, FLAGS};
 pub use tolerance::{compare, default_tolerance, Tolerance, Verdict};

@@ -11,9 +11,9 @@
 //! fit of Numerical Recipes (`erfcc`, fractional error below 1.2e-7 for every x),
 //! evaluated in f32: checked by the golden suite against the f64 reference.
 
-use crate::device::{grid_1d, input, linear_pos, with_float, Device};
+use crate::device::{grid_1d, input, linear_pos, with_float, Device, GpuTensor, GpuTensors};
 use cubecl::prelude::*;
-use ingot_core::{GatedParams, Result, Tensors, UnaryParams};
+use ingot_core::{GatedParams, Result, UnaryParams};
 
 /// The element-wise activation functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,10 +128,10 @@ fn gated_kernel<F: Float>(gate: &Array<F>, up: &Array<F>, out: &mut Array<F>, n:
 }
 
 /// `act(input)` element-wise.
-pub fn unary<R: Runtime>(d: &Device<R>, act: Act, p: &UnaryParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn unary<R: Runtime>(d: &Device<R>, act: Act, p: &UnaryParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     let op = act.op_name(false);
     let n = p.num_elements;
-    let x = d.upload(input(op, inputs, "input")?);
+    let x = input(op, inputs, "input")?.handle.clone();
     let out = d.alloc(p.dtype, n);
     let (count, dim) = grid_1d(n);
     with_float!(p.dtype, F => {
@@ -149,15 +149,15 @@ pub fn unary<R: Runtime>(d: &Device<R>, act: Act, p: &UnaryParams, inputs: &Tens
             )
         }
     });
-    Ok(Tensors::from([("output".to_string(), d.download(op, out, p.dtype, &[n])?)]))
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[n]))]))
 }
 
 /// `act(gate) · up` element-wise.
-pub fn gated<R: Runtime>(d: &Device<R>, act: Act, p: &GatedParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn gated<R: Runtime>(d: &Device<R>, act: Act, p: &GatedParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     let op = act.op_name(true);
     let n = p.num_tokens * p.intermediate_size;
-    let gate = d.upload(input(op, inputs, "gate")?);
-    let up = d.upload(input(op, inputs, "up")?);
+    let gate = input(op, inputs, "gate")?.handle.clone();
+    let up = input(op, inputs, "up")?.handle.clone();
     let out = d.alloc(p.dtype, n);
     let (count, dim) = grid_1d(n);
     with_float!(p.dtype, F => {
@@ -176,6 +176,6 @@ pub fn gated<R: Runtime>(d: &Device<R>, act: Act, p: &GatedParams, inputs: &Tens
             )
         }
     });
-    let t = d.download(op, out, p.dtype, &[p.num_tokens, p.intermediate_size])?;
-    Ok(Tensors::from([("output".to_string(), t)]))
+    let t = GpuTensor::new(out, p.dtype, &[p.num_tokens, p.intermediate_size]);
+    Ok(GpuTensors::from([("output".to_string(), t)]))
 }

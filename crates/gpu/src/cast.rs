@@ -8,9 +8,9 @@
 //! support (lavapipe has no bf16), and matches `ingot_cpu::cast`: NaN stays NaN, ±Inf
 //! stays ±Inf, overflow gives ±Inf, subnormals round correctly, ties go to even.
 
-use crate::device::{grid_1d, input, linear_pos, Device};
+use crate::device::{grid_1d, input, linear_pos, Device, GpuTensor, GpuTensors};
 use cubecl::prelude::*;
-use ingot_core::{CastParams, DType, Result, Tensors};
+use ingot_core::{CastParams, DType, Result};
 
 const K_F32: u32 = 0;
 const K_F16: u32 = 1;
@@ -142,12 +142,12 @@ fn cast_kernel(input: &Array<u32>, out: &mut Array<u32>, n: usize, #[comptime] f
 }
 
 /// `cast`: round each value to `output_dtype` (nearest even).
-pub fn cast<R: Runtime>(d: &Device<R>, p: &CastParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn cast<R: Runtime>(d: &Device<R>, p: &CastParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     const OP: &str = "cast";
     let n = p.num_elements;
     let x = input(OP, inputs, "input")?;
-    let in_words = x.data.len().div_ceil(4);
-    let xh = d.upload(x);
+    let in_words = x.words();
+    let xh = x.handle.clone();
     let out = d.alloc(p.output_dtype, n);
     let out_words = p.output_dtype.bytes_for(n).unwrap_or(0).div_ceil(4);
     let (count, dim) = grid_1d(out_words);
@@ -166,5 +166,5 @@ pub fn cast<R: Runtime>(d: &Device<R>, p: &CastParams, inputs: &Tensors) -> Resu
             kind(p.output_dtype),
         )
     };
-    Ok(Tensors::from([("output".to_string(), d.download(OP, out, p.output_dtype, &[n])?)]))
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.output_dtype, &[n]))]))
 }

@@ -4,7 +4,8 @@
 use cubecl::ir::features::TypeUsage;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use ingot_core::{DType, Error, Result, Tensor, Tensors};
+use ingot_core::{DType, Error, Result, Tensor};
+use std::collections::BTreeMap;
 
 /// Threads per cube for element-wise kernels and row reductions. 256 fits every
 /// runtime's limits (wgpu guarantees 256 invocations per workgroup).
@@ -19,6 +20,7 @@ pub struct Device<R: Runtime> {
     f32_ok: bool,
     f16_ok: bool,
     bf16_ok: bool,
+    plane_dim: Option<u32>,
 }
 
 impl<R: Runtime> Device<R> {
@@ -28,7 +30,26 @@ impl<R: Runtime> Device<R> {
         let f32_ok = full_use::<R, f32>(&client);
         let f16_ok = full_use::<R, half::f16>(&client);
         let bf16_ok = full_use::<R, half::bf16>(&client);
-        Device { client, f32_ok, f16_ok, bf16_ok }
+        // Plane (subgroup) kernels need the runtime's plane ops and one fixed plane width
+        // (32 on NVIDIA); CPU adapters such as lavapipe report none and get the shared-memory
+        // paths. INGOT_GPU_NO_PLANE=1 forces those paths on any device, to check them there.
+        let props = client.properties();
+        let hw = &props.hardware;
+        let forced_off = std::env::var("INGOT_GPU_NO_PLANE").is_ok_and(|v| v == "1");
+        let plane_dim = (!forced_off
+            && props.features.plane.contains(cubecl::ir::features::Plane::Ops)
+            && hw.plane_size_min == hw.plane_size_max
+            && hw.plane_size_max.is_power_of_two()
+            && (8..=BLOCK).contains(&hw.plane_size_max))
+        .then_some(hw.plane_size_max);
+        Device { client, f32_ok, f16_ok, bf16_ok, plane_dim }
+    }
+
+    /// The plane (subgroup) width when kernels may use plane operations, `None` when they
+    /// must take their shared-memory path. Kernels choose at launch from this, never from
+    /// an assumed width.
+    pub fn plane_dim(&self) -> Option<u32> {
+        self.plane_dim
     }
 
     /// The CubeCL client, for callers that launch their own kernels.
@@ -82,14 +103,61 @@ impl<R: Runtime> Device<R> {
     }
 }
 
+/// A tensor in device memory: a buffer of whole u32 words (16-bit and block data padded at
+/// the end) with the dtype and shape of the elements it holds. Cloning shares the buffer.
+#[derive(Clone, Debug)]
+pub struct GpuTensor {
+    pub handle: Handle,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+/// Named device tensors, as [`ingot_core::Tensors`] names host ones.
+pub type GpuTensors = BTreeMap<String, GpuTensor>;
+
+impl GpuTensor {
+    /// A device tensor over `handle`, which must hold at least `dtype.bytes_for(numel)` bytes.
+    pub fn new(handle: Handle, dtype: DType, shape: &[usize]) -> GpuTensor {
+        GpuTensor { handle, dtype, shape: shape.to_vec() }
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Bytes of the elements (not counting the padding to whole words).
+    pub fn bytes(&self) -> usize {
+        self.dtype.bytes_for(self.numel()).unwrap_or(0)
+    }
+    /// Whole u32 words of the buffer that hold the elements (what a kernel over `Array<u32>`
+    /// may read).
+    pub fn words(&self) -> usize {
+        self.bytes().div_ceil(4)
+    }
+}
+
+impl<R: Runtime> Device<R> {
+    /// Copy a host tensor to the device.
+    pub fn to_device(&self, t: &Tensor) -> GpuTensor {
+        GpuTensor { handle: self.upload(t), dtype: t.dtype, shape: t.shape.clone() }
+    }
+    /// Copy a device tensor back to the host (waits for the kernels writing it).
+    pub fn to_host(&self, op: &'static str, t: &GpuTensor) -> Result<Tensor> {
+        self.download(op, t.handle.clone(), t.dtype, &t.shape)
+    }
+    /// Wait until every kernel queued on this device has finished.
+    pub fn sync(&self) {
+        cubecl::future::block_on(self.client.sync()).ok();
+    }
+}
+
 /// Whether `P` can be stored in buffers, computed with and converted on this device.
 fn full_use<R: Runtime, P: CubePrimitive>(client: &ComputeClient<R>) -> bool {
     let u = P::supported_uses(client);
     u.contains(TypeUsage::Buffer) && u.contains(TypeUsage::Arithmetic) && u.contains(TypeUsage::Conversion)
 }
 
-/// An input tensor by name (present: `check_inputs` ran first).
-pub(crate) fn input<'a>(op: &'static str, inputs: &'a Tensors, name: &str) -> Result<&'a Tensor> {
+/// An input tensor by name (present: the inputs were checked first).
+pub(crate) fn input<'a>(op: &'static str, inputs: &'a GpuTensors, name: &str) -> Result<&'a GpuTensor> {
     inputs.get(name).ok_or_else(|| Error::invalid(op, format!("missing input '{name}'")))
 }
 
@@ -180,6 +248,85 @@ pub(crate) fn cube_max(value: f32) -> f32 {
         stride /= 2;
     }
     let total = smem[0];
+    sync_cube();
+    total
+}
+
+/// [`cube_sum`] with plane operations when `plane` (the device has them, see
+/// [`Device::plane_dim`]): a plane sum, one partial per plane through shared memory, and
+/// every thread adds the partials. The plane width is read at run time (`PLANE_DIM`).
+#[cube]
+pub(crate) fn cube_sum_p(value: f32, #[comptime] plane: bool) -> f32 {
+    let mut total = 0.0f32;
+    if plane {
+        let mut smem = SharedMemory::<f32>::new(BLOCK as usize);
+        let s = plane_sum(value);
+        if UNIT_POS_PLANE == 0 {
+            smem[(UNIT_POS_X / PLANE_DIM) as usize] = s;
+        }
+        sync_cube();
+        for i in 0..CUBE_DIM_X / PLANE_DIM {
+            total += smem[i as usize];
+        }
+        sync_cube();
+    } else {
+        total = cube_sum(value);
+    }
+    total
+}
+
+/// Which combination a u32 cube reduction applies.
+#[derive(CubeType, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum U32Op {
+    Sum,
+    Max,
+    Min,
+}
+
+#[cube]
+fn combine_u32(a: u32, b: u32, #[comptime] op: U32Op) -> u32 {
+    match op {
+        U32Op::Sum => a + b,
+        U32Op::Max => select(a > b, a, b),
+        U32Op::Min => select(a < b, a, b),
+    }
+}
+
+/// Reduce a u32 over the cube's threads (sum, max or min; every thread gets the result),
+/// through plane operations when `plane`, else through shared memory. `BLOCK` threads.
+/// A sum must not exceed `u32::MAX`.
+#[cube]
+pub(crate) fn cube_reduce_u32(value: u32, #[comptime] op: U32Op, #[comptime] plane: bool) -> u32 {
+    let mut smem = SharedMemory::<u32>::new(BLOCK as usize);
+    let t = UNIT_POS_X as usize;
+    let total = if plane {
+        let s = match op {
+            U32Op::Sum => plane_sum(value),
+            U32Op::Max => plane_max(value),
+            U32Op::Min => plane_min(value),
+        };
+        if UNIT_POS_PLANE == 0 {
+            smem[(UNIT_POS_X / PLANE_DIM) as usize] = s;
+        }
+        sync_cube();
+        let mut acc = smem[0];
+        for i in 1..CUBE_DIM_X / PLANE_DIM {
+            acc = combine_u32(acc, smem[i as usize], op);
+        }
+        acc
+    } else {
+        smem[t] = value;
+        sync_cube();
+        let mut stride: usize = 128;
+        while stride > 0 {
+            if t < stride {
+                smem[t] = combine_u32(smem[t], smem[t + stride], op);
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        smem[0]
+    };
     sync_cube();
     total
 }

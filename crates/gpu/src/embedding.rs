@@ -8,11 +8,13 @@
 //! payloads survive. Ids are checked on the host before the launch (an id outside
 //! 0..vocab_size is an error, as in `ingot_cpu::embedding`); the kernel also writes 0
 //! rather than read out of bounds if one slipped through.
-//! GGUF block tables (dequantizing lookups) come with the dequantize kernels.
+//! GGUF block tables (Q4_0 ... Q6_K) are dequantized row by row as in `dequantize`
+//! (output f32): [`crate::quant`]'s kernel, gathering rows through the ids.
 
-use crate::device::{grid_1d, input, linear_pos, Device};
+use crate::device::{grid_1d, input, linear_pos, Device, GpuTensor, GpuTensors};
+use crate::quant::{dequant_rows, Format};
 use cubecl::prelude::*;
-use ingot_core::{ensure, EmbeddingParams, Result, Tensors};
+use ingot_core::{DType, EmbeddingParams, Error, Result};
 
 /// The 32-bit or 16-bit pattern of output element `e`.
 #[cube]
@@ -52,20 +54,22 @@ fn embedding_kernel(table: &Array<u32>, ids: &Array<i32>, out: &mut Array<u32>, 
     }
 }
 
-/// `embedding_lookup` of a float table.
-pub fn embedding_lookup<R: Runtime>(d: &Device<R>, p: &EmbeddingParams, inputs: &Tensors) -> Result<Tensors> {
+/// `embedding_lookup`: float tables copy bits, block tables dequantize to f32.
+pub fn embedding_lookup<R: Runtime>(d: &Device<R>, p: &EmbeddingParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     const OP: &str = "embedding_lookup";
     let (t, h, vocab) = (p.num_tokens, p.hidden_size, p.vocab_size);
     let table = input(OP, inputs, "table")?;
     let ids_t = input(OP, inputs, "ids")?;
-    for (i, &id) in ids_t.to_i32()?.iter().enumerate() {
-        ensure!(id >= 0 && (id as usize) < vocab, OP, "ids[{i}] = {id} is outside 0..{vocab}");
+    if !p.dtype.is_float() {
+        let f = Format::of(p.dtype).ok_or_else(|| Error::invalid(OP, format!("{} is not a weight format", p.dtype)))?;
+        let out = dequant_rows(d, OP, table, f, Some(ids_t), t, h, vocab)?;
+        return Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, DType::F32, &[t, h]))]));
     }
     let wide = p.dtype.type_size() == 4;
     let n = t * h;
-    let table_words = table.data.len().div_ceil(4);
-    let tab = d.upload(table);
-    let ids = d.upload(ids_t);
+    let table_words = table.words();
+    let tab = table.handle.clone();
+    let ids = ids_t.handle.clone();
     let out = d.alloc(p.dtype, n);
     let out_words = p.dtype.bytes_for(n).unwrap_or(0).div_ceil(4);
     let (count, dim) = grid_1d(out_words);
@@ -86,5 +90,5 @@ pub fn embedding_lookup<R: Runtime>(d: &Device<R>, p: &EmbeddingParams, inputs: 
             wide,
         )
     };
-    Ok(Tensors::from([("output".to_string(), d.download(OP, out, p.dtype, &[t, h])?)]))
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[t, h]))]))
 }

@@ -1,29 +1,42 @@
 //! The GPU backend: CubeCL kernels for the protocol's ops, generic over `cubecl::Runtime`.
 //!
 //! One kernel source serves every runtime compiled in: wgpu (Vulkan, Metal, DX12, WebGPU;
-//! Mesa's lavapipe in CI), wgpu with the MSL compiler (`metal`), and CUDA (`cuda`). The
-//! backend takes host tensors, keeps them in device buffers while an op runs, and returns
-//! host tensors, as [`ingot_core::Backend`] asks; the CPU reference is the oracle.
+//! Mesa's lavapipe in CI), wgpu with the MSL compiler (`metal`), and CUDA (`cuda`).
+//! [`GpuBackend::run_device`] runs an op on device-resident [`GpuTensor`]s and returns its
+//! outputs on the device, so ops chain with no host round trip; [`ingot_core::Backend::run`]
+//! wraps it for host tensors (upload, run, download), as the protocol checks use it. The
+//! CPU reference is the oracle.
 //!
 //! What runs where is decided twice: [`implements`] says which op × dtype pairs have a
 //! kernel (the same on every machine, what `docs/op-support.md` shows), and
 //! [`GpuBackend::supports`] adds what the device can do (lavapipe has no bf16: a bf16
 //! kernel there would never write its output, so those cases are reported unsupported).
-//! No kernel uses plane (subgroup) operations yet: every reduction goes through shared
-//! memory, the path that CPU adapters without plane features run.
+//! Reductions that can use plane (subgroup) operations choose at launch from
+//! [`Device::plane_dim`]: plane ops where the runtime has them with a fixed width (CUDA),
+//! shared memory where it has none (CPU adapters such as lavapipe, which CI checks), and
+//! `INGOT_GPU_NO_PLANE=1` forces the shared-memory paths anywhere. On CUDA, dense f16/bf16
+//! `gemm` goes to cuBLASLt (`INGOT_NO_CUBLASLT=1` keeps the CubeCL kernel).
 
 pub mod activation;
+pub mod attention;
+pub mod bench;
 pub mod cast;
+#[cfg(feature = "cuda")]
+mod cublaslt;
 mod device;
 pub mod embedding;
+pub mod gemm;
+pub mod kv;
+pub mod matmul;
 pub mod norm;
+pub mod quant;
 pub mod rope;
 pub mod sampling;
 
 use cubecl::prelude::*;
-use ingot_core::{Error, Op, Result, Tensors};
+use ingot_core::{ensure, Error, Op, Result, Tensors};
 
-pub use device::Device;
+pub use device::{Device, GpuTensor, GpuTensors};
 
 /// Whether a kernel exists for this op and its dtypes, independent of any device.
 /// Float compute kernels exist for f32, f16 and bf16; bf16 and f16 still need the
@@ -45,29 +58,74 @@ pub fn implements(op: &Op) -> bool {
         | Op::Softmax(_)
         | Op::Softcap(_)
         | Op::TemperatureScale(_)
-        | Op::Rope(_) => op.dtype().is_float(),
+        | Op::Rope(_)
+        | Op::Gemm(_) => op.dtype().is_float(),
         Op::Cast(_) => true,
-        Op::EmbeddingLookup(p) => p.dtype.is_float(),
-        _ => false,
+        // Every weight format: float tables copy bits, block tables dequantize.
+        Op::EmbeddingLookup(_) | Op::Dequantize(_) => true,
+        // Any weight format; x (the activations) in a float dtype.
+        Op::QuantizedMatmul(p) => p.dtype.is_float(),
+        // Paged KV cache and attention; append only moves bits.
+        Op::AppendPagedKvCache(_)
+        | Op::BatchPrefillWithPagedKvCache(_)
+        | Op::BatchDecodeWithPagedKvCache(_)
+        | Op::QuantizeKv(_)
+        | Op::DequantizeKv(_) => op.dtype().is_float(),
+        // Ranking and sampling: logits decoded with integer operations (any device).
+        Op::TopkMaskLogits(_) | Op::ExtractKValues(_) | Op::Argmax(_) | Op::TopPMask(_) | Op::MinPMask(_) => op.dtype().is_float(),
+        Op::SampleFromProbs(_) => true,
     }
 }
 
 /// Whether `op` needs float arithmetic in its activation dtype on the device
 /// (false for the ops that only move bits).
 fn needs_float_type(op: &Op) -> bool {
-    !matches!(op, Op::Cast(_) | Op::EmbeddingLookup(_))
+    !matches!(
+        op,
+        Op::Cast(_)
+            | Op::EmbeddingLookup(_)
+            | Op::Dequantize(_)
+            | Op::AppendPagedKvCache(_)
+            | Op::TopkMaskLogits(_)
+            | Op::ExtractKValues(_)
+            | Op::Argmax(_)
+            | Op::TopPMask(_)
+            | Op::MinPMask(_)
+            | Op::SampleFromProbs(_)
+    )
+}
+
+/// The activation dtype a float kernel computes from: `x`'s for `quantized_matmul` (whose
+/// `dtype()` names the weight format, decoded with integer operations on any device),
+/// the op's dtype otherwise.
+fn float_dtype(op: &Op) -> ingot_core::DType {
+    match op {
+        Op::QuantizedMatmul(p) => p.dtype,
+        _ => op.dtype(),
+    }
 }
 
 /// The GPU backend on one device of runtime `R`.
 pub struct GpuBackend<R: Runtime> {
     dev: Device<R>,
     name: String,
+    /// A vendor library serving dense f16/bf16 `gemm` (cuBLASLt on CUDA), when loaded.
+    dense_gemm: Option<DenseGemm>,
+    /// Which implementation serves dense f16/bf16 `gemm`, and why (for reports).
+    gemm_path: String,
 }
+
+type DenseGemm = Box<dyn Fn(&ingot_core::GemmParams, &GpuTensors) -> Result<GpuTensors> + Send + Sync>;
 
 impl<R: Runtime> GpuBackend<R> {
     /// A backend on `device`, reported under `name` (`gpu:wgpu`, `gpu:cuda`, ...).
     pub fn new(device: &R::Device, name: impl Into<String>) -> Self {
-        GpuBackend { dev: Device::new(R::client(device)), name: name.into() }
+        GpuBackend { dev: Device::new(R::client(device)), name: name.into(), dense_gemm: None, gemm_path: "CubeCL kernel".into() }
+    }
+
+    /// Which implementation serves dense f16/bf16 `gemm` on this backend.
+    pub fn gemm_path(&self) -> &str {
+        &self.gemm_path
     }
 
     /// The device this backend runs on.
@@ -76,7 +134,7 @@ impl<R: Runtime> GpuBackend<R> {
     }
 
     fn unsupported(&self, op: &Op) -> Error {
-        Error::Unsupported { op: op.name(), backend: self.name.clone(), dtype: op.dtype() }
+        Error::Unsupported { op: op.name(), backend: self.name.clone(), dtype: float_dtype(op) }
     }
 }
 
@@ -86,13 +144,37 @@ impl<R: Runtime> ingot_core::Backend for GpuBackend<R> {
     }
 
     fn supports(&self, op: &Op) -> bool {
-        implements(op) && (!needs_float_type(op) || self.dev.has_float(op.dtype()))
+        implements(op) && (!needs_float_type(op) || self.dev.has_float(float_dtype(op)))
     }
 
     fn run(&self, op: &Op, inputs: &Tensors) -> Result<Tensors> {
         op.check_inputs(inputs)?;
         if !self.supports(op) {
             return Err(self.unsupported(op));
+        }
+        check_host_values(op, inputs)?;
+        let dev: GpuTensors = inputs.iter().map(|(k, t)| (k.clone(), self.dev.to_device(t))).collect();
+        let out = self.run_device(op, &dev)?;
+        out.iter().map(|(k, t)| Ok((k.clone(), self.dev.to_host(op.name(), t)?))).collect()
+    }
+}
+
+impl<R: Runtime> GpuBackend<R> {
+    /// Run `op` on tensors already on the device and return its outputs on the device, so
+    /// ops chain with no host round trip. Shapes and dtypes are checked against the op's
+    /// specs; values are not read back (an out-of-range id or position is the caller's to
+    /// avoid: the kernels stay in bounds and write zeros for out-of-range ids, and
+    /// [`ingot_core::Backend::run`] checks such values on the host first).
+    pub fn run_device(&self, op: &Op, inputs: &GpuTensors) -> Result<GpuTensors> {
+        op.validate()?;
+        if !ingot_core::Backend::supports(self, op) {
+            return Err(self.unsupported(op));
+        }
+        check_device_inputs(op, inputs)?;
+        if let (Op::Gemm(p), Some(g)) = (op, &self.dense_gemm) {
+            if matches!(p.dtype, ingot_core::DType::F16 | ingot_core::DType::BF16) {
+                return g(p, inputs);
+            }
         }
         let d = &self.dev;
         use activation::Act;
@@ -114,9 +196,69 @@ impl<R: Runtime> ingot_core::Backend for GpuBackend<R> {
             Op::Rope(p) => rope::rope(d, p, inputs),
             Op::Cast(p) => cast::cast(d, p, inputs),
             Op::EmbeddingLookup(p) => embedding::embedding_lookup(d, p, inputs),
-            _ => Err(self.unsupported(op)),
+            Op::Dequantize(p) => quant::dequantize(d, p, inputs),
+            Op::QuantizedMatmul(p) => matmul::quantized_matmul(d, p, inputs),
+            Op::AppendPagedKvCache(p) => kv::append_paged_kv_cache(d, p, inputs),
+            Op::BatchPrefillWithPagedKvCache(p) => attention::batch_prefill(d, p, inputs),
+            Op::BatchDecodeWithPagedKvCache(p) => attention::batch_decode(d, p, inputs),
+            Op::QuantizeKv(p) => kv::quantize_kv(d, p, inputs),
+            Op::DequantizeKv(p) => kv::dequantize_kv(d, p, inputs),
+            Op::Gemm(p) => gemm::gemm(d, p, inputs),
+            Op::TopkMaskLogits(p) => sampling::topk_mask_logits(d, p, inputs),
+            Op::ExtractKValues(p) => sampling::extract_k_values(d, p, inputs),
+            Op::Argmax(p) => sampling::argmax(d, p, inputs),
+            Op::TopPMask(p) => sampling::top_p_mask(d, p, inputs),
+            Op::MinPMask(p) => sampling::min_p_mask(d, p, inputs),
+            Op::SampleFromProbs(p) => sampling::sample_from_probs(d, p, inputs),
         }
     }
+}
+
+/// Check that `inputs` holds exactly the op's inputs with the specified dtypes and shapes,
+/// and buffers large enough for them.
+fn check_device_inputs(op: &Op, inputs: &GpuTensors) -> Result<()> {
+    let name = op.name();
+    let specs = op.inputs();
+    for s in &specs {
+        let t = inputs.get(s.name).ok_or_else(|| Error::invalid(name, format!("missing input '{}'", s.name)))?;
+        ensure!(t.dtype == s.dtype, name, "'{}' has dtype {}, expected {}", s.name, t.dtype, s.dtype);
+        ensure!(t.shape == s.shape, name, "'{}' has shape {:?}, expected {:?}", s.name, t.shape, s.shape);
+        let have = t.handle.size() as usize;
+        ensure!(have >= t.bytes(), name, "'{}' buffer holds {have} bytes, the tensor needs {}", s.name, t.bytes());
+    }
+    if let Some(extra) = inputs.keys().find(|k| !specs.iter().any(|s| s.name == k.as_str())) {
+        let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        return Err(Error::invalid(name, format!("unexpected input '{extra}' (inputs are {names:?})")));
+    }
+    Ok(())
+}
+
+/// Checks of input values that the device path leaves to its caller: ids inside the
+/// vocabulary, positions not negative. Run on the host before uploading.
+fn check_host_values(op: &Op, inputs: &Tensors) -> Result<()> {
+    let name = op.name();
+    match op {
+        Op::EmbeddingLookup(p) => {
+            for (i, &id) in inputs["ids"].to_i32()?.iter().enumerate() {
+                ensure!(id >= 0 && (id as usize) < p.vocab_size, name, "ids[{i}] = {id} is outside 0..{}", p.vocab_size);
+            }
+        }
+        Op::Rope(_) => {
+            if let Some((t, id)) = inputs["pos_ids"].to_i32()?.iter().enumerate().find(|(_, &id)| id < 0) {
+                ensure!(false, name, "pos_ids[{t}] = {id} is negative");
+            }
+        }
+        // Page tables, appended rows' targets, qo_indptr, finite sources: as the CPU reference.
+        Op::AppendPagedKvCache(p) => kv::check_append(p, inputs)?,
+        Op::BatchPrefillWithPagedKvCache(p) => attention::check_prefill(p, inputs)?,
+        Op::BatchDecodeWithPagedKvCache(p) => {
+            kv::check_page_table(name, inputs, p.batch_size, p.page_size, p.num_pages)?;
+        }
+        Op::QuantizeKv(_) => kv::check_quantize(inputs)?,
+        Op::SampleFromProbs(p) => sampling::check_sample(p, inputs)?,
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(feature = "wgpu")]
@@ -157,7 +299,22 @@ mod cuda_backend {
             std::panic::set_hook(Box::new(|_| {}));
             let b = std::panic::catch_unwind(|| GpuBackend::new(&CudaDevice::new(0), name.to_string())).ok();
             std::panic::set_hook(prev);
-            b
+            let mut b = b?;
+            // cuBLASLt for dense f16/bf16 GEMM; INGOT_NO_CUBLASLT=1 keeps the CubeCL kernel
+            // (to check and time it).
+            if std::env::var("INGOT_NO_CUBLASLT").is_ok_and(|v| v == "1") {
+                b.gemm_path = "CubeCL kernel (INGOT_NO_CUBLASLT=1)".into();
+            } else {
+                match super::cublaslt::CublasLt::new() {
+                    Ok(lt) => {
+                        let client = b.dev.client.clone();
+                        b.dense_gemm = Some(Box::new(move |p, inputs| lt.gemm(&client, p, inputs)));
+                        b.gemm_path = "cuBLASLt".into();
+                    }
+                    Err(why) => b.gemm_path = format!("CubeCL kernel ({why})"),
+                }
+            }
+            Some(b)
         }
     }
 }

@@ -7,9 +7,9 @@
 //! the same path). Math in f32, one rounding to the dtype. Matches `ingot_cpu::norm`:
 //! `fused_add_rms_norm` normalizes the *rounded* sum, the residual the next layer reads.
 
-use crate::device::{cube_index, cube_sum, grid_1d, grid_cubes, input, linear_pos, with_float, Device, BLOCK};
+use crate::device::{cube_index, cube_sum, grid_1d, grid_cubes, input, linear_pos, with_float, Device, GpuTensor, GpuTensors, BLOCK};
 use cubecl::prelude::*;
-use ingot_core::{LayerNormParams, Result, RmsNormParams, RowsParams, Tensors};
+use ingot_core::{LayerNormParams, Result, RmsNormParams, RowsParams};
 
 #[cube(launch_unchecked)]
 fn add_kernel<F: Float>(a: &Array<F>, b: &Array<F>, out: &mut Array<F>, n: usize) {
@@ -117,11 +117,11 @@ fn layer_norm_kernel<F: Float>(x: &Array<F>, gamma: &Array<F>, beta: &Array<F>, 
 }
 
 /// `add_residual`: input + residual.
-pub fn add_residual<R: Runtime>(d: &Device<R>, p: &RowsParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn add_residual<R: Runtime>(d: &Device<R>, p: &RowsParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     const OP: &str = "add_residual";
     let n = p.num_tokens * p.hidden_size;
-    let a = d.upload(input(OP, inputs, "input")?);
-    let b = d.upload(input(OP, inputs, "residual")?);
+    let a = input(OP, inputs, "input")?.handle.clone();
+    let b = input(OP, inputs, "residual")?.handle.clone();
     let out = d.alloc(p.dtype, n);
     let (count, dim) = grid_1d(n);
     with_float!(p.dtype, F => {
@@ -139,15 +139,15 @@ pub fn add_residual<R: Runtime>(d: &Device<R>, p: &RowsParams, inputs: &Tensors)
             )
         }
     });
-    Ok(Tensors::from([("output".to_string(), d.download(OP, out, p.dtype, &[p.num_tokens, p.hidden_size])?)]))
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[p.num_tokens, p.hidden_size]))]))
 }
 
 /// `rms_norm`: x / sqrt(mean(x²) + eps) · w (w + 1 with `gemma`).
-pub fn rms_norm<R: Runtime>(d: &Device<R>, p: &RmsNormParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn rms_norm<R: Runtime>(d: &Device<R>, p: &RmsNormParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     const OP: &str = "rms_norm";
     let (t, h) = (p.num_tokens, p.hidden_size);
-    let x = d.upload(input(OP, inputs, "input")?);
-    let w = d.upload(input(OP, inputs, "weight")?);
+    let x = input(OP, inputs, "input")?.handle.clone();
+    let w = input(OP, inputs, "weight")?.handle.clone();
     let out = d.alloc(p.dtype, t * h);
     let (count, dim) = grid_cubes(t, BLOCK);
     with_float!(p.dtype, F => {
@@ -168,16 +168,16 @@ pub fn rms_norm<R: Runtime>(d: &Device<R>, p: &RmsNormParams, inputs: &Tensors) 
             )
         }
     });
-    Ok(Tensors::from([("output".to_string(), d.download(OP, out, p.dtype, &[t, h])?)]))
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[t, h]))]))
 }
 
 /// `fused_add_rms_norm`: residual_out = round(input + residual), output = rms_norm(residual_out).
-pub fn fused_add_rms_norm<R: Runtime>(d: &Device<R>, p: &RmsNormParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn fused_add_rms_norm<R: Runtime>(d: &Device<R>, p: &RmsNormParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     const OP: &str = "fused_add_rms_norm";
     let (t, h) = (p.num_tokens, p.hidden_size);
-    let x = d.upload(input(OP, inputs, "input")?);
-    let r = d.upload(input(OP, inputs, "residual")?);
-    let w = d.upload(input(OP, inputs, "weight")?);
+    let x = input(OP, inputs, "input")?.handle.clone();
+    let r = input(OP, inputs, "residual")?.handle.clone();
+    let w = input(OP, inputs, "weight")?.handle.clone();
     let out = d.alloc(p.dtype, t * h);
     let res_out = d.alloc(p.dtype, t * h);
     let (count, dim) = grid_cubes(t, BLOCK);
@@ -201,19 +201,19 @@ pub fn fused_add_rms_norm<R: Runtime>(d: &Device<R>, p: &RmsNormParams, inputs: 
             )
         }
     });
-    Ok(Tensors::from([
-        ("output".to_string(), d.download(OP, out, p.dtype, &[t, h])?),
-        ("residual_out".to_string(), d.download(OP, res_out, p.dtype, &[t, h])?),
+    Ok(GpuTensors::from([
+        ("output".to_string(), GpuTensor::new(out, p.dtype, &[t, h])),
+        ("residual_out".to_string(), GpuTensor::new(res_out, p.dtype, &[t, h])),
     ]))
 }
 
 /// `layer_norm`: (x − mean) / sqrt(var + eps) · gamma + beta, biased variance.
-pub fn layer_norm<R: Runtime>(d: &Device<R>, p: &LayerNormParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn layer_norm<R: Runtime>(d: &Device<R>, p: &LayerNormParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     const OP: &str = "layer_norm";
     let (t, h) = (p.num_tokens, p.hidden_size);
-    let x = d.upload(input(OP, inputs, "input")?);
-    let g = d.upload(input(OP, inputs, "gamma")?);
-    let b = d.upload(input(OP, inputs, "beta")?);
+    let x = input(OP, inputs, "input")?.handle.clone();
+    let g = input(OP, inputs, "gamma")?.handle.clone();
+    let b = input(OP, inputs, "beta")?.handle.clone();
     let out = d.alloc(p.dtype, t * h);
     let (count, dim) = grid_cubes(t, BLOCK);
     with_float!(p.dtype, F => {
@@ -234,5 +234,5 @@ pub fn layer_norm<R: Runtime>(d: &Device<R>, p: &LayerNormParams, inputs: &Tenso
             )
         }
     });
-    Ok(Tensors::from([("output".to_string(), d.download(OP, out, p.dtype, &[t, h])?)]))
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[t, h]))]))
 }

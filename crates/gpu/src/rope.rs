@@ -10,9 +10,9 @@
 //! allows for that); it is reduced to [−π, π] with a two-constant Cody–Waite step before
 //! the device's sin/cos, whose accuracy outside that range is not specified.
 
-use crate::device::{grid_1d, input, linear_pos, with_float, Device};
+use crate::device::{grid_1d, input, linear_pos, with_float, Device, GpuTensor, GpuTensors};
 use cubecl::prelude::*;
-use ingot_core::{ensure, Result, RopeParams, Tensors};
+use ingot_core::{Result, RopeParams};
 use std::f64::consts::PI;
 
 /// The r/2 inverse frequencies, with Llama 3.1 scaling when rope_factor > 1 (docs/ops.md).
@@ -90,20 +90,17 @@ fn rope_kernel<F: Float>(
 }
 
 /// `rope` on q and k.
-pub fn rope<R: Runtime>(d: &Device<R>, p: &RopeParams, inputs: &Tensors) -> Result<Tensors> {
+pub fn rope<R: Runtime>(d: &Device<R>, p: &RopeParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     const OP: &str = "rope";
     let pos_t = input(OP, inputs, "pos_ids")?;
-    if let Some((t, id)) = pos_t.to_i32()?.iter().enumerate().find(|(_, &id)| id < 0) {
-        ensure!(false, OP, "pos_ids[{t}] = {id} is negative");
-    }
     let (t, hd) = (p.num_tokens, p.head_size);
-    let pos = d.upload(pos_t);
+    let pos = pos_t.handle.clone();
     let freqs = inv_freqs(p);
     let inv = d.upload_f32(&freqs);
-    let mut out = Tensors::new();
+    let mut out = GpuTensors::new();
     for (name, out_name, heads) in [("q", "q_out", p.num_heads), ("k", "k_out", p.num_kv_heads)] {
         let n = t * heads * hd;
-        let x = d.upload(input(OP, inputs, name)?);
+        let x = input(OP, inputs, name)?.handle.clone();
         let o = d.alloc(p.dtype, n);
         let (count, dim) = grid_1d(n);
         with_float!(p.dtype, F => {
@@ -127,7 +124,7 @@ pub fn rope<R: Runtime>(d: &Device<R>, p: &RopeParams, inputs: &Tensors) -> Resu
                 )
             }
         });
-        out.insert(out_name.to_string(), d.download(OP, o, p.dtype, &[t, heads, hd])?);
+        out.insert(out_name.to_string(), GpuTensor::new(o, p.dtype, &[t, heads, hd]));
     }
     Ok(out)
 }
