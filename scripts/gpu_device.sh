@@ -48,6 +48,9 @@ run)
     # The shared-memory paths that lavapipe runs, here too.
     INGOT_GPU_NO_PLANE=1 $ingot golden check "$suite" --backend gpu:cuda > "$out/check_gpu_cuda_noplane.txt" 2>&1 || status=1
     tail -3 "$out/check_gpu_cuda_noplane.txt"
+    # The CubeCL gemm kernels (tiled, cmma) that cuBLASLt replaces for f16/bf16 on CUDA.
+    INGOT_NO_CUBLASLT=1 $ingot golden check "$suite" --backend gpu:cuda > "$out/check_gpu_cuda_nocublaslt.txt" 2>&1 || status=1
+    tail -1 "$out/check_gpu_cuda_nocublaslt.txt"
   fi
   if [ "${GPU_SKIP_BENCH:-0}" != 1 ]; then
     python3 scripts/torch_ceilings.py --dtype bf16 > "$out/ceilings.json" 2> "$out/ceilings.err" || status=1
@@ -56,6 +59,10 @@ run)
     $ingot bench ops --backend gpu:cuda --ceilings "$out/ceilings.json" "${filter[@]}" --json-out "$out/bench_ops.json" \
       > "$out/bench_ops.md" 2> "$out/bench_ops.err" || status=1
     cat "$out/bench_ops.md"
+    echo "CubeCL's own gemm (INGOT_NO_CUBLASLT=1):"
+    INGOT_NO_CUBLASLT=1 $ingot bench ops --backend gpu:cuda --ceilings "$out/ceilings.json" --filter "gemm " \
+      > "$out/bench_ops_cubecl_gemm.md" 2>> "$out/bench_ops.err" || status=1
+    cat "$out/bench_ops_cubecl_gemm.md"
   fi
   exit $status
   ;;
