@@ -15,10 +15,11 @@ pub mod norm;
 pub mod quant;
 pub mod rope;
 pub mod sampling;
+pub mod simd;
 pub mod util;
 pub mod weights;
 
-use ingot_core::{Backend, Op, Result, Tensors};
+use ingot_core::{Backend, Error, Op, Result, Tensors};
 
 /// The CPU reference backend.
 #[derive(Clone, Copy, Debug, Default)]
@@ -69,5 +70,23 @@ impl Backend for CpuBackend {
             Op::Dequantize(p) => weights::dequantize(p, inputs),
             Op::QuantizedMatmul(p) => weights::quantized_matmul(p, inputs),
         }
+    }
+}
+
+/// Use `n` worker threads for the CPU fast path (rayon's global pool, built once and
+/// kept: no thread is spawned per op). Call it before any parallel work; calling it
+/// again with the same count is fine. Errors for 0, or when the pool already runs with
+/// another count (it was started by an earlier call or by the first parallel op).
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::invalid("threads", "the thread count must be at least 1"));
+    }
+    match rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+        Ok(()) => Ok(()),
+        Err(_) if rayon::current_num_threads() == n => Ok(()),
+        Err(e) => Err(Error::invalid(
+            "threads",
+            format!("cannot use {n} threads: the thread pool already runs with {} ({e})", rayon::current_num_threads()),
+        )),
     }
 }
