@@ -79,8 +79,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Weight bytes per tile: a task runs all activation rows over one tile of weight rows
 /// (kept in L1/L2) before the next.
 const TILE_BYTES: usize = 32 * 1024;
-/// Below this many multiply-adds a matmul stays on the calling thread.
-const SERIAL_MACS: usize = 1 << 16;
+/// Below this many multiply-adds a matmul stays on the calling thread; above it, each
+/// rayon task gets at least this many (up to four tasks per thread).
+const TASK_MACS: usize = 1 << 15;
 
 thread_local! {
     /// Quantized activations, reused across calls (taken out while in use, so a
@@ -148,14 +149,14 @@ impl OutPtr {
 }
 
 /// Compute y [m, n] with `dot(j, c, i0, r, out)`, which sets `out[cc · r + rr]` to
-/// y[i0 + rr, j + cc] for `c` weight rows and `r` activation rows (1 × 1..=4, or 2 × 1
-/// and 4 × 1 when m = 1). The weight rows are split among rayon tasks; each task walks
+/// y[i0 + rr, j + cc] for `c` weight rows and `r` activation rows (1 × 8, 1 × 4, then
+/// 1 × the rest; 4 × 1 and 2 × 1 when m = 1). The weight rows are split among rayon tasks; each task walks
 /// its rows in tiles of about [`TILE_BYTES`], running every group of activation rows
 /// over a tile before the next.
 fn run_tiles(w: &WeightView, m: usize, y: &mut [f32], dot: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync) {
     let n = w.rows;
     let threads = rayon::current_num_threads();
-    let tasks = if n * m * w.cols < SERIAL_MACS || threads == 1 { 1 } else { (4 * threads).min(n.div_ceil(4)) };
+    let tasks = (n * m * w.cols / TASK_MACS).clamp(1, 4 * threads).min(n.div_ceil(4));
     let per = n.div_ceil(tasks).next_multiple_of(4);
     let tile = (TILE_BYTES / w.row_bytes.max(1)).max(1);
     let out = OutPtr(y.as_mut_ptr());
@@ -182,8 +183,14 @@ fn run_tiles(w: &WeightView, m: usize, y: &mut [f32], dot: impl Fn(usize, usize,
                 }
                 continue;
             }
-            for i0 in (0..m).step_by(MAX_ROWS) {
-                let r = MAX_ROWS.min(m - i0);
+            let mut i0 = 0;
+            while i0 < m {
+                // Groups of 8 activation rows, then 4, then what is left.
+                let r = match m - i0 {
+                    8.. => 8,
+                    4..=7 => 4,
+                    rest => rest,
+                };
                 for j in jt..jt1 {
                     dot(j, 1, i0, r, &mut buf[..r]);
                     for (rr, v) in buf[..r].iter().enumerate() {
@@ -191,6 +198,7 @@ fn run_tiles(w: &WeightView, m: usize, y: &mut [f32], dot: impl Fn(usize, usize,
                         unsafe { out.write((i0 + rr) * n + j, *v) };
                     }
                 }
+                i0 += r;
             }
         }
     };
@@ -359,8 +367,9 @@ mod tests {
 
     #[test]
     fn matmul_rows_do_not_depend_on_the_batch() {
-        // m = 7 runs threaded in groups of 4 + 3 rows, m = 1 alone on one thread: same bits.
-        let (m, n, k) = (7, 96, 512);
+        // m = 15 runs threaded in groups of 8 + 4 + 3 rows, m = 1 alone on one thread and
+        // four weight rows per kernel call: the same bits.
+        let (m, n, k) = (15, 96, 512);
         let wv: Vec<f32> = (0..n * k).map(|i| (((i * 7919) % 1013) as f32 / 506.0) - 1.0).collect();
         let xv: Vec<f32> = (0..m * k).map(|i| (((i * 104729) % 97) as f32 / 48.0) - 1.0).collect();
         for dt in DType::WEIGHTS {

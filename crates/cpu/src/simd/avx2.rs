@@ -8,7 +8,7 @@
 //! (ggml's trick). No pair sum can saturate: the largest is 2·128·127 = 32512 (Q8_0 with
 //! a −128 weight).
 //!
-//! A kernel call takes `C` weight rows × `R` activation rows (`C·R ≤ 4`) with one FMA
+//! A kernel call takes `C` weight rows × `R` activation rows (`C·R ≤ 8`) with one FMA
 //! chain per pair: several rows share each decoded weight block (R > 1), or the chains
 //! of several weight rows overlap (C > 1, for one activation row). The arithmetic of a
 //! pair is the same whatever C and R are.
@@ -168,32 +168,10 @@ unsafe fn levels32<const F: u8>(p: *const u8) -> __m256i {
     }
 }
 
-/// The min (or offset) term of eight blocks from their scales `d8`: Q4_1/Q5_1 read the
-/// stored mins at byte 2 of each block.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn mins8<const F: u8>(p: *const u8, bytes: usize, d8: __m256) -> __m256 {
-    match F {
-        Q4_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-8.0)),
-        Q5_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-16.0)),
-        _ => f16x8(p.add(2), bytes),
-    }
-}
-
-/// [`mins8`] for one block.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn min1<const F: u8>(p: *const u8, d: f32) -> f32 {
-    match F {
-        Q4_0 => -8.0 * d,
-        Q5_0 => -16.0 * d,
-        _ => f16_at(p.add(2)),
-    }
-}
-
 /// The 32-element formats, `C` weight rows × `R` activation rows. Per pair one
 /// accumulator gets `(d_w · d_x) · Σq·x_q` per block; the min terms `m_w · s_x` go
-/// eight blocks at a time to a second, the rest of a chunk to a scalar.
+/// eight blocks at a time to a second (for Q4_0 and Q5_0, `d_w · s_x`, scaled by
+/// −8 or −16 at the end).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn blocks32<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[Q8Ref], out: &mut [f32]) {
@@ -211,8 +189,11 @@ unsafe fn blocks32<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[
     let row = |c: usize| w.as_ptr().add(c * nb * bytes);
     let mut acc = [[_mm256_setzero_ps(); R]; C];
     let mut macc = [[_mm256_setzero_ps(); R]; C];
-    let mut mtail = [[0f32; R]; C];
+    // Q4_0 and Q5_0 sum d_w · s_x and scale by −offset once at the end (a power of 2,
+    // so the same value as summing the −offset · d_w · s_x terms).
+    let fixed_min = F == Q4_0 || F == Q5_0;
     // Scratch, written before it is read (not zeroed: that cost as much as a small row).
+    // A chunk's scales are padded with zeros to a multiple of 8.
     let mut dw = MaybeUninit::<[[f32; CHUNK]; C]>::uninit();
     let mut mw = MaybeUninit::<[[f32; CHUNK]; C]>::uninit();
     let mut prod = MaybeUninit::<[[[f32; CHUNK]; R]; C]>::uninit();
@@ -220,37 +201,40 @@ unsafe fn blocks32<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[
     let mut b0 = 0;
     while b0 < nb {
         let cn = CHUNK.min(nb - b0);
-        let full = cn / 8 * 8;
+        let (full, padded) = (cn / 8 * 8, cn.next_multiple_of(8));
+        // Lanes of the last group of eight that hold blocks.
+        let lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((cn - (padded - 8)) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         for c in 0..C {
             let wp = row(c).add(b0 * bytes);
             let (dc, mc) = (dw.add(c * CHUNK), mw.add(c * CHUNK));
             for b in (0..full).step_by(8) {
                 let d8 = f16x8(wp.add(b * bytes), bytes);
                 _mm256_storeu_ps(dc.add(b), d8);
-                if !signed {
-                    _mm256_storeu_ps(mc.add(b), mins8::<F>(wp.add(b * bytes), bytes, d8));
+                if !signed && !fixed_min {
+                    _mm256_storeu_ps(mc.add(b), f16x8(wp.add(b * bytes + 2), bytes));
                 }
             }
-            for b in full..cn {
-                let d = f16_at(wp.add(b * bytes));
-                *dc.add(b) = d;
-                if !signed {
-                    *mc.add(b) = min1::<F>(wp.add(b * bytes), d);
+            for b in full..padded {
+                let here = b < cn;
+                *dc.add(b) = if here { f16_at(wp.add(b * bytes)) } else { 0.0 };
+                if !signed && !fixed_min {
+                    *mc.add(b) = if here { f16_at(wp.add(b * bytes + 2)) } else { 0.0 };
                 }
             }
+            let mc = if fixed_min { dc } else { mc };
             for r in 0..R {
                 let (xd, xsum) = (xs[r].d.as_ptr().add(b0), xs[r].s.as_ptr().add(b0));
                 let pr = prod.add((c * R + r) * CHUNK);
-                for b in (0..full).step_by(8) {
-                    _mm256_storeu_ps(pr.add(b), _mm256_mul_ps(_mm256_loadu_ps(dc.add(b)), _mm256_loadu_ps(xd.add(b))));
+                for b in (0..padded).step_by(8) {
+                    // The activation scales past the chunk's blocks read as zeros.
+                    let (xdv, xsv) = if b < full {
+                        (_mm256_loadu_ps(xd.add(b)), _mm256_loadu_ps(xsum.add(b)))
+                    } else {
+                        (_mm256_maskload_ps(xd.wrapping_add(b), lanes), _mm256_maskload_ps(xsum.wrapping_add(b), lanes))
+                    };
+                    _mm256_storeu_ps(pr.add(b), _mm256_mul_ps(_mm256_loadu_ps(dc.add(b)), xdv));
                     if !signed {
-                        macc[c][r] = _mm256_fmadd_ps(_mm256_loadu_ps(mc.add(b)), _mm256_loadu_ps(xsum.add(b)), macc[c][r]);
-                    }
-                }
-                for b in full..cn {
-                    *pr.add(b) = *dc.add(b) * *xd.add(b);
-                    if !signed {
-                        mtail[c][r] += *mc.add(b) * *xsum.add(b);
+                        macc[c][r] = _mm256_fmadd_ps(_mm256_loadu_ps(mc.add(b)), xsv, macc[c][r]);
                     }
                 }
             }
@@ -270,9 +254,14 @@ unsafe fn blocks32<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[
         }
         b0 += cn;
     }
+    let offset = match F {
+        Q4_0 => -8.0,
+        Q5_0 => -16.0,
+        _ => 1.0,
+    };
     for c in 0..C {
         for r in 0..R {
-            out[c * R + r] = hsum(acc[c][r]) + (hsum(macc[c][r]) + mtail[c][r]);
+            out[c * R + r] = hsum(acc[c][r]) + offset * hsum(macc[c][r]);
         }
     }
 }
@@ -356,7 +345,11 @@ const Q6_K: u8 = 2;
 
 /// Q2_K, Q3_K and Q6_K, `C` weight rows × `R` activation rows: sixteen sub-blocks of 16,
 /// runs of 32 (one activation block, two sub-blocks) built from 2-bit fields (plus the
-/// high bit of Q3_K or the nibbles of Q6_K).
+/// high bit of Q3_K or the nibbles of Q6_K). Levels are non-negative: Q3_K's are `q + 4`,
+/// Q6_K's `q + 32`. Per pair one accumulator gets `(d · d_x) · Σ sc·q·x_q` per run; a
+/// second gets, per super-block and eight runs at once from the 16-level sums of x,
+/// `(d · d_x) · Σ sc·Σx_q` (Q3_K, Q6_K: the offset's share, times 4 or 32 at the end) or
+/// `(dmin · d_x) · Σ m·Σx_q` (Q2_K's mins).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn k16<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[Q8Ref], out: &mut [f32]) {
@@ -370,13 +363,11 @@ unsafe fn k16<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[Q8Ref
     let xs: &[Q8Ref; R] = xs.try_into().unwrap();
     let row = |c: usize| w.as_ptr().add(c * nb * bytes);
     let (m3, m4, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
-    // Q3_K levels are `q + 4`, Q6_K's `q + 32`: `offset · x` is taken out in i16.
-    let off = _mm256_set1_epi8(if F == Q3_K { 4 } else { 32 });
     let mut acc = [[_mm256_setzero_ps(); R]; C];
     let mut macc = [[_mm256_setzero_ps(); R]; C];
     let mut prod = [[[0f32; 8]; R]; C];
     let mut mprod = [[[0f32; 8]; R]; C];
-    // Sub-block scales (and Q2_K mins) as i16.
+    // Sub-block scales, and what multiplies the 16-level sums of x (Q2_K's mins, else the scales), as i16.
     let mut sc = [[0i16; 16]; C];
     let mut mn = [[0i16; 16]; C];
     for sb in 0..nb {
@@ -396,14 +387,23 @@ unsafe fn k16<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[Q8Ref
                     for j in 0..16 {
                         sc[c][j] = i16::from(q3k_scale(packed, j)) - 32;
                     }
+                    mn[c] = sc[c];
                     scale8(xs, sb, f16_at(p.add(108)), &mut prod[c]);
                 }
                 _ => {
                     for j in 0..16 {
                         sc[c][j] = i16::from(*p.add(192 + j) as i8);
                     }
+                    mn[c] = sc[c];
                     scale8(xs, sb, f16_at(p.add(208)), &mut prod[c]);
                 }
+            }
+            let mv = _mm256_loadu_si256(mn[c].as_ptr() as *const __m256i);
+            for r in 0..R {
+                // Lane i: the two sub-blocks of run i, Σ m·Σx_q, exact in i32.
+                let t = _mm256_madd_epi16(mv, _mm256_loadu_si256(xs[r].bs.as_ptr().add(16 * sb) as *const __m256i));
+                let f = _mm256_loadu_ps(if F == Q2_K { mprod[c][r].as_ptr() } else { prod[c][r].as_ptr() });
+                macc[c][r] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(t), macc[c][r]);
             }
         }
         for h in 0..2 {
@@ -426,24 +426,21 @@ unsafe fn k16<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[Q8Ref
                     };
                     let scv = _mm256_set_m128i(_mm_set1_epi16(sc[c][2 * run + 1]), _mm_set1_epi16(sc[c][2 * run]));
                     for r in 0..R {
-                        let y = xload(&xs[r], xb);
-                        let dot = _mm256_maddubs_epi16(q, y);
-                        let dot = if F == Q2_K { dot } else { _mm256_sub_epi16(dot, _mm256_maddubs_epi16(off, y)) };
-                        let dot = _mm256_madd_epi16(dot, scv);
+                        let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xload(&xs[r], xb)), scv);
                         acc[c][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&prod[c][r][run]), _mm256_cvtepi32_ps(dot), acc[c][r]);
-                        if F == Q2_K {
-                            let mv = _mm256_set_m128i(_mm_set1_epi16(mn[c][2 * run + 1]), _mm_set1_epi16(mn[c][2 * run]));
-                            let ms = _mm256_madd_epi16(_mm256_maddubs_epi16(one, y), mv);
-                            macc[c][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&mprod[c][r][run]), _mm256_cvtepi32_ps(ms), macc[c][r]);
-                        }
                     }
                 }
             }
         }
     }
+    let off = match F {
+        Q2_K => 1.0,
+        Q3_K => 4.0,
+        _ => 32.0,
+    };
     for c in 0..C {
         for r in 0..R {
-            out[c * R + r] = hsum(acc[c][r]) - hsum(macc[c][r]);
+            out[c * R + r] = hsum(acc[c][r]) - off * hsum(macc[c][r]);
         }
     }
 }
@@ -518,8 +515,30 @@ unsafe fn floats<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[&[
 }
 
 /// Dispatch on the shape of the call (`C` weight rows × `R` activation rows, `C` =
-/// `out.len() / xs.len()`) to a kernel monomorphized for it: 1 × 1..=4 or 2, 4 × 1.
+/// `out.len() / xs.len()`) to a kernel monomorphized for it: 1 × 1..=4, 1 × 8, 2 × 1
+/// and 4 × 1.
 macro_rules! by_shape {
+    // Kernels whose registers do not hold four weight rows' decoding: 4 × 1 runs as two
+    // 2 × 1 (the same arithmetic per pair).
+    ($name:ident => $kern:ident, $g:expr; $x:ty; two_by_two) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name(w: &[u8], xs: &[$x], out: &mut [f32]) {
+            match (out.len() / xs.len().max(1), xs.len()) {
+                (1, 1) => $kern::<1, 1, $g>(w, xs, out),
+                (1, 2) => $kern::<1, 2, $g>(w, xs, out),
+                (1, 3) => $kern::<1, 3, $g>(w, xs, out),
+                (1, 4) => $kern::<1, 4, $g>(w, xs, out),
+                (1, 8) => $kern::<1, 8, $g>(w, xs, out),
+                (2, 1) => $kern::<2, 1, $g>(w, xs, out),
+                (4, 1) => {
+                    let (lo, hi) = out.split_at_mut(2);
+                    $kern::<2, 1, $g>(&w[..w.len() / 2], xs, lo);
+                    $kern::<2, 1, $g>(&w[w.len() / 2..], xs, hi);
+                }
+                (c, r) => panic!("row kernel: no {c} x {r} shape"),
+            }
+        }
+    };
     ($name:ident => $kern:ident, $g:expr; $x:ty) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $name(w: &[u8], xs: &[$x], out: &mut [f32]) {
@@ -528,6 +547,7 @@ macro_rules! by_shape {
                 (1, 2) => $kern::<1, 2, $g>(w, xs, out),
                 (1, 3) => $kern::<1, 3, $g>(w, xs, out),
                 (1, 4) => $kern::<1, 4, $g>(w, xs, out),
+                (1, 8) => $kern::<1, 8, $g>(w, xs, out),
                 (2, 1) => $kern::<2, 1, $g>(w, xs, out),
                 (4, 1) => $kern::<4, 1, $g>(w, xs, out),
                 (c, r) => panic!("row kernel: no {c} x {r} shape"),
@@ -541,11 +561,11 @@ by_shape!(q4_1_rows => blocks32, Q4_1; Q8Ref);
 by_shape!(q5_0_rows => blocks32, Q5_0; Q8Ref);
 by_shape!(q5_1_rows => blocks32, Q5_1; Q8Ref);
 by_shape!(q8_0_rows => blocks32, Q8_0; Q8Ref);
-by_shape!(q2_k_rows => k16, Q2_K; Q8Ref);
-by_shape!(q3_k_rows => k16, Q3_K; Q8Ref);
+by_shape!(q2_k_rows => k16, Q2_K; Q8Ref; two_by_two);
+by_shape!(q3_k_rows => k16, Q3_K; Q8Ref; two_by_two);
 by_shape!(q4_k_rows => q45_k, false; Q8Ref);
 by_shape!(q5_k_rows => q45_k, true; Q8Ref);
-by_shape!(q6_k_rows => k16, Q6_K; Q8Ref);
+by_shape!(q6_k_rows => k16, Q6_K; Q8Ref; two_by_two);
 by_shape!(f32_rows => floats, F32; &[f32]);
 by_shape!(f16_rows => floats, F16; &[f32]);
 by_shape!(bf16_rows => floats, BF16; &[f32]);
@@ -570,28 +590,66 @@ pub(super) fn kernel(dtype: DType) -> Option<RowKernel> {
     })
 }
 
-/// The score of a key from its eight-lane accumulator: the tail (past the last full
-/// eight), the scale and the soft cap.
+/// Lane `i` of the result: the sum of the eight lanes of `a[i]`, as
+/// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))` whatever the other three hold.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn score(acc: __m256, q: &[f32], kp: *const f32, scale: f32, softcap: f32) -> f32 {
-    let d8 = q.len() / 8 * 8;
-    let mut x = hsum(acc);
-    for (c, &qc) in q.iter().enumerate().skip(d8) {
-        x += qc * *kp.add(c);
+unsafe fn sum4(a: [__m256; 4]) -> __m128 {
+    let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
+}
+
+/// `e^x` per lane (Cephes' `expf`: a degree-6 polynomial after reduction by ln 2,
+/// relative error about 1e-7); lanes below −88.38 give 0 or the smallest normals.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.376_26)), _mm256_set1_ps(88.376_26));
+    let n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut y = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.500_000_01] {
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
     }
-    let x = scale * x;
-    if softcap > 0.0 {
-        softcap * (x / softcap).tanh()
-    } else {
-        x
+    let y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+    let pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n))
+}
+
+/// `s ← exp(s − max s)` in place (eight at a time, the last group masked); returns the sum.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn softmax8(s: &mut [f32]) -> f32 {
+    let n = s.len();
+    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mv = _mm256_set1_ps(m);
+    let mut z = _mm256_setzero_ps();
+    let mut j = 0;
+    while j + 8 <= n {
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s.as_ptr().add(j)), mv));
+        _mm256_storeu_ps(s.as_mut_ptr().add(j), e);
+        z = _mm256_add_ps(z, e);
+        j += 8;
     }
+    if j < n {
+        let mut t = [m; 8];
+        t[..n - j].copy_from_slice(&s[j..]);
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(t.as_ptr()), mv));
+        let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((n - j) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        let e = _mm256_and_ps(e, _mm256_castsi256_ps(keep));
+        _mm256_storeu_ps(t.as_mut_ptr(), e);
+        s[j..].copy_from_slice(&t[..n - j]);
+        z = _mm256_add_ps(z, e);
+    }
+    hsum(z)
 }
 
 /// One query against keys `lo..=hi` of one kv head (key `j` at `k[j * stride + off..][..d]`,
 /// values likewise): `o = Σ_j softmax_j · v_j` with scores `scale · q·k_j`, soft-capped
-/// when `softcap > 0`. `s` is scratch. Same arithmetic as [`super::portable::attend`]
-/// but for the order of the f32 additions; a key's score does not depend on `lo`.
+/// when `softcap > 0`. `s` is scratch. The same products as [`super::portable::attend`],
+/// summed in another order, and a polynomial `exp`; a key's score does not depend on `lo`
+/// (four keys at a time, each with its own accumulator and the same reduction).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn attend(
@@ -611,13 +669,16 @@ pub(super) unsafe fn attend(
     let n = hi + 1 - lo;
     assert!(o.len() == d && hi * stride + off + d <= k.len().min(v.len()), "attend: out of bounds");
     s.clear();
-    s.resize(n, 0.0);
+    s.resize(n + 3, 0.0);
     let d8 = d / 8 * 8;
     let qp = q.as_ptr();
     let key = |j: usize| k.as_ptr().add((lo + j) * stride + off);
     let mut j = 0;
-    while j + 4 <= n {
-        let kp = [key(j), key(j + 1), key(j + 2), key(j + 3)];
+    while j < n {
+        // Four keys, or the last one to three (the missing ones repeat the last key; their
+        // lanes are dropped, and lanes do not mix).
+        let cnt = (n - j).min(4);
+        let kp = [key(j), key(j + 1.min(cnt - 1)), key(j + 2.min(cnt - 1)), key(j + 3.min(cnt - 1))];
         let mut a = [_mm256_setzero_ps(); 4];
         for c in (0..d8).step_by(8) {
             let qv = _mm256_loadu_ps(qp.add(c));
@@ -625,21 +686,28 @@ pub(super) unsafe fn attend(
                 a[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[i].add(c)), a[i]);
             }
         }
-        for i in 0..4 {
-            s[j + i] = score(a[i], q, kp[i], scale, softcap);
+        let mut x = sum4(a);
+        if d8 < d {
+            let mut t = [0f32; 4];
+            for (i, t) in t.iter_mut().enumerate() {
+                for (c, &qc) in q.iter().enumerate().skip(d8) {
+                    *t += qc * *kp[i].add(c);
+                }
+            }
+            x = _mm_add_ps(x, _mm_loadu_ps(t.as_ptr()));
         }
-        j += 4;
-    }
-    while j < n {
-        let kp = key(j);
-        let mut a = _mm256_setzero_ps();
-        for c in (0..d8).step_by(8) {
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(kp.add(c)), a);
+        // Four scores (`s` has three spare places at its end).
+        let sp = s.as_mut_ptr().add(j);
+        _mm_storeu_ps(sp, _mm_mul_ps(x, _mm_set1_ps(scale)));
+        if softcap > 0.0 {
+            for i in 0..cnt {
+                *sp.add(i) = softcap * (*sp.add(i) / softcap).tanh();
+            }
         }
-        s[j] = score(a, q, kp, scale, softcap);
-        j += 1;
+        j += cnt;
     }
-    let z = super::softmax_in_place(s);
+    s.truncate(n);
+    let z = softmax8(s);
     let inv = 1.0 / z;
     let val = |j: usize| v.as_ptr().add((lo + j) * stride + off);
     // o in registers, 64 values (eight lanes × 8) per pass over the values.

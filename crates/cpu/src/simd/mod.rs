@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 /// Values per activation block.
 pub const QB: usize = 32;
 /// Most activation rows one kernel call handles (they share each decoded weight block).
-pub const MAX_ROWS: usize = 4;
+pub const MAX_ROWS: usize = 8;
 
 /// An instruction-set path for the kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,12 +61,14 @@ impl Isa {
 }
 
 /// One activation row quantized to 8-bit blocks of [`QB`]: `qs` has the row's `k`
-/// levels, `d` and `s` one scale and one scaled sum (`d · Σq`) per block.
+/// levels, `d` and `s` one scale and one scaled sum (`d · Σq`) per block, `bs` the
+/// integer sum of each 16 levels (for the K-quants with sub-blocks of 16).
 #[derive(Clone, Copy, Debug)]
 pub struct Q8Ref<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub s: &'a [f32],
+    pub bs: &'a [i16],
 }
 
 /// Activation rows quantized by [`Q8Rows::quantize`]; the buffers are kept for reuse.
@@ -75,6 +77,7 @@ pub struct Q8Rows {
     qs: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    bs: Vec<i16>,
     k: usize,
 }
 
@@ -90,6 +93,7 @@ impl Q8Rows {
         self.qs.resize(x.len(), 0);
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
+        self.bs.resize(2 * nb, 0);
         type Quantizer = fn(&[f32], &mut [i8], &mut [f32], &mut [f32]);
         let f: Quantizer = match isa {
             // SAFETY: the closure runs only where the CPU has AVX2, FMA and F16C.
@@ -108,12 +112,20 @@ impl Q8Rows {
                 .zip(self.s.par_chunks_mut(CHUNK))
                 .for_each(|(((x, qs), d), s)| f(x, qs, d, s));
         }
+        for (b, q) in self.bs.iter_mut().zip(self.qs.chunks_exact(16)) {
+            *b = q.iter().map(|&v| i16::from(v)).sum();
+        }
     }
 
     /// Row `i` of the last [`Q8Rows::quantize`].
     pub fn row(&self, i: usize) -> Q8Ref<'_> {
         let (k, b) = (self.k, self.k / QB);
-        Q8Ref { qs: &self.qs[i * k..(i + 1) * k], d: &self.d[i * b..(i + 1) * b], s: &self.s[i * b..(i + 1) * b] }
+        Q8Ref {
+            qs: &self.qs[i * k..(i + 1) * k],
+            d: &self.d[i * b..(i + 1) * b],
+            s: &self.s[i * b..(i + 1) * b],
+            bs: &self.bs[2 * i * b..2 * (i + 1) * b],
+        }
     }
 }
 
@@ -131,8 +143,8 @@ pub(crate) fn block_scale(amax: f32, has_nan: bool) -> Option<(f32, f32)> {
 }
 
 /// `out[c · R + r] = W_c · x_r` for `C` consecutive weight rows (their bytes) and `R`
-/// quantized activation rows, `C = out.len() / R`; the shapes are `1 × 1..=4`, `2 × 1`
-/// and `4 × 1`.
+/// quantized activation rows, `C = out.len() / R`; the shapes are `1 × 1..=4`, `1 × 8`,
+/// `2 × 1` and `4 × 1`.
 ///
 /// # Safety
 /// The kernel's path must be available on this CPU (see [`kernels`]).
@@ -176,9 +188,12 @@ pub(crate) fn check_q8(w: &[u8], bytes: usize, elems: usize, xs: &[Q8Ref], out: 
     let c = out.len() / xs.len();
     let k = xs[0].qs.len();
     let nb = k / elems;
-    assert!(k == nb * elems && (1..=MAX_ROWS).contains(&c) && w.len() == c * nb * bytes, "row kernel: bad weight rows");
+    assert!(k == nb * elems && (1..=4).contains(&c) && w.len() == c * nb * bytes, "row kernel: bad weight rows");
     for x in xs {
-        assert!(x.qs.len() == k && x.d.len() == k / QB && x.s.len() == k / QB, "row kernel: activation rows differ in length");
+        assert!(
+            x.qs.len() == k && x.d.len() == k / QB && x.s.len() == k / QB && x.bs.len() == k / 16,
+            "row kernel: activation rows differ in length"
+        );
     }
     nb
 }
@@ -189,7 +204,7 @@ pub(crate) fn check_f32(w: &[u8], bytes: usize, xs: &[&[f32]], out: &[f32]) -> u
     assert!(!xs.is_empty() && xs.len() <= MAX_ROWS && out.len() % xs.len() == 0, "row kernel: bad activation rows");
     let c = out.len() / xs.len();
     let k = xs[0].len();
-    assert!((1..=MAX_ROWS).contains(&c) && w.len() == c * k * bytes, "row kernel: bad weight rows");
+    assert!((1..=4).contains(&c) && w.len() == c * k * bytes, "row kernel: bad weight rows");
     for x in xs {
         assert!(x.len() == k, "row kernel: activation rows differ in length");
     }

@@ -81,7 +81,9 @@ macro_rules! by_rows {
                     1 => $kern::<1>(w, xs, out),
                     2 => $kern::<2>(w, xs, out),
                     3 => $kern::<3>(w, xs, out),
-                    _ => $kern::<4>(w, xs, out),
+                    4 => $kern::<4>(w, xs, out),
+                    8 => $kern::<8>(w, xs, out),
+                    r => panic!("row kernel: no shape with {r} activation rows"),
                 }
             }
         }

@@ -150,7 +150,7 @@ fn quantize_paths_agree_bit_for_bit_and_follow_the_scheme() {
     }
 }
 
-/// Runs a row kernel on `xs` (1..=4 rows).
+/// Runs a row kernel on one weight row and 1..=4 or 8 activation rows.
 fn run_kernel(isa: Isa, dtype: DType, w: &[u8], q8: &[Q8Ref], f: &[&[f32]]) -> Vec<f32> {
     let mut out = vec![0f32; q8.len().max(f.len())];
     match kernels(isa, dtype).unwrap() {
@@ -163,7 +163,7 @@ fn run_kernel(isa: Isa, dtype: DType, w: &[u8], q8: &[Q8Ref], f: &[&[f32]]) -> V
 #[test]
 fn kernels_match_f64_math_within_the_activation_rounding() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let nrow = 4;
+    let nrow = 8;
     for dtype in DType::WEIGHTS {
         let quantized = DType::QUANTIZED.contains(&dtype);
         // K-quants: three super-blocks. Others: 45 blocks of 32, more than a chunk of the
@@ -187,14 +187,18 @@ fn kernels_match_f64_math_within_the_activation_rounding() {
                 let f: Vec<&[f32]> = x.chunks_exact(k).collect();
                 let (q8, f) = if quantized { (q8, vec![]) } else { (vec![], f) };
                 let all = run_kernel(isa, dtype, &w, &q8, &f);
+                let four = run_kernel(isa, dtype, &w, &q8[..q8.len().min(4)], &f[..f.len().min(4)]);
                 for i in 0..nrow {
+                    if i < 4 {
+                        assert_eq!(four[i].to_bits(), all[i].to_bits(), "{dtype} {isa:?}: row {i} of four differs from eight at once");
+                    }
                     // One row at a time gives the same bits as four at once.
                     let one = if quantized {
                         run_kernel(isa, dtype, &w, &q8[i..i + 1], &[])
                     } else {
                         run_kernel(isa, dtype, &w, &[], &f[i..i + 1])
                     };
-                    assert_eq!(one[0].to_bits(), all[i].to_bits(), "{dtype} {isa:?}: row {i} alone differs from four rows at once");
+                    assert_eq!(one[0].to_bits(), all[i].to_bits(), "{dtype} {isa:?}: row {i} alone differs from eight rows at once");
                     let xr = &x[i * k..(i + 1) * k];
                     let exact: f64 = wf.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum();
                     let mag: f64 = wf.iter().zip(xr).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
