@@ -9,7 +9,7 @@
 //! AVX2 kernels compute the same products, summed in another order.
 
 use super::{block_scale, check_f32, check_q8, Q8Ref, RowKernel, QB};
-use crate::quant::{k4_scale_min, q3k_scale, q5_levels};
+use crate::quant::{k4_scale_min, q3k_scale};
 use half::{bf16, f16};
 use ingot_core::DType;
 
@@ -43,15 +43,18 @@ fn f16_at(b: &[u8], o: usize) -> f32 {
     f16::from_le_bytes([b[o], b[o + 1]]).to_f32()
 }
 
-/// Σ a·b over N levels, exact.
+/// Σ a·b over N levels (a multiple of 16), exact: pairs of products summed in i32, in
+/// eight lanes (the shape of SSE2's `pmaddwd`, which compilers then use).
 #[inline(always)]
 fn isum<const N: usize>(a: &[i8], b: &[i8]) -> i32 {
     let (a, b): (&[i8; N], &[i8; N]) = (a.try_into().unwrap(), b.try_into().unwrap());
-    let mut s = 0i32;
-    for i in 0..N {
-        s += i32::from(a[i]) * i32::from(b[i]);
+    let mut acc = [0i32; 8];
+    for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+        for l in 0..8 {
+            acc[l] += i32::from(ca[2 * l]) * i32::from(cb[2 * l]) + i32::from(ca[2 * l + 1]) * i32::from(cb[2 * l + 1]);
+        }
     }
-    s
+    acc.iter().sum()
 }
 
 /// Σ b over N levels.
@@ -101,19 +104,67 @@ fn blocks32<const R: usize, const BYTES: usize, const AFFINE: bool>(
     check_q8(w, BYTES, QB, xs, out);
     let xs: &[Q8Ref; R] = xs.try_into().unwrap();
     let (mut acc, mut macc) = ([0f32; R], [0f32; R]);
-    for (b, blk) in w.chunks_exact(BYTES).enumerate() {
-        let (d, m, q) = dec(blk);
-        for r in 0..R {
-            let x = &xs[r];
-            acc[r] += (d * x.d[b]) * isum::<QB>(&q, xq(x, b)) as f32;
-            if AFFINE {
-                macc[r] += m * x.s[b];
+    let nb = w.len() / BYTES;
+    // The min terms go to a buffer and are summed after the integer dots (in the same
+    // loop they kept the compiler from vectorizing the dots).
+    let mut mins = [0f32; 64];
+    let mut b0 = 0;
+    while b0 < nb {
+        let cn = (nb - b0).min(64);
+        for (i, blk) in w[b0 * BYTES..(b0 + cn) * BYTES].chunks_exact(BYTES).enumerate() {
+            let b = b0 + i;
+            let (d, m, q) = dec(blk);
+            mins[i] = m;
+            for r in 0..R {
+                let x = &xs[r];
+                acc[r] += (d * x.d[b]) * isum::<QB>(&q, xq(x, b)) as f32;
             }
         }
+        if AFFINE {
+            for r in 0..R {
+                for (m, s) in mins[..cn].iter().zip(&xs[r].s[b0..b0 + cn]) {
+                    macc[r] += m * s;
+                }
+            }
+        }
+        b0 += cn;
     }
     for r in 0..R {
         out[r] = acc[r] + macc[r];
     }
+}
+
+/// Byte `t` of entry `v` is 0x10 where bit `t` of `v` is set: the fifth bits of eight
+/// Q5 levels from one `qh` byte.
+const FIFTH_BITS: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut v = 0;
+    while v < 256 {
+        let mut b = 0;
+        while b < 8 {
+            if v >> b & 1 == 1 {
+                t[v] |= 0x10 << (8 * b);
+            }
+            b += 1;
+        }
+        v += 1;
+    }
+    t
+};
+
+/// The 32 five-bit levels of a Q5_0/Q5_1 block (as `quant::q5_levels`, table-driven).
+#[inline(always)]
+fn q5(qh: &[u8], qs: &[u8]) -> [u8; QB] {
+    let mut hi = [0u8; QB];
+    for (h, &b) in hi.chunks_exact_mut(8).zip(qh) {
+        h.copy_from_slice(&FIFTH_BITS[usize::from(b)].to_le_bytes());
+    }
+    let mut q = [0u8; QB];
+    for j in 0..16 {
+        q[j] = (qs[j] & 0x0F) | hi[j];
+        q[j + 16] = (qs[j] >> 4) | hi[j + 16];
+    }
+    q
 }
 
 fn q4_0<const R: usize>(w: &[u8], xs: &[Q8Ref], out: &mut [f32]) {
@@ -127,23 +178,30 @@ fn q4_0<const R: usize>(w: &[u8], xs: &[Q8Ref], out: &mut [f32]) {
     })
 }
 
+// Q4_1, Q5_1, Q4_K and Q5_K run on centred levels (q − 8 or q − 16, with the min raised
+// by as much): the same values, and signed levels vectorize where unsigned ones did not.
+
 fn q4_1<const R: usize>(w: &[u8], xs: &[Q8Ref], out: &mut [f32]) {
     blocks32::<R, 20, true>(w, xs, out, |b| {
         let mut q = [0i8; QB];
         for j in 0..16 {
-            q[j] = (b[4 + j] & 0x0F) as i8;
-            q[j + 16] = (b[4 + j] >> 4) as i8;
+            q[j] = (b[4 + j] & 0x0F) as i8 - 8;
+            q[j + 16] = (b[4 + j] >> 4) as i8 - 8;
         }
-        (f16_at(b, 0), f16_at(b, 2), q)
+        let d = f16_at(b, 0);
+        (d, f16_at(b, 2) + 8.0 * d, q)
     })
 }
 
 fn q5_0<const R: usize>(w: &[u8], xs: &[Q8Ref], out: &mut [f32]) {
-    blocks32::<R, 22, false>(w, xs, out, |b| (f16_at(b, 0), 0.0, q5_levels(&b[2..6], &b[6..22]).map(|v| v as i8 - 16)))
+    blocks32::<R, 22, false>(w, xs, out, |b| (f16_at(b, 0), 0.0, q5(&b[2..6], &b[6..22]).map(|v| v as i8 - 16)))
 }
 
 fn q5_1<const R: usize>(w: &[u8], xs: &[Q8Ref], out: &mut [f32]) {
-    blocks32::<R, 24, true>(w, xs, out, |b| (f16_at(b, 0), f16_at(b, 2), q5_levels(&b[4..8], &b[8..24]).map(|v| v as i8)))
+    blocks32::<R, 24, true>(w, xs, out, |b| {
+        let d = f16_at(b, 0);
+        (d, f16_at(b, 2) + 16.0 * d, q5(&b[4..8], &b[8..24]).map(|v| v as i8 - 16))
+    })
 }
 
 fn q8_0<const R: usize>(w: &[u8], xs: &[Q8Ref], out: &mut [f32]) {
@@ -166,21 +224,28 @@ fn q45_k<const R: usize, const BYTES: usize, const Q5: bool>(w: &[u8], xs: &[Q8R
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
         let scales = &b[4..16];
         let (qh, qs) = if Q5 { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
+        let mut dm = [0f32; 8];
         for j in 0..8 {
             let (sc, m) = k4_scale_min(scales, j);
             let chunk = &qs[32 * (j / 2)..32 * (j / 2) + 32];
             let shift = 4 * (j % 2);
+            let o: i8 = if Q5 { 16 } else { 8 };
             let mut q = [0i8; QB];
             for l in 0..QB {
                 let hi = if Q5 { ((qh[l] >> j) & 1) << 4 } else { 0 };
-                q[l] = (((chunk[l] >> shift) & 0x0F) | hi) as i8;
+                q[l] = (((chunk[l] >> shift) & 0x0F) | hi) as i8 - o;
             }
             let xb = 8 * sb + j;
-            let dm = dmin * f32::from(m);
+            dm[j] = dmin * f32::from(m) - f32::from(o) * (d * f32::from(sc));
             for r in 0..R {
                 let x = &xs[r];
                 acc[r] += (d * x.d[xb]) * (i32::from(sc) * isum::<QB>(&q, xq(x, xb))) as f32;
-                macc[r] += dm * x.s[xb];
+            }
+        }
+        // The min terms after the integer dots (see `blocks32`).
+        for r in 0..R {
+            for (m, s) in dm.iter().zip(&xs[r].s[8 * sb..8 * sb + 8]) {
+                macc[r] += m * s;
             }
         }
     }
