@@ -1,11 +1,15 @@
-//! The CPU fast path used by models: f32 kernels over borrowed weights (for example a
-//! GGUF mmap), threads through rayon. Weights stay in their stored format; each row is
-//! decoded block by block next to the dot product. The reference ops in this crate are
-//! the oracle these kernels are tested against.
+//! The CPU fast path used by models: kernels over borrowed weights (for example a
+//! GGUF mmap), threads through rayon. Weights stay in their stored format. For the GGUF
+//! block formats [`matmul_xwt`] quantizes each activation row once to 8-bit blocks and
+//! runs integer dot products (see [`crate::simd`]); F32/F16/BF16 weights keep f32
+//! activations. The reference ops in this crate are the oracle these kernels are tested
+//! against.
 
 use crate::quant::block_decoder;
+use crate::simd::{self, Isa, Q8Ref, Q8Rows, RowKernel, MAX_ROWS};
 use ingot_core::{DType, Error, Result};
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// A [rows, cols] weight matrix in any weight format, borrowed.
 #[derive(Clone, Copy, Debug)]
@@ -33,10 +37,24 @@ impl<'a> WeightView<'a> {
 
     /// Decode row `r` into `out` (`cols` values).
     pub fn row(&self, r: usize, out: &mut [f32]) {
-        let src = &self.data[r * self.row_bytes..(r + 1) * self.row_bytes];
         // The dtype was checked to be a weight format in `new`.
-        let known = crate::quant::decode_row_unchecked(self.dtype, src, &mut out[..self.cols]);
+        let known = crate::quant::decode_row_unchecked(self.dtype, self.row_data(r), &mut out[..self.cols]);
         debug_assert!(known);
+    }
+
+    /// The stored bytes of row `r`.
+    pub fn row_data(&self, r: usize) -> &'a [u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// The stored bytes of rows `r..r + c`.
+    fn rows_data(&self, r: usize, c: usize) -> &'a [u8] {
+        &self.data[r * self.row_bytes..(r + c) * self.row_bytes]
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
     }
 }
 
@@ -58,26 +76,136 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Weight bytes per tile: a task runs all activation rows over one tile of weight rows
+/// (kept in L1/L2) before the next.
+const TILE_BYTES: usize = 32 * 1024;
+/// Below this many multiply-adds a matmul stays on the calling thread; above it, each
+/// rayon task gets at least this many (up to four tasks per thread).
+const TASK_MACS: usize = 1 << 15;
+
+thread_local! {
+    /// Quantized activations, reused across calls (taken out while in use, so a
+    /// nested call on the same thread, from rayon work stealing, gets its own).
+    static Q8_SCRATCH: Cell<Q8Rows> = Cell::new(Q8Rows::default());
+}
+
 /// y[i, j] = Σ_l x[i, l]·W[j, l] for x [m, cols] and W [rows, cols]; y is [m, rows].
+///
+/// Block-format weights take 8-bit activations (ggml's scheme, see [`crate::simd`]), so
+/// the result differs from exact math by the activation rounding (a relative error of
+/// about 0.3% per dot product). Row `i` of y depends only on row `i` of x: the same
+/// arithmetic runs whatever `m` is. Uses the fastest kernels this CPU has.
 pub fn matmul_xwt(x: &[f32], m: usize, w: &WeightView, y: &mut [f32]) {
+    matmul_xwt_with(Isa::best(), x, m, w, y)
+}
+
+/// [`matmul_xwt`] on a given instruction-set path (panics if this CPU lacks it).
+pub fn matmul_xwt_with(isa: Isa, x: &[f32], m: usize, w: &WeightView, y: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     assert!(x.len() == m * k && y.len() == m * n, "matmul_xwt: shape mismatch");
-    // Each task decodes a run of weight rows once and uses them for all m inputs.
-    let mut yt = vec![0f32; n * m];
-    let rows_per_task = (n / (rayon::current_num_threads() * 8)).clamp(1, 256);
-    yt.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(c, out)| {
-        let mut buf = vec![0f32; k];
-        for (jj, o) in out.chunks_mut(m).enumerate() {
-            w.row(c * rows_per_task + jj, &mut buf);
-            for (i, oi) in o.iter_mut().enumerate() {
-                *oi = dot(&x[i * k..(i + 1) * k], &buf);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let kernel = simd::kernels(isa, w.dtype).unwrap_or_else(|| panic!("matmul_xwt: no {isa:?} kernel for {} on this CPU", w.dtype));
+    match kernel {
+        RowKernel::Q8(dot) => {
+            let mut q = Q8_SCRATCH.with(|c| c.take());
+            q.quantize(isa, x, k);
+            let rows: Vec<Q8Ref> = (0..m).map(|i| q.row(i)).collect();
+            run_tiles(w, m, y, |j, c, i0, r, out| {
+                // SAFETY: `kernels` returned this kernel for `isa`, so the CPU has it.
+                unsafe { dot(w.rows_data(j, c), &rows[i0..i0 + r], out) }
+            });
+            drop(rows);
+            Q8_SCRATCH.with(|c| c.set(q));
+        }
+        RowKernel::F32(dot) => {
+            let rows: Vec<&[f32]> = x.chunks_exact(k).collect();
+            run_tiles(w, m, y, |j, c, i0, r, out| {
+                // SAFETY: as above.
+                unsafe { dot(w.rows_data(j, c), &rows[i0..i0 + r], out) }
+            })
+        }
+    }
+}
+
+/// The output pointer shared by the tasks of [`run_tiles`], which write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements of a buffer that outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `i` is in bounds and no other task writes it.
+    unsafe fn write(self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
+/// Compute y [m, n] with `dot(j, c, i0, r, out)`, which sets `out[cc · r + rr]` to
+/// y[i0 + rr, j + cc] for `c` weight rows and `r` activation rows (1 × 8, 1 × 4, then
+/// 1 × the rest; 4 × 1 and 2 × 1 when m = 1). The weight rows are split among rayon tasks; each task walks
+/// its rows in tiles of about [`TILE_BYTES`], running every group of activation rows
+/// over a tile before the next.
+fn run_tiles(w: &WeightView, m: usize, y: &mut [f32], dot: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync) {
+    let n = w.rows;
+    let threads = rayon::current_num_threads();
+    let tasks = (n * m * w.cols / TASK_MACS).clamp(1, 4 * threads).min(n.div_ceil(4));
+    let per = n.div_ceil(tasks).next_multiple_of(4);
+    let tile = (TILE_BYTES / w.row_bytes.max(1)).max(1);
+    let out = OutPtr(y.as_mut_ptr());
+    let body = |t: usize| {
+        let (j0, j1) = ((t * per).min(n), ((t + 1) * per).min(n));
+        let mut buf = [0f32; MAX_ROWS];
+        for jt in (j0..j1).step_by(tile) {
+            let jt1 = (jt + tile).min(j1);
+            if m == 1 {
+                // One activation row: four weight rows per call, their FMA chains overlapping.
+                let mut j = jt;
+                while j < jt1 {
+                    let c = match jt1 - j {
+                        1 => 1,
+                        2 | 3 => 2,
+                        _ => 4,
+                    };
+                    dot(j, c, 0, 1, &mut buf[..c]);
+                    for (cc, v) in buf[..c].iter().enumerate() {
+                        // SAFETY: j + cc < n; column j + cc belongs to this task only.
+                        unsafe { out.write(j + cc, *v) };
+                    }
+                    j += c;
+                }
+                continue;
+            }
+            let mut i0 = 0;
+            while i0 < m {
+                // Groups of 8 activation rows, then 4, then what is left.
+                let r = match m - i0 {
+                    8.. => 8,
+                    4..=7 => 4,
+                    rest => rest,
+                };
+                for j in jt..jt1 {
+                    dot(j, 1, i0, r, &mut buf[..r]);
+                    for (rr, v) in buf[..r].iter().enumerate() {
+                        // SAFETY: i0 + rr < m and j < n; column j belongs to this task only.
+                        unsafe { out.write((i0 + rr) * n + j, *v) };
+                    }
+                }
+                i0 += r;
             }
         }
-    });
-    for j in 0..n {
-        for i in 0..m {
-            y[i * n + j] = yt[j * m + i];
-        }
+    };
+    if tasks == 1 {
+        body(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(body);
     }
 }
 
@@ -132,38 +260,34 @@ pub fn attention(
     window: Option<usize>,
     softcap: f32,
 ) -> Vec<f32> {
+    attention_with(Isa::best(), q, k, v, t, start, n_heads, n_kv, d, scale, window, softcap)
+}
+
+/// [`attention`] on a given instruction-set path (the portable one if this CPU lacks it).
+/// Each query's output depends only on that query and the cache, not on `t`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    start: usize,
+    n_heads: usize,
+    n_kv: usize,
+    d: usize,
+    scale: f32,
+    window: Option<usize>,
+    softcap: f32,
+) -> Vec<f32> {
     let group = n_heads / n_kv;
     let mut out = vec![0f32; t * n_heads * d];
-    out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
+    out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |s, (idx, o)| {
         let (ti, h) = (idx / n_heads, idx % n_heads);
         let p = start + ti;
-        let kh = h / group;
         let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
         let qv = &q[idx * d..(idx + 1) * d];
-        let mut s: Vec<f32> = (lo..=p)
-            .map(|j| {
-                let x = scale * dot(qv, &k[(j * n_kv + kh) * d..(j * n_kv + kh + 1) * d]);
-                if softcap > 0.0 {
-                    softcap * (x / softcap).tanh()
-                } else {
-                    x
-                }
-            })
-            .collect();
-        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut z = 0f32;
-        for x in s.iter_mut() {
-            *x = (*x - m).exp();
-            z += *x;
-        }
-        for (jj, w) in s.iter().enumerate() {
-            let j = lo + jj;
-            let vv = &v[(j * n_kv + kh) * d..(j * n_kv + kh + 1) * d];
-            let w = w / z;
-            for (oi, vi) in o.iter_mut().zip(vv) {
-                *oi += w * vi;
-            }
-        }
+        simd::attend(isa, qv, k, v, n_kv * d, (h / group) * d, lo, p, scale, softcap, s, o);
     });
     out
 }
@@ -200,16 +324,67 @@ mod tests {
         for dt in DType::WEIGHTS {
             let wq = quantize_row(dt, &wv).unwrap();
             let w = WeightView::new(dt, n, k, &wq).unwrap();
-            let mut y = vec![0f32; m * n];
-            matmul_xwt(&xv, m, &w, &mut y);
             let mut t = Tensors::new();
             t.insert("x".into(), Tensor::from_f32(DType::F32, vec![m, k], &xv));
             t.insert("w".into(), Tensor::from_bytes(dt, vec![n, k], wq.clone()).unwrap());
             let p = QuantizedMatmulParams { m, n, k, weight_dtype: dt, dtype: DType::F32 };
             let want = CpuBackend.run(&Op::QuantizedMatmul(p), &t).unwrap()["y"].to_f32().unwrap();
-            let num: f64 = y.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-            let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-            assert!(num / den < 1e-10, "{dt}: nmse {}", num / den);
+            let mut wd = vec![0f32; n * k];
+            crate::quant::dequantize_row(dt, &wq, &mut wd).unwrap();
+            for isa in [Isa::Portable, Isa::Avx2].into_iter().filter(|i| i.available()) {
+                let mut y = vec![0f32; m * n];
+                matmul_xwt_with(isa, &xv, m, &w, &mut y);
+                if !DType::QUANTIZED.contains(&dt) {
+                    let num: f64 = y.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+                    assert!(num / den < 1e-10, "{dt} {isa:?}: nmse {}", num / den);
+                    continue;
+                }
+                // 8-bit activations: x moves by at most half a step, max|x| / 254 per block of 32.
+                for i in 0..m {
+                    let x = &xv[i * k..(i + 1) * k];
+                    for j in 0..n {
+                        let wr = &wd[j * k..(j + 1) * k];
+                        let bound: f64 = x
+                            .chunks(32)
+                            .zip(wr.chunks(32))
+                            .map(|(xb, wb)| {
+                                let step = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
+                                0.5 * step * wb.iter().map(|v| v.abs() as f64).sum::<f64>()
+                            })
+                            .sum();
+                        let mag: f64 = x.iter().zip(wr).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                        let (got, exact) = (y[i * n + j] as f64, want[i * n + j] as f64);
+                        assert!(
+                            (got - exact).abs() <= 1.001 * bound + 1e-5 * mag,
+                            "{dt} {isa:?} y[{i},{j}] = {got}, exact {exact}, bound {bound}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_rows_do_not_depend_on_the_batch() {
+        // m = 15 runs threaded in groups of 8 + 4 + 3 rows, m = 1 alone on one thread and
+        // four weight rows per kernel call: the same bits.
+        let (m, n, k) = (15, 96, 512);
+        let wv: Vec<f32> = (0..n * k).map(|i| (((i * 7919) % 1013) as f32 / 506.0) - 1.0).collect();
+        let xv: Vec<f32> = (0..m * k).map(|i| (((i * 104729) % 97) as f32 / 48.0) - 1.0).collect();
+        for dt in DType::WEIGHTS {
+            let wq = quantize_row(dt, &wv).unwrap();
+            let w = WeightView::new(dt, n, k, &wq).unwrap();
+            for isa in [Isa::Portable, Isa::Avx2].into_iter().filter(|i| i.available()) {
+                let mut y = vec![0f32; m * n];
+                matmul_xwt_with(isa, &xv, m, &w, &mut y);
+                for i in 0..m {
+                    let mut y1 = vec![0f32; n];
+                    matmul_xwt_with(isa, &xv[i * k..(i + 1) * k], 1, &w, &mut y1);
+                    let same = y1.iter().zip(&y[i * n..(i + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{dt} {isa:?}: row {i} of a batch of {m} differs from the row alone");
+                }
+            }
         }
     }
 
@@ -218,6 +393,85 @@ mod tests {
         assert!(WeightView::new(DType::Q4_0, 2, 32, &[0u8; 35]).is_err());
         assert!(WeightView::new(DType::Q4_0, 2, 33, &[0u8; 36]).is_err());
         assert!(WeightView::new(DType::I32, 1, 1, &[0u8; 4]).is_err());
+    }
+
+    /// Exact attention in f64 for one query (position p, head h).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_f64(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        p: usize,
+        h: usize,
+        n_kv: usize,
+        group: usize,
+        d: usize,
+        scale: f32,
+        window: Option<usize>,
+        cap: f32,
+    ) -> Vec<f64> {
+        let kh = h / group;
+        let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+        let row = |c: &[f32], j: usize| c[(j * n_kv + kh) * d..(j * n_kv + kh + 1) * d].iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let s: Vec<f64> = (lo..=p)
+            .map(|j| {
+                let x = scale as f64 * row(k, j).iter().zip(q).map(|(a, b)| a * *b as f64).sum::<f64>();
+                if cap > 0.0 {
+                    cap as f64 * (x / cap as f64).tanh()
+                } else {
+                    x
+                }
+            })
+            .collect();
+        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        let mut o = vec![0f64; d];
+        for (jj, w) in e.iter().enumerate() {
+            for (o, x) in o.iter_mut().zip(row(v, lo + jj)) {
+                *o += w / z * x;
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn attention_matches_f64_on_every_path_and_does_not_depend_on_the_batch() {
+        let (t, start, n_heads, n_kv) = (6, 3, 4, 2);
+        let mut seed = 1u64;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        for d in [64, 72, 5, 256] {
+            let q: Vec<f32> = (0..t * n_heads * d).map(|_| 3.0 * rnd()).collect();
+            let k: Vec<f32> = (0..(start + t) * n_kv * d).map(|_| rnd()).collect();
+            let v: Vec<f32> = (0..(start + t) * n_kv * d).map(|_| rnd()).collect();
+            for (window, cap) in [(None, 0.0), (Some(4), 0.0), (None, 2.0)] {
+                let scale = 1.0 / (d as f32).sqrt();
+                for isa in [Isa::Portable, Isa::Avx2].into_iter().filter(|i| i.available()) {
+                    let o = attention_with(isa, &q, &k, &v, t, start, n_heads, n_kv, d, scale, window, cap);
+                    for ti in 0..t {
+                        // One query alone, its keys the same cache prefix: the same bits.
+                        let qi = &q[ti * n_heads * d..(ti + 1) * n_heads * d];
+                        let one = attention_with(isa, qi, &k, &v, 1, start + ti, n_heads, n_kv, d, scale, window, cap);
+                        let rows = &o[ti * n_heads * d..(ti + 1) * n_heads * d];
+                        assert!(one.iter().zip(rows).all(|(a, b)| a.to_bits() == b.to_bits()), "d={d} {isa:?}: query {ti} alone differs");
+                        for h in 0..n_heads {
+                            let want =
+                                attention_f64(&qi[h * d..(h + 1) * d], &k, &v, start + ti, h, n_kv, n_heads / n_kv, d, scale, window, cap);
+                            for (c, w) in want.iter().enumerate() {
+                                let got = rows[h * d + c] as f64;
+                                assert!(
+                                    (got - w).abs() < 2e-6,
+                                    "d={d} {isa:?} {window:?} cap {cap}: query {ti} head {h} [{c}] {got} vs {w}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -180,7 +180,7 @@ fn dequant_q4_1(b: &[u8], y: &mut [f32]) {
 /// The 5-bit levels of a Q5_0/Q5_1 block: low nibbles as in Q4_0, the fifth bit of
 /// element `j` is bit `j` of `qh` read as a little-endian u32.
 #[inline]
-fn q5_levels(qh: &[u8], qs: &[u8]) -> [u8; QK] {
+pub(crate) fn q5_levels(qh: &[u8], qs: &[u8]) -> [u8; QK] {
     let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
     let mut q = [0u8; QK];
     for j in 0..QK / 2 {
@@ -339,7 +339,7 @@ fn q6k_pos(e: usize) -> (usize, u32, usize, u32) {
 /// (min); sub-blocks 4..8 take their low 4 bits from the nibbles of `s[j + 4]`
 /// (scale low, min high) and their top 2 bits from bits 6-7 of `s[j - 4]` (scale)
 /// and `s[j]` (min).
-fn k4_scale_min(s: &[u8], j: usize) -> (u8, u8) {
+pub(crate) fn k4_scale_min(s: &[u8], j: usize) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
@@ -360,7 +360,7 @@ fn k4_pack(sc: &[u8], m: &[u8], s: &mut [u8]) {
 /// 12 packed bytes `s`. Its low 4 bits are the low nibble of `s[j]` for `j < 8` and
 /// the high nibble of `s[j - 8]` otherwise; its top 2 bits are bits `2*(j/4)..` of
 /// `s[8 + j % 4]`.
-fn q3k_scale(s: &[u8], j: usize) -> u8 {
+pub(crate) fn q3k_scale(s: &[u8], j: usize) -> u8 {
     let low = if j < 8 { s[j] & 0x0F } else { s[j - 8] >> 4 };
     let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
     low | (high << 4)

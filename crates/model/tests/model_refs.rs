@@ -10,9 +10,24 @@ use ingot_model::{Logits, Model};
 use serde_json::Value;
 use std::path::PathBuf;
 
-/// Largest |ours − exact| allowed for any stored logit. Our activations stay in f32,
-/// so the difference is f32 rounding in the dot products, norms and softmax.
-const EXACT_TOL: f64 = 0.05;
+/// Largest |ours − exact| allowed for any stored logit (every prompt position, top and
+/// sampled ids). The matmuls quantize activations to 8 bits as llama.cpp does (blocks of
+/// 32, f32 scales; ingot_cpu::simd), which moves logits by far more than f32 rounding
+/// (with f32 activations the worst was 1e-4). Which levels round which way changes with
+/// any f32 rounding upstream, so each kernel revision draws new 8-bit noise. Measured in
+/// three revisions (2026-11-22), worst: 0.97 to 1.32 (SmolLM2-135M Q4_1), 0.28 to 0.42
+/// (Qwen2.5-0.5B), 1.30 to 1.47 (Gemma-3-270M), the worst on low-probability sampled
+/// ids; mean 0.05 to 0.18. This bound only catches gross errors; [`LLAMA_CPP_MARGIN`]
+/// is the sharp check.
+const EXACT_TOL: f64 = 2.0;
+
+/// At the last prompt position, over llama.cpp's top 5, our mean |Δ| from exact math must
+/// not exceed llama.cpp's own mean |Δ| (it uses 8-bit activations too) times this.
+/// Measured in the same three revisions: ours 0.107 to 0.133 against llama.cpp's 0.161
+/// (SmolLM2), 0.045 to 0.051 against 0.059 (Qwen2.5), 0.122 to 0.169 against 0.188
+/// (Gemma-3): ratios 0.66 to 0.90, a mean over twelve prompts, so noisy. The margin
+/// above 1 leaves room for the noise draw; a real defect moves it far more.
+const LLAMA_CPP_MARGIN: f64 = 1.25;
 
 fn model_path(name: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("INGOT_MODELS")
@@ -51,7 +66,8 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 /// Logits at every prompt position within EXACT_TOL of exact math; on failure, name the
-/// first position and the first layer whose residual stream left the reference.
+/// first position and the first layer whose residual stream left the reference. And at
+/// the last prompt position no farther from exact math than llama.cpp (LLAMA_CPP_MARGIN).
 fn check_exact(model: &Model, r: &Value) -> Vec<String> {
     let sampled = ids(&r["sampled_ids"]);
     let dirs: Vec<Vec<f64>> =
@@ -60,20 +76,37 @@ fn check_exact(model: &Model, r: &Value) -> Vec<String> {
     let e = model.config.n_embd;
     let mut failures = Vec::new();
     let mut worst_all = 0f64;
+    let (mut sum_all, mut n_all) = (0f64, 0usize);
+    // At the last prompt position, over llama.cpp's top 5: Σ|ours − exact|, Σ|llama.cpp − exact|, count.
+    let (mut ours_last, mut llama_last, mut n_last) = (0f64, 0f64, 0usize);
     for p in r["prompts"].as_array().unwrap() {
         let prompt = ids(&p["ids"]);
         let mut cache = model.new_cache();
         let mut trace = Vec::new();
         let logits = model.forward(&prompt, &mut cache, Logits::All, Some(&mut trace)).expect("forward");
         let mut worst = (0f64, 0usize, 0u32);
-        for (t, pos) in p["exact"].as_array().unwrap().iter().enumerate() {
+        let exact = p["exact"].as_array().unwrap();
+        for (t, pos) in exact.iter().enumerate() {
             let row = &logits[t * vocab..(t + 1) * vocab];
             let top = pos["top"].as_array().unwrap().iter().map(|x| (x[0].as_u64().unwrap() as u32, x[1].as_f64().unwrap()));
             let smp = sampled.iter().copied().zip(pos["sampled"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()));
-            for (id, want) in top.chain(smp) {
+            let known: Vec<(u32, f64)> = top.chain(smp).collect();
+            for &(id, want) in &known {
                 let d = (row[id as usize] as f64 - want).abs();
+                sum_all += d;
+                n_all += 1;
                 if d > worst.0 {
                     worst = (d, t, id);
+                }
+            }
+            if t + 1 == exact.len() {
+                for x in p["llama_cpp"][0]["top5"].as_array().unwrap() {
+                    let id = x[0].as_u64().unwrap() as u32;
+                    if let Some(&(_, want)) = known.iter().find(|k| k.0 == id) {
+                        ours_last += (row[id as usize] as f64 - want).abs();
+                        llama_last += (x[1].as_f64().unwrap() - want).abs();
+                        n_last += 1;
+                    }
                 }
             }
         }
@@ -106,7 +139,13 @@ fn check_exact(model: &Model, r: &Value) -> Vec<String> {
             ));
         }
     }
-    eprintln!("exact math: worst |Δlogit| over all prompts and positions = {worst_all:.4}");
+    eprintln!("exact math: worst |Δlogit| over all prompts and positions = {worst_all:.4}, mean {:.4}", sum_all / n_all as f64);
+    assert!(n_last > 0, "no logit of llama.cpp's top 5 has an exact reference");
+    let (ours, llama) = (ours_last / n_last as f64, llama_last / n_last as f64);
+    eprintln!("last prompt position, llama.cpp's top 5 ({n_last} logits): mean |Δ| from exact math: ours {ours:.4}, llama.cpp {llama:.4}");
+    if ours > LLAMA_CPP_MARGIN * llama {
+        failures.push(format!("at the last prompt positions our logits are {ours:.4} from exact math on average, llama.cpp's {llama:.4}"));
+    }
     failures
 }
 

@@ -1,0 +1,253 @@
+//! Row-dot kernels of the CPU fast path: one weight row (in its stored format) against
+//! up to [`MAX_ROWS`] activation rows.
+//!
+//! For the GGUF block formats the activations are first quantized to 8 bits, as ggml
+//! does: blocks of 32 values with an f32 scale `d = max|x| / 127`, levels
+//! `q = round_half_even(x / d)` in −127..=127, and `s = d · Σq` (the block sum that the
+//! formats with a min need). Unlike ggml the scale stays f32 and every format (the
+//! K-quants too) uses blocks of 32: a K-quant sub-block of 16 or 32 always lies inside
+//! one activation block, and a scale per 32 values follows outlier channels more closely
+//! than ggml's one scale per 256 (`block_q8_K`). The dot product of a weight block with an
+//! activation block is then an exact integer sum, scaled once in f32.
+//!
+//! F32, F16 and BF16 weights keep f32 activations (F16/BF16 are widened in registers).
+//!
+//! Every kernel exists twice: portable Rust ([`portable`]) and AVX2 + FMA + F16C
+//! intrinsics (`avx2`, x86-64 only), chosen at run time by [`Isa::best`]. Both quantize
+//! activations bit-identically; their dot products differ only in the order of the
+//! f32 additions. A kernel's arithmetic for one (weight row, activation row) pair does
+//! not depend on how many activation rows it handles at once, so results do not depend
+//! on the batch. No NEON kernels yet: aarch64 uses the portable path.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod portable;
+
+use ingot_core::DType;
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Values per activation block.
+pub const QB: usize = 32;
+/// Most activation rows one kernel call handles (they share each decoded weight block).
+pub const MAX_ROWS: usize = 8;
+
+/// An instruction-set path for the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust, on every architecture.
+    Portable,
+    /// x86-64 AVX2 with FMA and F16C.
+    Avx2,
+}
+
+impl Isa {
+    /// Whether this CPU can run the path.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 => false,
+        }
+    }
+
+    /// The fastest path this CPU can run (detected once).
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| if Isa::Avx2.available() { Isa::Avx2 } else { Isa::Portable })
+    }
+}
+
+/// One activation row quantized to 8-bit blocks of [`QB`]: `qs` has the row's `k`
+/// levels, `d` and `s` one scale and one scaled sum (`d · Σq`) per block, `bs` the
+/// integer sum of each 16 levels (for the K-quants with sub-blocks of 16).
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Ref<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+    pub bs: &'a [i16],
+}
+
+/// Activation rows quantized by [`Q8Rows::quantize`]; the buffers are kept for reuse.
+#[derive(Default, Debug)]
+pub struct Q8Rows {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+    bs: Vec<i16>,
+    k: usize,
+}
+
+impl Q8Rows {
+    /// Quantize the `x.len() / k` rows of `x`, each of `k` values (a multiple of [`QB`]).
+    ///
+    /// A block holding a NaN or an infinity gets `d = s = NaN` and zero levels, so
+    /// that every dot product with it is NaN, as it would be in f32.
+    pub fn quantize(&mut self, isa: Isa, x: &[f32], k: usize) {
+        assert!(k % QB == 0 && k > 0 && x.len() % k == 0, "quantize: {} values are not rows of {k}, a multiple of {QB}", x.len());
+        let nb = x.len() / QB;
+        self.k = k;
+        self.qs.resize(x.len(), 0);
+        self.d.resize(nb, 0.0);
+        self.s.resize(nb, 0.0);
+        self.bs.resize(2 * nb, 0);
+        type Quantizer = fn(&[f32], &mut [i8], &mut [f32], &mut [f32]);
+        let f: Quantizer = match isa {
+            // SAFETY: the closure runs only where the CPU has AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if isa.available() => |x, qs, d, s| unsafe { avx2::quantize(x, qs, d, s) },
+            _ => portable::quantize,
+        };
+        // Blocks are independent: large inputs are split among threads.
+        const CHUNK: usize = 256;
+        if x.len() < 64 * CHUNK * QB {
+            f(x, &mut self.qs, &mut self.d, &mut self.s);
+        } else {
+            x.par_chunks(CHUNK * QB)
+                .zip(self.qs.par_chunks_mut(CHUNK * QB))
+                .zip(self.d.par_chunks_mut(CHUNK))
+                .zip(self.s.par_chunks_mut(CHUNK))
+                .for_each(|(((x, qs), d), s)| f(x, qs, d, s));
+        }
+        for (b, q) in self.bs.iter_mut().zip(self.qs.chunks_exact(16)) {
+            *b = q.iter().map(|&v| i16::from(v)).sum();
+        }
+    }
+
+    /// Row `i` of the last [`Q8Rows::quantize`].
+    pub fn row(&self, i: usize) -> Q8Ref<'_> {
+        let (k, b) = (self.k, self.k / QB);
+        Q8Ref {
+            qs: &self.qs[i * k..(i + 1) * k],
+            d: &self.d[i * b..(i + 1) * b],
+            s: &self.s[i * b..(i + 1) * b],
+            bs: &self.bs[2 * i * b..2 * (i + 1) * b],
+        }
+    }
+}
+
+/// The scale `d` and inverse scale of a block of 32 values from its largest magnitude,
+/// the arithmetic both paths share. `None` for a block holding a NaN or an infinity.
+/// A block too small for `1/d` to be finite (|x| < ~1e-36) quantizes to zero.
+#[inline(always)]
+pub(crate) fn block_scale(amax: f32, has_nan: bool) -> Option<(f32, f32)> {
+    if has_nan || !amax.is_finite() {
+        return None;
+    }
+    let d = amax / 127.0;
+    let id = 1.0 / d;
+    Some(if d == 0.0 || !id.is_finite() { (0.0, 0.0) } else { (d, id) })
+}
+
+/// `out[c · R + r] = W_c · x_r` for `C` consecutive weight rows (their bytes) and `R`
+/// quantized activation rows, `C = out.len() / R`; the shapes are `1 × 1..=4`, `1 × 8`,
+/// `2 × 1` and `4 × 1`.
+///
+/// # Safety
+/// The kernel's path must be available on this CPU (see [`kernels`]).
+pub type QDot = unsafe fn(&[u8], &[Q8Ref<'_>], &mut [f32]);
+/// As [`QDot`] for f32 activation rows.
+///
+/// # Safety
+/// As [`QDot`].
+pub type FDot = unsafe fn(&[u8], &[&[f32]], &mut [f32]);
+
+/// The row kernel of a weight format.
+#[derive(Clone, Copy)]
+pub enum RowKernel {
+    /// Takes activations quantized by [`Q8Rows`].
+    Q8(QDot),
+    /// Takes f32 activations.
+    F32(FDot),
+}
+
+/// The row kernel of `dtype` on path `isa`; `None` for a dtype that is not a weight
+/// format or a path this CPU cannot run. Every weight format has a kernel on both paths.
+pub fn kernels(isa: Isa, dtype: DType) -> Option<RowKernel> {
+    if !isa.available() {
+        return None;
+    }
+    match isa {
+        Isa::Portable => portable::kernel(dtype),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::kernel(dtype),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 => None,
+    }
+}
+
+/// Check what every kernel assumes of its arguments and return the blocks per row:
+/// `xs` holds 1..=[`MAX_ROWS`] activation rows of one length `k`, `out` `C·xs.len()`
+/// values, `w` exactly `C` rows of `k / elems` blocks of `bytes` bytes.
+#[inline(always)]
+pub(crate) fn check_q8(w: &[u8], bytes: usize, elems: usize, xs: &[Q8Ref], out: &[f32]) -> usize {
+    assert!(!xs.is_empty() && xs.len() <= MAX_ROWS && out.len() % xs.len() == 0, "row kernel: bad activation rows");
+    let c = out.len() / xs.len();
+    let k = xs[0].qs.len();
+    let nb = k / elems;
+    assert!(k == nb * elems && (1..=4).contains(&c) && w.len() == c * nb * bytes, "row kernel: bad weight rows");
+    for x in xs {
+        assert!(
+            x.qs.len() == k && x.d.len() == k / QB && x.s.len() == k / QB && x.bs.len() == k / 16,
+            "row kernel: activation rows differ in length"
+        );
+    }
+    nb
+}
+
+/// As [`check_q8`] for f32 activations; returns the row length.
+#[inline(always)]
+pub(crate) fn check_f32(w: &[u8], bytes: usize, xs: &[&[f32]], out: &[f32]) -> usize {
+    assert!(!xs.is_empty() && xs.len() <= MAX_ROWS && out.len() % xs.len() == 0, "row kernel: bad activation rows");
+    let c = out.len() / xs.len();
+    let k = xs[0].len();
+    assert!((1..=4).contains(&c) && w.len() == c * k * bytes, "row kernel: bad weight rows");
+    for x in xs {
+        assert!(x.len() == k, "row kernel: activation rows differ in length");
+    }
+    k
+}
+
+/// `s ← exp(s − max s)` in place; returns the sum (at least 1: the max maps to 1).
+#[inline]
+pub(crate) fn softmax_in_place(s: &mut [f32]) -> f32 {
+    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut z = 0f32;
+    for x in s.iter_mut() {
+        *x = (*x - m).exp();
+        z += *x;
+    }
+    z
+}
+
+/// Causal attention of one query against keys `lo..=hi` of one kv head; see
+/// [`crate::fast::attention`]. Key `j` is `k[j * stride + off..][..q.len()]`, values
+/// likewise; `s` is scratch, `o` gets `q.len()` values.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    off: usize,
+    lo: usize,
+    hi: usize,
+    scale: f32,
+    softcap: f32,
+    s: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    match isa {
+        // SAFETY: the path is available on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.available() => unsafe { avx2::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o) },
+        _ => portable::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o),
+    }
+}
+
+#[cfg(test)]
+mod tests;
