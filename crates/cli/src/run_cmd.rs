@@ -103,7 +103,7 @@ impl ExecArgs {
             bail!("--threads must be at least 1");
         }
         // The global pool is built once per process; rayon keeps its threads for every op.
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
+        ingot_cpu::set_threads(threads)?;
         Ok(threads)
     }
 }

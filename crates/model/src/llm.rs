@@ -224,7 +224,15 @@ impl Model {
     /// whatever else is in the batch (every kernel computes each row on its own), and
     /// whatever the page size or chunking of its sequence. With `trace`, the residual
     /// stream of all rows after every layer is appended ([layer][rows × n_embd]).
-    pub fn forward_batch(&self, pool: &mut KvPool, seqs: &[SeqChunk], mut trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
+    ///
+    /// The pass runs on a worker of the CPU thread pool (`ingot_cpu::in_pool`), so each
+    /// parallel op is handed out through the pool's queue rather than by waking threads
+    /// from outside it once per op.
+    pub fn forward_batch(&self, pool: &mut KvPool, seqs: &[SeqChunk], trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
+        ingot_cpu::in_pool(|| self.forward_batch_in_pool(pool, seqs, trace))
+    }
+
+    fn forward_batch_in_pool(&self, pool: &mut KvPool, seqs: &[SeqChunk], mut trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
         let c = &self.config;
         let arch = c.arch.name();
         if !pool.fits(c) {
