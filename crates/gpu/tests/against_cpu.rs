@@ -101,3 +101,37 @@ fn bad_ids_are_errors() {
     let e = b.run(&Op::EmbeddingLookup(p), &t).unwrap_err().to_string();
     assert!(e.contains("ids[1] = 3") && e.contains("0..3"), "{e}");
 }
+
+#[test]
+fn ops_chain_on_the_device() {
+    // rms_norm then silu with the intermediate left on the device (a reshape is a new
+    // shape over the same buffer), against the same chain on the CPU reference.
+    let Some(b) = gpu() else { return };
+    let (t, h) = (3, 70);
+    let x: Vec<f32> = (0..t * h).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+    let w: Vec<f32> = (0..h).map(|i| 0.5 + (i % 7) as f32 / 10.0).collect();
+    let norm = Op::RmsNorm(ingot_core::RmsNormParams { num_tokens: t, hidden_size: h, eps: 1e-6, gemma: false, dtype: DType::F32 });
+    let silu = Op::Silu(ingot_core::UnaryParams { num_elements: t * h, dtype: DType::F32 });
+    let mut host = Tensors::new();
+    host.insert("input".into(), Tensor::from_f32(DType::F32, vec![t, h], &x));
+    host.insert("weight".into(), Tensor::from_f32(DType::F32, vec![h], &w));
+
+    let d = b.device();
+    let dev: ingot_gpu::GpuTensors = host.iter().map(|(k, v)| (k.clone(), d.to_device(v))).collect();
+    let normed = b.run_device(&norm, &dev).unwrap();
+    let mut flat = normed["output"].clone();
+    flat.shape = vec![t * h];
+    let out = b.run_device(&silu, &ingot_gpu::GpuTensors::from([("input".to_string(), flat)])).unwrap();
+    let got = d.to_host("silu", &out["output"]).unwrap().to_f32().unwrap();
+
+    let cpu = ingot_cpu::CpuBackend;
+    let mid = cpu.run(&norm, &host).unwrap()["output"].to_f32().unwrap();
+    let mid = Tensors::from([("input".to_string(), Tensor::from_f32(DType::F32, vec![t * h], &mid))]);
+    let want = cpu.run(&silu, &mid).unwrap()["output"].to_f32().unwrap();
+    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+        assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0), "element {i}: device chain {g}, CPU chain {e}");
+    }
+    // A mismatched shape is an error, not a silent reinterpretation.
+    let e = b.run_device(&silu, &ingot_gpu::GpuTensors::from([("input".to_string(), normed["output"].clone())])).unwrap_err();
+    assert!(e.to_string().contains("shape"), "{e}");
+}
