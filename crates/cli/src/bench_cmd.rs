@@ -152,6 +152,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
+    if a.concurrent.contains(&0) {
+        bail!("--concurrent values must be at least 1");
+    }
     let threads = a.exec.apply()?;
     let path = models::resolve(a.model.as_deref())?;
     let model = Arc::new(Model::load(&path)?);
