@@ -49,23 +49,20 @@ fn softmax_kernel<F: Float>(x: &Array<F>, out: &mut Array<f32>, rows: usize, v: 
     }
 }
 
+/// Element-wise logit map: `cap · tanh(x / cap)` with `softcap`, else `x / s`.
 #[cube(launch_unchecked)]
-fn softcap_kernel<F: Float>(x: &Array<F>, out: &mut Array<F>, n: usize, cap: f32) {
+fn logit_map_kernel<F: Float>(x: &Array<F>, out: &mut Array<F>, n: usize, s: f32, #[comptime] softcap: bool) {
     let i = linear_pos();
     if i < n {
-        let y = f32::cast_from(x[i]) / cap;
-        // tanh(y) rounds to ±1 in f32 beyond |y| = 9; the guard also maps ±Inf to ±cap.
-        let sign = select(y > 0.0, 1.0f32, -1.0f32);
-        let t = select(y.abs() > 9.0, sign, y.tanh());
-        out[i] = F::cast_from(cap * t);
-    }
-}
-
-#[cube(launch_unchecked)]
-fn scale_kernel<F: Float>(x: &Array<F>, out: &mut Array<F>, n: usize, temp: f32) {
-    let i = linear_pos();
-    if i < n {
-        out[i] = F::cast_from(f32::cast_from(x[i]) / temp);
+        let y = f32::cast_from(x[i]) / s;
+        if softcap {
+            // tanh(y) rounds to ±1 in f32 beyond |y| = 9; the guard also maps ±Inf to ±cap.
+            let sign = select(y > 0.0, 1.0f32, -1.0f32);
+            let t = select(y.abs() > 9.0, sign, y.tanh());
+            out[i] = F::cast_from(s * t);
+        } else {
+            out[i] = F::cast_from(y);
+        }
     }
 }
 
@@ -97,52 +94,46 @@ pub fn softmax<R: Runtime>(d: &Device<R>, p: &SoftmaxParams, inputs: &GpuTensors
 
 /// `softcap`: cap · tanh(x / cap).
 pub fn softcap<R: Runtime>(d: &Device<R>, p: &SoftcapParams, inputs: &GpuTensors) -> Result<GpuTensors> {
-    const OP: &str = "softcap";
-    let n = p.num_tokens * p.vocab_size;
-    let x = input(OP, inputs, "logits")?.handle.clone();
-    let out = d.alloc(p.dtype, n);
-    let (count, dim) = grid_1d(n);
-    with_float!(p.dtype, F => {
-        // SAFETY: logits hold n elements (`check_inputs`), out was allocated for n, and
-        // threads with an index >= n return at once.
-        unsafe {
-            softcap_kernel::launch_unchecked::<F, R>(
-                &d.client,
-                count,
-                dim,
-                ArrayArg::from_raw_parts(x, n),
-                ArrayArg::from_raw_parts(out.clone(), n),
-                n,
-                p.cap as f32,
-            )
-        }
-    });
-    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[p.num_tokens, p.vocab_size]))]))
+    logit_map(d, "softcap", p.dtype, p.num_tokens, p.vocab_size, inputs, p.cap as f32, true)
 }
 
 /// `temperature_scale`: x / temperature.
 pub fn temperature_scale<R: Runtime>(d: &Device<R>, p: &TemperatureParams, inputs: &GpuTensors) -> Result<GpuTensors> {
-    const OP: &str = "temperature_scale";
-    let n = p.num_tokens * p.vocab_size;
-    let x = input(OP, inputs, "logits")?.handle.clone();
-    let out = d.alloc(p.dtype, n);
+    logit_map(d, "temperature_scale", p.dtype, p.num_tokens, p.vocab_size, inputs, p.temperature as f32, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn logit_map<R: Runtime>(
+    d: &Device<R>,
+    op: &'static str,
+    dtype: DType,
+    t: usize,
+    v: usize,
+    inputs: &GpuTensors,
+    s: f32,
+    softcap: bool,
+) -> Result<GpuTensors> {
+    let n = t * v;
+    let x = input(op, inputs, "logits")?.handle.clone();
+    let out = d.alloc(dtype, n);
     let (count, dim) = grid_1d(n);
-    with_float!(p.dtype, F => {
-        // SAFETY: logits hold n elements (`check_inputs`), out was allocated for n, and
-        // threads with an index >= n return at once.
+    with_float!(dtype, F => {
+        // SAFETY: logits hold n elements (checked against the op's specs), out was
+        // allocated for n, and threads with an index >= n return at once.
         unsafe {
-            scale_kernel::launch_unchecked::<F, R>(
+            logit_map_kernel::launch_unchecked::<F, R>(
                 &d.client,
                 count,
                 dim,
                 ArrayArg::from_raw_parts(x, n),
                 ArrayArg::from_raw_parts(out.clone(), n),
                 n,
-                p.temperature as f32,
+                s,
+                softcap,
             )
         }
     });
-    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[p.num_tokens, p.vocab_size]))]))
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, dtype, &[t, v]))]))
 }
 
 // ---------------------------------------------------------------------------------------
