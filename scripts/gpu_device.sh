@@ -9,6 +9,16 @@
 #                                      # gpu:cuda against PyTorch ceilings measured in the same call;
 #                                      # reports land in $OUT (GPU_SKIP_CHECK=1 / GPU_SKIP_BENCH=1 skip a part;
 #                                      # GPU_BENCH_FILTER=a,b limits the bench cases)
+#
+# Models on the GPU. A call carries at most 64 MiB, so `build` also cuts the models named in
+# GPU_MODELS (default: SmolLM2 and Gemma 3) into 56 MiB pieces, one git-ignored folder each
+# (.gm1, .gm2, ...), and the machine keeps what earlier calls brought while it stays warm:
+#   device run: command "true", carry [".gmN"]   # once per piece folder but the last
+#   device run: command "bash scripts/gpu_device.sh models", carry [".gmLAST"]
+#                                      # there: reassemble and verify (sha256) the models, check
+#                                      # their logits on gpu:cuda against exact math
+#                                      # (crates/model/tests/gpu_forward.rs), then `ingot bench`
+#                                      # pp512/tg128 on gpu:cuda and on the machine's CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +27,23 @@ build)
   cargo build --release --locked -p ingot-cli --features cuda
   mkdir -p .gpu-bin
   strip -o .gpu-bin/ingot target/release/ingot
-  ls -la .gpu-bin/ingot
+  # The GPU model test (logits against exact math) with the same features as the binary.
+  cargo test --release --locked -p ingot-model --features cuda,wgpu --no-run
+  t=$(ls -t target/release/deps/gpu_forward-* | grep -v '\.d$' | head -1)
+  strip -o .gpu-bin/gpu_forward "$t"
+  ls -la .gpu-bin/
+  models=${INGOT_MODELS:-$HOME/.cache/ingot/models}
+  rm -rf .gm[0-9]*
+  : > .gpu-bin/models.sha256
+  i=1
+  for m in ${GPU_MODELS:-SmolLM2-135M-Instruct.Q4_1.gguf gemma-3-270m-q4_k_m.gguf}; do
+    grep " $m\$" ../shared/models.sha256 >> .gpu-bin/models.sha256
+    tmp=$(mktemp -d)
+    split -b 56M -d -a 2 "$models/$m" "$tmp/$m.part"
+    for piece in "$tmp"/*; do mkdir -p ".gm$i"; mv "$piece" ".gm$i/"; i=$((i + 1)); done
+    rm -rf "$tmp"
+  done
+  ls -d .gm[0-9]* | tr '\n' ' '; echo
   if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
     mkdir -p .gl /tmp/amd64/partial
     o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
@@ -66,8 +92,29 @@ run)
   fi
   exit $status
   ;;
+models)
+  out=${OUT:-/tmp/ingot-gpu-out}
+  mkdir -p "$out"
+  dir=/tmp/ingot-models
+  mkdir -p "$dir"
+  status=0
+  while read -r sum m; do
+    cat .gm[0-9]*/"$m".part* > "$dir/$m" 2>/dev/null || true
+    if echo "$sum  $dir/$m" | sha256sum -c --status; then echo "$m: assembled"; else echo "$m: incomplete (stage every .gmN first)"; rm -f "$dir/$m"; status=1; fi
+  done < .gpu-bin/models.sha256
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+  INGOT_MODELS=$dir INGOT_TEST_GPU=gpu:cuda INGOT_REQUIRE_GPU=1 .gpu-bin/gpu_forward --nocapture --test-threads 1 2>&1 \
+    | grep -v '^error: XDG' | tee "$out/gpu_forward.txt" || status=1
+  for m in "$dir"/*.gguf; do
+    .gpu-bin/ingot run --model "$m" --backend gpu:cuda --temperature 0 --max-tokens 48 --chat "Name three colours." 2>&1 | tee -a "$out/run.txt"
+    for be in gpu:cuda cpu; do
+      .gpu-bin/ingot bench --model "$m" --backend "$be" -p 512 -n 128 -r 3 2>&1 | tee -a "$out/bench_models.md" || status=1
+    done
+  done
+  exit $status
+  ;;
 *)
-  echo "usage: $0 build|run" >&2
+  echo "usage: $0 build|run|models" >&2
   exit 2
   ;;
 esac

@@ -77,7 +77,7 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 fn ingot_once(model: &Model, pp: usize, tg: usize, seed: u64) -> Result<f64> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let vocab = model.config.vocab as u32;
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache()?;
     if pp > 0 {
         let toks: Vec<u32> = (0..pp).map(|_| rng.gen_range(0..vocab)).collect();
         let t = Instant::now();
@@ -157,7 +157,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     let threads = a.exec.apply()?;
     let path = models::resolve(a.model.as_deref())?;
-    let model = Arc::new(Model::load(&path)?);
+    let model = Arc::new(a.exec.load_model(&path)?);
     let name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     let mut tests: Vec<(usize, usize)> = a.pp.iter().filter(|&&p| p > 0).map(|&p| (p, 0)).collect();
     tests.extend(a.tg.iter().filter(|&&n| n > 0).map(|&n| (0, n)));
@@ -212,7 +212,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         engine.shutdown();
     }
     if a.json {
-        println!("{}", serde_json::json!({"threads": threads, "backend": "cpu", "rows": rows}));
+        println!("{}", serde_json::json!({"threads": threads, "backend": model.backend(), "rows": rows}));
         return Ok(ExitCode::SUCCESS);
     }
     println!("| model | backend | threads | test | ingot t/s | llama.cpp t/s | ratio |");
@@ -225,7 +225,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         } else {
             (format!("{lm:.2} ± {ls:.2}"), format!("{:.2}", m / lm))
         };
-        println!("| {} | cpu | {threads} | {} | {m:.2} ± {s:.2} | {l} | {ratio} |", r.model, r.test);
+        println!("| {} | {} | {threads} | {} | {m:.2} ± {s:.2} | {l} | {ratio} |", r.model, model.backend(), r.test);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -55,7 +55,7 @@ pub fn run(a: ChatArgs) -> Result<ExitCode> {
     let params = a.sampling.params()?;
     let max_tokens = params.max_tokens;
     a.exec.apply()?;
-    let m = load(a.model.as_deref())?;
+    let m = load(a.model.as_deref(), &a.exec)?;
     let template = m.chat_template()?;
     let c = &m.model.config;
     let context = c.context;
@@ -73,7 +73,7 @@ pub fn run(a: ChatArgs) -> Result<ExitCode> {
     }
     let base: Vec<Message> = a.system.iter().map(|s| Message::new("system", s.clone())).collect();
     let mut messages = base.clone();
-    let mut cache = m.model.new_cache();
+    let mut cache = m.model.new_cache()?;
     // The tokens the cache holds, in order.
     let mut cached: Vec<u32> = Vec::new();
     let stdout = std::io::stdout();

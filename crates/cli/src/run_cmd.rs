@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use ingot_engine::{generate, Sampler, SamplingParams};
 use ingot_model::chat::{default_template, ChatTemplate, Message};
 use ingot_model::tokenizer::{Tokenizer, Vocab};
-use ingot_model::Model;
+use ingot_model::{BackendKind, Model};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -79,8 +79,9 @@ impl SamplingArgs {
 /// Where the model runs: shared by `run`, `chat`, `serve` and `bench`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ExecArgs {
-    /// Backend that runs the model: cpu, or gpu, gpu:cuda, gpu:wgpu, gpu:metal.
-    #[arg(long, default_value = "cpu")]
+    /// Backend that runs the model: auto (CUDA, else a hardware GPU through wgpu, else the
+    /// CPU, with a notice), cpu, gpu, gpu:cuda, gpu:wgpu or gpu:metal.
+    #[arg(long, default_value = "auto")]
     backend: String,
     /// CPU worker threads (default: every core).
     #[arg(long, short = 't')]
@@ -90,14 +91,7 @@ pub struct ExecArgs {
 impl ExecArgs {
     /// Check the flags and set up the CPU thread pool; returns the thread count.
     pub fn apply(&self) -> Result<usize> {
-        match self.backend.as_str() {
-            "cpu" => {}
-            b @ ("gpu" | "gpu:cuda" | "gpu:wgpu" | "gpu:metal") => bail!(
-                "unsupported: --backend {b}: models run on the cpu backend only so far (the GPU backend runs single ops: \
-                 `ingot golden check DIR --backend {b}`, `ingot bench ops --backend {b}`); use --backend cpu"
-            ),
-            b => bail!("unknown --backend '{b}' (expected cpu, gpu, gpu:cuda, gpu:wgpu or gpu:metal)"),
-        }
+        self.kind()?;
         let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         if threads == 0 {
             bail!("--threads must be at least 1");
@@ -105,6 +99,24 @@ impl ExecArgs {
         // The global pool is built once per process; rayon keeps its threads for every op.
         ingot_cpu::set_threads(threads)?;
         Ok(threads)
+    }
+
+    /// The backend named by `--backend`.
+    pub fn kind(&self) -> Result<BackendKind> {
+        self.backend
+            .parse::<BackendKind>()
+            .map_err(|_| anyhow::anyhow!("unknown --backend '{}' (expected auto, cpu, gpu, gpu:cuda, gpu:wgpu or gpu:metal)", self.backend))
+    }
+
+    /// Loads `path` onto the chosen backend (weights uploaded and kernels warmed up on a
+    /// GPU); says on stderr when `auto` found no GPU and stays on the CPU.
+    pub fn load_model(&self, path: &Path) -> Result<Model> {
+        let kind = self.kind()?;
+        let model = Model::load_on(path, kind).with_context(|| format!("loading {} on --backend {}", path.display(), self.backend))?;
+        if kind == BackendKind::Auto && model.backend() == "cpu" {
+            eprintln!("ingot: no GPU found, running on the CPU (--backend cpu says so and silences this)");
+        }
+        Ok(model)
     }
 }
 
@@ -139,16 +151,17 @@ pub struct Loaded {
 }
 
 /// Loads the model and its tokenizer, reporting the load on stderr.
-pub fn load(model: Option<&Path>) -> Result<Loaded> {
+pub fn load(model: Option<&Path>, exec: &ExecArgs) -> Result<Loaded> {
     let path = models::resolve(model)?;
     let t_load = Instant::now();
-    let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let model = exec.load_model(&path)?;
     let tok = Tokenizer::new(&Vocab::from_gguf(model.file())?)?;
     eprintln!(
-        "ingot: {} ({}, {} layers) loaded in {:.2}s",
+        "ingot: {} ({}, {} layers) loaded on {} in {:.2}s",
         path.display(),
         model.config.arch.name(),
         model.config.n_layer,
+        model.backend(),
         t_load.elapsed().as_secs_f64()
     );
     Ok(Loaded { path, model, tok })
@@ -180,7 +193,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     let prompt = a.prompt.or(a.prompt_flag).context("no prompt: give it as an argument or with --prompt")?;
     let params = a.sampling.params()?;
     a.exec.apply()?;
-    let m = load(a.model.as_deref())?;
+    let m = load(a.model.as_deref(), &a.exec)?;
     let prompt_ids =
         if a.chat { m.encode_chat(&m.chat_template()?, &[Message::new("user", prompt)])? } else { m.tok.encode(&prompt, true, false)? };
     if prompt_ids.is_empty() {
@@ -191,7 +204,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         bail!("{} prompt tokens + {} new tokens exceed the model's context of {context}", prompt_ids.len(), params.max_tokens);
     }
     let mut sampler = Sampler::new(params, m.model.config.vocab)?;
-    let mut cache = m.model.new_cache();
+    let mut cache = m.model.new_cache()?;
     let stdout = std::io::stdout();
     let g = generate(&m.model, &m.tok, &mut cache, &prompt_ids, &mut sampler, None, |piece| {
         if !a.json {

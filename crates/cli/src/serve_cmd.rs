@@ -86,6 +86,10 @@ impl Generator for EngineGenerator {
         self.context
     }
 
+    fn healthy(&self) -> bool {
+        self.engine.is_running()
+    }
+
     fn vocab(&self) -> usize {
         self.vocab
     }
@@ -195,7 +199,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         bail!("--kv-pages must be at least 1");
     }
     a.exec.apply()?;
-    let m = load(a.model.as_deref())?;
+    let m = load(a.model.as_deref(), &a.exec)?;
     let model_context = m.model.config.context;
     let context = match a.ctx_size {
         None => model_context,

@@ -78,6 +78,8 @@ pub trait Generator: Send + Sync + 'static {
     fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<EventStream, SubmitError>;
     /// The engine's counters and gauges now.
     fn metrics(&self) -> Vec<Metric>;
+    /// Whether the engine still serves requests (`/health` answers 503 once it stopped).
+    fn healthy(&self) -> bool;
 }
 
 /// What the handlers share.
@@ -99,7 +101,7 @@ impl IntoResponse for ApiError {
 /// unknown routes (404), wrong methods (405) and bodies over `body_limit` bytes (413).
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/v1/completions", post(completions))
@@ -112,6 +114,14 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    if st.gen.healthy() {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "error", "message": "the engine has stopped"}))).into_response()
+    }
 }
 
 async fn models(State(st): State<Arc<AppState>>) -> Json<Value> {
@@ -303,6 +313,9 @@ mod tests {
     impl Generator for Script {
         fn context(&self) -> usize {
             64
+        }
+        fn healthy(&self) -> bool {
+            self.fail_with.is_none()
         }
         fn vocab(&self) -> usize {
             256
@@ -499,6 +512,9 @@ mod tests {
         let mut s = Script::new(&["a"]);
         s.fail_with = Some(GenEvent::Error("the engine was shut down".into()));
         let (app, _) = app(s);
+        let (st, body, _) = send(&app, "GET", "/health", Body::empty()).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["message"], "the engine has stopped");
         let (st, v) = post_json(&app, "/v1/completions", json!({"prompt": "x"})).await;
         assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(v["error"]["type"], "server_error");

@@ -255,6 +255,14 @@ impl Engine {
         &self.inner.model
     }
 
+    /// Whether the engine thread still takes requests: false after [`shutdown`](Self::shutdown)
+    /// and after an internal error stopped it.
+    pub fn is_running(&self) -> bool {
+        let open = self.inner.commands.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let thread = self.inner.thread.lock().unwrap_or_else(|e| e.into_inner());
+        open && thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops the thread: outstanding requests get `Event::Error`, later submits
     /// `Error::Stopped`. Returns when the thread has ended (at once when called again).
     pub fn shutdown(&self) {

@@ -527,7 +527,7 @@ mod tests {
 
     fn reference(model: &Model, tok: &Tokenizer, prompt: &[u32], max_tokens: usize) -> (Vec<u32>, FinishReason) {
         let mut sampler = Sampler::new(SamplingParams { max_tokens, ..Default::default() }, model.config.vocab).unwrap();
-        let mut cache = model.new_cache();
+        let mut cache = model.new_cache().unwrap();
         let g = generate(model, tok, &mut cache, prompt, &mut sampler, None, |_| Ok(())).unwrap();
         (g.tokens, g.finish)
     }
@@ -630,7 +630,7 @@ mod tests {
         assert_eq!(m.free_pages, 12);
         for (p, rx) in [(&a, &mut rxa), (&b, &mut rxb)] {
             let mut sampler = Sampler::new(SamplingParams { max_tokens: 24, ..Default::default() }, model.config.vocab).unwrap();
-            let mut cache = model.new_cache();
+            let mut cache = model.new_cache().unwrap();
             let g = generate(&model, &tok, &mut cache, p, &mut sampler, None, |_| Ok(())).unwrap();
             assert_eq!(tokens_of(rx), (g.tokens, g.finish));
         }

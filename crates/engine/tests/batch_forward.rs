@@ -9,7 +9,7 @@ use ingot_model::{Logits, Model, SeqChunk};
 
 /// Logits of every position of `prompt` run alone in one go.
 fn alone(model: &Model, prompt: &[u32]) -> Vec<f32> {
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache().unwrap();
     model.forward(prompt, &mut cache, Logits::All, None).unwrap()
 }
 

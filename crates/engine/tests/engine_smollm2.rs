@@ -198,7 +198,9 @@ fn bad_requests_are_refused_at_submit() {
     assert!(!out.tokens.is_empty());
     // After shutdown: outstanding requests get an error, new ones are refused.
     let mut h = engine.submit(GenRequest { prompt: vec![1; 10], params: greedy(100) }).unwrap();
+    assert!(engine.is_running());
     engine.shutdown();
+    assert!(!engine.is_running());
     let mut last = None;
     while let Some(ev) = h.events.blocking_recv() {
         last = Some(ev);

@@ -52,6 +52,11 @@ impl<R: Runtime> Device<R> {
         self.plane_dim
     }
 
+    /// The largest buffer the device can hold and bind, in bytes (lavapipe: 128 MiB).
+    pub fn max_buffer_bytes(&self) -> u64 {
+        self.client.properties().memory.max_page_size
+    }
+
     /// The CubeCL client, for callers that launch their own kernels.
     pub fn client(&self) -> &ComputeClient<R> {
         &self.client
@@ -77,6 +82,37 @@ impl<R: Runtime> Device<R> {
             v.resize(t.data.len().next_multiple_of(4), 0);
             self.client.create_from_slice(&v)
         }
+    }
+
+    /// Copy raw bytes (a weight matrix as the file stores it, say) to a new device tensor of
+    /// `dtype` and `shape`; the byte count must be the shape's.
+    pub fn upload_raw(&self, dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<GpuTensor> {
+        let numel: usize = shape.iter().product();
+        let want =
+            dtype.bytes_for(numel).ok_or_else(|| Error::invalid("upload", format!("{numel} elements are not whole blocks of {dtype}")))?;
+        if bytes.len() != want {
+            return Err(Error::invalid("upload", format!("{} bytes for {dtype} {shape:?}, which needs {want}", bytes.len())));
+        }
+        let h = if bytes.len() % 4 == 0 && !bytes.is_empty() {
+            self.client.create_from_slice(bytes)
+        } else {
+            let mut v = bytes.to_vec();
+            v.resize(bytes.len().next_multiple_of(4).max(4), 0);
+            self.client.create_from_slice(&v)
+        };
+        Ok(GpuTensor::new(h, dtype, shape))
+    }
+
+    /// Upload f32 values as a device tensor of `shape`.
+    pub fn upload_f32_tensor(&self, shape: &[usize], v: &[f32]) -> Result<GpuTensor> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.upload_raw(DType::F32, shape, &bytes)
+    }
+
+    /// Upload i32 values as a device tensor of `shape`.
+    pub fn upload_i32_tensor(&self, shape: &[usize], v: &[i32]) -> Result<GpuTensor> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.upload_raw(DType::I32, shape, &bytes)
     }
 
     /// Upload f32 values.
@@ -332,9 +368,10 @@ pub(crate) fn cube_reduce_u32(value: u32, #[comptime] op: U32Op, #[comptime] pla
 }
 
 /// Whether wgpu finds an adapter of the backend CubeCL will use (Metal on macOS, Vulkan
-/// elsewhere). CubeCL panics, in its server thread, when there is none; ask first.
+/// elsewhere): `Some(true)` for a hardware GPU, `Some(false)` for a CPU adapter (lavapipe),
+/// `None` for none. CubeCL panics, in its server thread, when there is none; ask first.
 #[cfg(feature = "wgpu")]
-pub(crate) fn wgpu_adapter_present() -> bool {
+pub(crate) fn wgpu_adapter_kind() -> Option<bool> {
     let backend = if cfg!(target_os = "macos") { wgpu::Backends::METAL } else { wgpu::Backends::VULKAN };
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor { backends: backend, ..wgpu::InstanceDescriptor::new_without_display_handle() });
@@ -343,5 +380,6 @@ pub(crate) fn wgpu_adapter_present() -> bool {
         force_fallback_adapter: false,
         compatible_surface: None,
     };
-    cubecl::future::block_on(instance.request_adapter(&options)).is_ok()
+    let adapter = cubecl::future::block_on(instance.request_adapter(&options)).ok()?;
+    Some(adapter.get_info().device_type != wgpu::DeviceType::Cpu)
 }

@@ -28,6 +28,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod kv;
 pub mod matmul;
+pub mod model_ops;
 pub mod norm;
 pub mod quant;
 pub mod rope;
@@ -36,6 +37,8 @@ pub mod sampling;
 use cubecl::prelude::*;
 use ingot_core::{ensure, Error, Op, Result, Tensors};
 
+/// The CubeCL version the kernels are built with, for callers generic over its `Runtime`.
+pub use cubecl;
 pub use device::{Device, GpuTensor, GpuTensors};
 
 /// Whether a kernel exists for this op and its dtypes, independent of any device.
@@ -273,10 +276,14 @@ mod wgpu_backend {
     impl GpuBackend<WgpuRuntime> {
         /// The default wgpu adapter, or `None` when there is none (checked without panicking).
         pub fn wgpu(name: &str) -> Option<Self> {
-            if !super::device::wgpu_adapter_present() {
-                return None;
-            }
+            super::device::wgpu_adapter_kind()?;
             Some(GpuBackend::new(&WgpuDevice::default(), name))
+        }
+
+        /// Whether the default wgpu adapter is a hardware GPU (not a CPU adapter such as
+        /// lavapipe); `None` when there is no adapter.
+        pub fn wgpu_is_hardware() -> Option<bool> {
+            super::device::wgpu_adapter_kind()
         }
     }
 }

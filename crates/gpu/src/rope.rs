@@ -41,7 +41,7 @@ fn inv_freqs(p: &RopeParams) -> Vec<f32> {
 }
 
 #[cube(launch_unchecked)]
-fn rope_kernel<F: Float>(
+pub(crate) fn rope_kernel<F: Float>(
     x: &Array<F>,
     pos: &Array<i32>,
     inv_freq: &Array<f32>,

@@ -6,8 +6,8 @@
 
 use crate::{Config, Error, Result};
 
-/// The K/V pages of one model.
-#[derive(Clone)]
+/// The K/V pages of one model, in host memory for the CPU path or on the device for a
+/// model on a GPU backend (made by `Model::new_pool`, which picks the right one).
 pub struct KvPool {
     page_size: usize,
     num_pages: usize,
@@ -16,6 +16,9 @@ pub struct KvPool {
     kv_width: usize,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// The pages on a device (then `k` and `v` are empty).
+    #[cfg(feature = "gpu")]
+    pub(crate) dev: Option<Box<dyn crate::gpu::DeviceKv>>,
 }
 
 impl std::fmt::Debug for KvPool {
@@ -25,6 +28,7 @@ impl std::fmt::Debug for KvPool {
             .field("num_pages", &self.num_pages)
             .field("n_layer", &self.n_layer)
             .field("kv_width", &self.kv_width)
+            .field("on_device", &self.on_device())
             .finish()
     }
 }
@@ -62,7 +66,31 @@ impl KvPool {
             kv_width,
             k: (0..config.n_layer).map(|_| layer()).collect(),
             v: (0..config.n_layer).map(|_| layer()).collect(),
+            #[cfg(feature = "gpu")]
+            dev: None,
         })
+    }
+
+    /// A pool whose pages live on a device (`dev`, already holding `num_pages` pages).
+    #[cfg(feature = "gpu")]
+    pub(crate) fn with_device(config: &Config, page_size: usize, num_pages: usize, dev: Box<dyn crate::gpu::DeviceKv>) -> KvPool {
+        KvPool {
+            page_size,
+            num_pages,
+            n_layer: config.n_layer,
+            kv_width: config.n_kv_head * config.head_dim,
+            k: Vec::new(),
+            v: Vec::new(),
+            dev: Some(dev),
+        }
+    }
+
+    /// Whether the pages live on a GPU device rather than in host memory.
+    pub fn on_device(&self) -> bool {
+        #[cfg(feature = "gpu")]
+        return self.dev.is_some();
+        #[cfg(not(feature = "gpu"))]
+        false
     }
 
     /// Positions per page.
@@ -88,9 +116,17 @@ impl KvPool {
     /// Copies every layer's K and V of page `src` onto page `dst` (copy-on-write of a shared
     /// page). Panics on a page id outside the pool.
     pub fn copy_page(&mut self, src: u32, dst: u32) {
+        assert!((src as usize) < self.num_pages && (dst as usize) < self.num_pages, "copy_page: page id outside the pool");
+        #[cfg(feature = "gpu")]
+        if let Some(dev) = &mut self.dev {
+            if src != dst {
+                // The ids were checked above, and copies inside the pool cannot fail otherwise.
+                dev.copy_page(src, dst).expect("device page copy inside the pool");
+            }
+            return;
+        }
         let n = self.page_size * self.kv_width;
         let (s, d) = (src as usize * n, dst as usize * n);
-        assert!(s + n <= self.k[0].len() && d + n <= self.k[0].len(), "copy_page: page id outside the pool");
         if s != d {
             for l in self.k.iter_mut().chain(self.v.iter_mut()) {
                 l.copy_within(s..s + n, d);
@@ -99,12 +135,19 @@ impl KvPool {
     }
 
     /// Adds zeroed pages at the end (ids num_pages..num_pages + extra).
-    pub(crate) fn grow(&mut self, extra: usize) {
+    pub(crate) fn grow(&mut self, extra: usize) -> crate::Result<()> {
+        #[cfg(feature = "gpu")]
+        if let Some(dev) = &mut self.dev {
+            dev.grow(self.num_pages + extra)?;
+            self.num_pages += extra;
+            return Ok(());
+        }
         self.num_pages += extra;
         let len = self.num_pages * self.page_size * self.kv_width;
         for l in self.k.iter_mut().chain(self.v.iter_mut()) {
             l.resize(len, 0.0);
         }
+        Ok(())
     }
 
     /// Layer `il`'s K and V pages.
@@ -126,7 +169,7 @@ impl KvPool {
 /// The key/value cache of one sequence: a private [`KvPool`] that grows a page at a time,
 /// whose pages 0, 1, 2, … hold positions in order. Runs through the same paged forward as
 /// the engine's batches.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct KvCache {
     pub(crate) pool: KvPool,
     pub(crate) pages: Vec<u32>,
@@ -153,14 +196,15 @@ impl KvCache {
     }
 
     /// Makes the pages cover `len` positions.
-    pub(crate) fn reserve(&mut self, len: usize) {
+    pub(crate) fn reserve(&mut self, len: usize) -> crate::Result<()> {
         let need = len.div_ceil(self.pool.page_size);
         if need > self.pool.num_pages {
             // Grow geometrically so a long generation reallocates O(log n) times.
             let extra = (need - self.pool.num_pages).max(self.pool.num_pages);
             let first = self.pool.num_pages as u32;
-            self.pool.grow(extra);
+            self.pool.grow(extra)?;
             self.pages.extend(first..first + extra as u32);
         }
+        Ok(())
     }
 }

@@ -1,13 +1,17 @@
 //! Models: tokenizers and chat templates from GGUF metadata, the architectures
 //! (llama, qwen2, gemma3), and weight loading.
 
+pub mod backend;
 pub mod chat;
 pub mod config;
 mod error;
+#[cfg(feature = "gpu")]
+mod gpu;
 pub mod kv;
 pub mod llm;
 pub mod tokenizer;
 
+pub use backend::BackendKind;
 pub use config::{Arch, Config};
 pub use error::{Error, Result};
 pub use kv::{KvCache, KvPool};

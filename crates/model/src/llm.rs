@@ -2,6 +2,7 @@
 //! fast path. Weights stay in the GGUF file's formats and are read from the mmap; each
 //! projection is a [`Linear`] whatever its format.
 
+use crate::backend::BackendKind;
 use crate::config::{Arch, Config};
 use crate::kv::{KvCache, KvPool};
 use crate::{Error, Result};
@@ -52,6 +53,9 @@ pub struct Model {
     layers: Vec<Layer>,
     inv_freq: Vec<f32>,
     inv_freq_swa: Vec<f32>,
+    /// The device model when forward passes run on a GPU backend (`None`: the CPU path).
+    #[cfg(feature = "gpu")]
+    gpu: Option<Box<dyn crate::gpu::GpuRun>>,
 }
 
 /// Which logits `forward` returns.
@@ -165,7 +169,91 @@ impl Model {
         };
         let inv_freq = freqs(c.rope_base)?;
         let inv_freq_swa = freqs(c.rope_base_swa)?;
-        Ok(Model { config, embd, output, output_norm, layers, inv_freq, inv_freq_swa, file })
+        Ok(Model {
+            config,
+            embd,
+            output,
+            output_norm,
+            layers,
+            inv_freq,
+            inv_freq_swa,
+            file,
+            #[cfg(feature = "gpu")]
+            gpu: None,
+        })
+    }
+
+    /// Open a GGUF file and prepare it for `backend` (see [`Model::on_backend`]).
+    pub fn load_on(path: impl AsRef<Path>, backend: BackendKind) -> Result<Model> {
+        Model::load(path)?.on_backend(backend)
+    }
+
+    /// Moves the forward passes to `backend`: for a GPU, the weights are uploaded in their
+    /// stored formats and the kernels are compiled and warmed up (a short prefill and a
+    /// decode step) before this returns, so the first request pays no compile time.
+    /// [`BackendKind::Auto`] takes the best device there is (CUDA, else a hardware GPU
+    /// through wgpu) and stays on the CPU when there is none ([`Model::backend`] says
+    /// which); a named GPU that cannot be opened is an error, never a silent fallback.
+    pub fn on_backend(mut self, backend: BackendKind) -> Result<Model> {
+        #[cfg(feature = "gpu")]
+        {
+            self.gpu = crate::backend::open(backend, &self)?;
+            if self.gpu.is_some() {
+                let mut cache = self.new_cache()?;
+                let warm: Vec<u32> = vec![0; 9];
+                self.forward(&warm, &mut cache, Logits::Last, None)?;
+                self.forward(&[0], &mut cache, Logits::Last, None)?;
+            }
+        }
+        #[cfg(not(feature = "gpu"))]
+        crate::backend::open(backend)?;
+        Ok(self)
+    }
+
+    /// Where the forward passes run: `cpu`, `gpu:cuda`, `gpu:wgpu` or `gpu:metal`.
+    pub fn backend(&self) -> &str {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return g.name();
+        }
+        "cpu"
+    }
+
+    /// The weights and tables the device model is built from.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn host_weights(&self) -> crate::gpu::HostWeights<'_> {
+        use crate::gpu::{HostLayer, HostLinear};
+        let lin =
+            |l: &Linear| HostLinear { dtype: l.dtype, rows: l.rows, cols: l.cols, bytes: &self.file.bytes()[l.offset..l.offset + l.size] };
+        crate::gpu::HostWeights {
+            embd: lin(&self.embd),
+            output: lin(&self.output),
+            output_norm: &self.output_norm,
+            inv_freq: &self.inv_freq,
+            inv_freq_swa: &self.inv_freq_swa,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| HostLayer {
+                    attn_norm: &l.attn_norm,
+                    wq: lin(&l.wq),
+                    wk: lin(&l.wk),
+                    wv: lin(&l.wv),
+                    wo: lin(&l.wo),
+                    bq: l.bq.as_deref(),
+                    bk: l.bk.as_deref(),
+                    bv: l.bv.as_deref(),
+                    q_norm: l.q_norm.as_deref(),
+                    k_norm: l.k_norm.as_deref(),
+                    post_attn_norm: l.post_attn_norm.as_deref(),
+                    ffn_norm: &l.ffn_norm,
+                    gate: lin(&l.gate),
+                    up: lin(&l.up),
+                    down: lin(&l.down),
+                    post_ffn_norm: l.post_ffn_norm.as_deref(),
+                })
+                .collect(),
+        }
     }
 
     /// The open GGUF file (metadata for the tokenizer and chat template).
@@ -185,15 +273,22 @@ impl Model {
         y
     }
 
-    /// An empty cache for one sequence.
-    pub fn new_cache(&self) -> KvCache {
-        let pool = KvPool::new(&self.config, KvCache::PAGE_SIZE, 0).expect("an empty pool always fits");
-        KvCache { pool, pages: Vec::new(), len: 0 }
+    /// An empty cache for one sequence, on the model's backend.
+    pub fn new_cache(&self) -> Result<KvCache> {
+        let pool = self.new_pool(KvCache::PAGE_SIZE, 0)?;
+        Ok(KvCache { pool, pages: Vec::new(), len: 0 })
     }
 
-    /// A pool of `num_pages` K/V pages of `page_size` positions for batched forwards.
+    /// A pool of `num_pages` K/V pages of `page_size` positions for batched forwards, on
+    /// the model's backend (device memory for a GPU model).
     pub fn new_pool(&self, page_size: usize, num_pages: usize) -> Result<KvPool> {
-        KvPool::new(&self.config, page_size, num_pages)
+        let host = KvPool::new(&self.config, page_size, if self.backend() == "cpu" { num_pages } else { 0 })?;
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            drop(host);
+            return Ok(KvPool::with_device(&self.config, page_size, num_pages, g.new_kv(page_size, num_pages)?));
+        }
+        Ok(host)
     }
 
     /// Run `tokens` (the sequence's next tokens, after the `cache.len()` already cached)
@@ -210,7 +305,7 @@ impl Model {
         if start + tokens.len() > c.context {
             return Err(model_err(c.arch.name(), format!("{} tokens exceed the context of {}", start + tokens.len(), c.context)));
         }
-        cache.reserve(start + tokens.len());
+        cache.reserve(start + tokens.len())?;
         let seq = SeqChunk { tokens, start, pages: &cache.pages, logits: which };
         let logits = self.forward_batch(&mut cache.pool, &[seq], trace)?;
         cache.len = start + tokens.len();
@@ -228,16 +323,32 @@ impl Model {
     /// The pass runs on a worker of the CPU thread pool (`ingot_cpu::in_pool`), so each
     /// parallel op is handed out through the pool's queue rather than by waking threads
     /// from outside it once per op.
+    ///
+    /// On a GPU backend the same pass runs as device ops over the pool's device pages.
     pub fn forward_batch(&self, pool: &mut KvPool, seqs: &[SeqChunk], trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
-        ingot_cpu::in_pool(|| self.forward_batch_in_pool(pool, seqs, trace))
-    }
-
-    fn forward_batch_in_pool(&self, pool: &mut KvPool, seqs: &[SeqChunk], mut trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
         let c = &self.config;
         let arch = c.arch.name();
         if !pool.fits(c) {
             return Err(model_err(arch, "this KV pool belongs to another model"));
         }
+        if pool.on_device() != (self.backend() != "cpu") {
+            let (p, m) = (if pool.on_device() { "a GPU device" } else { "host memory" }, self.backend());
+            return Err(model_err(arch, format!("this KV pool is in {p} but the model runs on {m} (make pools with Model::new_pool)")));
+        }
+        let (rows, writes) = self.plan(pool, seqs)?;
+        #[cfg(feature = "gpu")]
+        if let (Some(g), Some(dev)) = (&self.gpu, pool.dev.as_deref_mut()) {
+            return g.forward(dev, seqs, &crate::gpu::Plan { rows }, trace);
+        }
+        ingot_cpu::in_pool(|| self.forward_batch_cpu(pool, seqs, &rows, &writes, trace))
+    }
+
+    /// Checks a batch against the pool and the model, and lists its rows: (sequence,
+    /// position) of each, and the pool slot (page · page_size + offset) each row writes.
+    #[allow(clippy::type_complexity)]
+    fn plan(&self, pool: &KvPool, seqs: &[SeqChunk]) -> Result<(Vec<(usize, usize)>, Vec<usize>)> {
+        let c = &self.config;
+        let arch = c.arch.name();
         if seqs.is_empty() {
             return Err(model_err(arch, "forward_batch needs at least one sequence"));
         }
@@ -279,6 +390,19 @@ impl Model {
                 return Err(model_err(arch, format!("page {p} is written by sequence {} and read by sequence {b}", writer[p])));
             }
         }
+        Ok((rows, writes))
+    }
+
+    fn forward_batch_cpu(
+        &self,
+        pool: &mut KvPool,
+        seqs: &[SeqChunk],
+        rows: &[(usize, usize)],
+        writes: &[usize],
+        mut trace: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let ps = pool.page_size();
         let t = rows.len();
         let (e, hd) = (c.n_embd, c.head_dim);
         let kvw = c.n_kv_head * hd;

@@ -81,7 +81,7 @@ fn check_exact(model: &Model, r: &Value) -> Vec<String> {
     let (mut ours_last, mut llama_last, mut n_last) = (0f64, 0f64, 0usize);
     for p in r["prompts"].as_array().unwrap() {
         let prompt = ids(&p["ids"]);
-        let mut cache = model.new_cache();
+        let mut cache = model.new_cache().unwrap();
         let mut trace = Vec::new();
         let logits = model.forward(&prompt, &mut cache, Logits::All, Some(&mut trace)).expect("forward");
         let mut worst = (0f64, 0usize, 0u32);
@@ -156,7 +156,7 @@ fn check_greedy(model: &Model, r: &Value) -> Vec<String> {
     for p in r["prompts"].as_array().unwrap() {
         let text = p["text"].as_str().unwrap_or("");
         let steps = p["llama_cpp"].as_array().unwrap();
-        let mut cache = model.new_cache();
+        let mut cache = model.new_cache().unwrap();
         let mut logits = model.forward(&ids(&p["ids"]), &mut cache, Logits::Last, None).expect("forward");
         let mut verdict = format!("identical for all {} steps, no near-tie", steps.len());
         let mut checked = false;

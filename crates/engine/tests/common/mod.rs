@@ -9,7 +9,9 @@ use ingot_model::Model;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The model and tokenizer, or None (with a SKIP line) when the file is absent.
+/// The model and tokenizer, or None (with a SKIP line) when the file is absent. The model
+/// runs on INGOT_TEST_BACKEND (default cpu; `gpu:wgpu` etc. in a build with
+/// `--features ingot-model/wgpu`).
 pub fn smollm2() -> Option<(Arc<Model>, Arc<Tokenizer>)> {
     let dir = std::env::var_os("INGOT_MODELS")
         .map(PathBuf::from)
@@ -22,7 +24,9 @@ pub fn smollm2() -> Option<(Arc<Model>, Arc<Tokenizer>)> {
         eprintln!("SKIP: {} not found (run scripts/fetch_models.sh); this test checks nothing", p.display());
         return None;
     }
-    let model = Model::load(&p).expect("load model");
+    let backend = std::env::var("INGOT_TEST_BACKEND").unwrap_or_else(|_| "cpu".into());
+    let model = Model::load_on(&p, backend.parse().expect("INGOT_TEST_BACKEND")).expect("load model");
+    eprintln!("engine tests on {}", model.backend());
     let tok = Tokenizer::new(&Vocab::from_gguf(model.file()).expect("vocab")).expect("tokenizer");
     Some((Arc::new(model), Arc::new(tok)))
 }
@@ -43,7 +47,7 @@ pub struct Outcome {
 /// The single-sequence path (`ingot run`): a fresh cache, [`generate`].
 pub fn alone(model: &Model, tok: &Tokenizer, prompt: &[u32], params: &SamplingParams) -> Outcome {
     let mut sampler = Sampler::new(params.clone(), model.config.vocab).expect("params");
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache().unwrap();
     let g = generate(model, tok, &mut cache, prompt, &mut sampler, None, |_| Ok(())).expect("generate");
     Outcome { tokens: g.tokens, text: g.text, finish: g.finish }
 }

@@ -1,0 +1,141 @@
+//! Which backend runs a model: the CPU fast path, or a GPU through one of the runtimes
+//! compiled in (cargo features `wgpu`, `cuda`, `metal` of this crate).
+
+use crate::{Error, Result};
+
+/// Where a model's forward passes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The CPU fast path.
+    Cpu,
+    /// The best device there is: CUDA, else a hardware GPU through wgpu, else the CPU.
+    Auto,
+    /// Any GPU runtime compiled in (CUDA first, then wgpu), CPU adapters included; an error
+    /// when there is none.
+    Gpu,
+    /// wgpu: Vulkan (Mesa's lavapipe too), DX12, WebGPU.
+    Wgpu,
+    /// CUDA (NVRTC, libraries loaded at run time).
+    Cuda,
+    /// wgpu with the MSL compiler, on macOS.
+    Metal,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "cpu" => BackendKind::Cpu,
+            "auto" => BackendKind::Auto,
+            "gpu" => BackendKind::Gpu,
+            "gpu:wgpu" => BackendKind::Wgpu,
+            "gpu:cuda" => BackendKind::Cuda,
+            "gpu:metal" => BackendKind::Metal,
+            other => {
+                return Err(backend_err(format!("unknown backend '{other}' (expected auto, cpu, gpu, gpu:cuda, gpu:wgpu or gpu:metal)")))
+            }
+        })
+    }
+}
+
+fn backend_err(msg: String) -> Error {
+    Error::Model { arch: "backend".into(), msg }
+}
+
+/// The GPU runtimes compiled into this build, by backend name.
+pub fn compiled_gpu_backends() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "cuda") {
+        v.push("gpu:cuda");
+    }
+    if cfg!(feature = "wgpu") {
+        v.push("gpu:wgpu");
+    }
+    if cfg!(feature = "metal") {
+        v.push("gpu:metal");
+    }
+    v
+}
+
+fn not_built(name: &str) -> Error {
+    let have: Vec<&str> = ["cpu"].into_iter().chain(compiled_gpu_backends()).collect();
+    backend_err(format!(
+        "unsupported: backend '{name}' is not built into this ingot (available: {}; rebuild with --features {})",
+        have.join(", "),
+        &name[4..]
+    ))
+}
+
+/// Without GPU runtimes: the CPU, or an error naming what is missing.
+#[cfg(not(feature = "gpu"))]
+pub(crate) fn open(kind: BackendKind) -> Result<()> {
+    match kind {
+        BackendKind::Cpu | BackendKind::Auto => Ok(()),
+        BackendKind::Gpu => Err(backend_err("backend 'gpu': this ingot was built without GPU backends (available: cpu)".into())),
+        BackendKind::Wgpu => Err(not_built("gpu:wgpu")),
+        BackendKind::Cuda => Err(not_built("gpu:cuda")),
+        BackendKind::Metal => Err(not_built("gpu:metal")),
+    }
+}
+
+/// The device model for `kind`, or `None` for the CPU.
+#[cfg(feature = "gpu")]
+pub(crate) fn open(kind: BackendKind, model: &crate::Model) -> Result<Option<Box<dyn crate::gpu::GpuRun>>> {
+    use crate::gpu::{GpuModel, GpuRun};
+    type Opened = Option<Box<dyn GpuRun>>;
+    #[allow(unused_variables)]
+    let build = |name: &str| -> Result<Opened> {
+        let w = model.host_weights();
+        #[cfg(feature = "cuda")]
+        if name == "gpu:cuda" {
+            return match ingot_gpu::CudaBackend::cuda(name) {
+                Some(be) => Ok(Some(Box::new(GpuModel::new(be, name, &model.config, &w)?))),
+                None => Ok(None),
+            };
+        }
+        #[cfg(feature = "wgpu")]
+        if name == "gpu:wgpu" || name == "gpu:metal" {
+            return match ingot_gpu::WgpuBackend::wgpu(name) {
+                Some(be) => Ok(Some(Box::new(GpuModel::new(be, name, &model.config, &w)?))),
+                None => Ok(None),
+            };
+        }
+        Err(not_built(name))
+    };
+    let no_device = |name: &str| backend_err(format!("backend '{name}': no device found (is a Vulkan driver or CUDA installed?)"));
+    match kind {
+        BackendKind::Cpu => Ok(None),
+        BackendKind::Cuda => build("gpu:cuda")?.map(Some).ok_or_else(|| no_device("gpu:cuda")),
+        BackendKind::Wgpu => build("gpu:wgpu")?.map(Some).ok_or_else(|| no_device("gpu:wgpu")),
+        BackendKind::Metal => {
+            if !cfg!(target_os = "macos") {
+                return Err(backend_err("unsupported: backend 'gpu:metal' runs on macOS only; use gpu:wgpu (Vulkan) here".into()));
+            }
+            build("gpu:metal")?.map(Some).ok_or_else(|| no_device("gpu:metal"))
+        }
+        BackendKind::Gpu | BackendKind::Auto => {
+            #[cfg(feature = "cuda")]
+            if let Some(g) = build("gpu:cuda")? {
+                return Ok(Some(g));
+            }
+            #[cfg(feature = "wgpu")]
+            {
+                // Auto takes a hardware GPU only: a CPU adapter (lavapipe) is slower than the CPU path.
+                let usable = match ingot_gpu::WgpuBackend::wgpu_is_hardware() {
+                    Some(hw) => hw || kind == BackendKind::Gpu,
+                    None => false,
+                };
+                if usable {
+                    if let Some(g) = build("gpu:wgpu")? {
+                        return Ok(Some(g));
+                    }
+                }
+            }
+            if kind == BackendKind::Auto {
+                Ok(None)
+            } else {
+                Err(backend_err(format!("backend 'gpu': no device found for {}", compiled_gpu_backends().join(", "))))
+            }
+        }
+    }
+}
