@@ -91,7 +91,7 @@ pub struct ExecArgs {
 impl ExecArgs {
     /// Check the flags and set up the CPU thread pool; returns the thread count.
     pub fn apply(&self) -> Result<usize> {
-        self.kind()?;
+        ingot_model::backend::check_built(self.kind()?).map_err(|e| anyhow::anyhow!("--backend {}: {e}", self.backend))?;
         let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         if threads == 0 {
             bail!("--threads must be at least 1");

@@ -50,10 +50,11 @@ fn bad_input_is_a_clear_error() {
         (&["run", "--model", g, "hi"], "garbage.gguf"),
         (&["run", "--model", g], "no prompt"),
         (&["run", "--model", g, "--temperature", "-1", "hi"], "--temperature must be"),
-        (&["run", "--model", g, "--backend", "gpu:cuda", "hi"], "unsupported: --backend gpu:cuda"),
+        (&["run", "--model", g, "--backend", "gpu:cuda", "hi"], "unsupported: backend 'gpu:cuda' is not built into this ingot"),
         (&["chat", "--model", g, "--backend", "tpu"], "unknown --backend 'tpu'"),
         (&["serve", "--model", g, "--threads", "0"], "--threads must be at least 1"),
-        (&["bench", "--model", g, "--backend", "gpu"], "unsupported: --backend gpu"),
+        (&["bench", "--model", g, "--backend", "gpu:metal"], "unsupported: backend 'gpu:metal' runs on macOS only"),
+        (&["run", "--model", g, "--backend", "gpu", "hi"], "garbage.gguf"),
     ];
     for (args, want) in cases {
         let o = ingot(args);

@@ -66,16 +66,31 @@ fn not_built(name: &str) -> Error {
     ))
 }
 
+/// Whether this build can try `kind` at all (the runtime compiled in, Metal on macOS), so a
+/// caller can refuse a flag before loading a model. Finding a device is [`Model::on_backend`]'s.
+///
+/// [`Model::on_backend`]: crate::Model::on_backend
+pub fn check_built(kind: BackendKind) -> Result<()> {
+    match kind {
+        BackendKind::Cpu | BackendKind::Auto => Ok(()),
+        BackendKind::Gpu if compiled_gpu_backends().is_empty() => {
+            Err(backend_err("unsupported: backend 'gpu': this ingot was built without GPU backends (available: cpu)".into()))
+        }
+        BackendKind::Gpu => Ok(()),
+        BackendKind::Wgpu if !cfg!(feature = "wgpu") => Err(not_built("gpu:wgpu")),
+        BackendKind::Cuda if !cfg!(feature = "cuda") => Err(not_built("gpu:cuda")),
+        BackendKind::Metal if !cfg!(target_os = "macos") => {
+            Err(backend_err("unsupported: backend 'gpu:metal' runs on macOS only; use gpu:wgpu (Vulkan) here".into()))
+        }
+        BackendKind::Metal if !cfg!(feature = "metal") => Err(not_built("gpu:metal")),
+        _ => Ok(()),
+    }
+}
+
 /// Without GPU runtimes: the CPU, or an error naming what is missing.
 #[cfg(not(feature = "gpu"))]
 pub(crate) fn open(kind: BackendKind) -> Result<()> {
-    match kind {
-        BackendKind::Cpu | BackendKind::Auto => Ok(()),
-        BackendKind::Gpu => Err(backend_err("backend 'gpu': this ingot was built without GPU backends (available: cpu)".into())),
-        BackendKind::Wgpu => Err(not_built("gpu:wgpu")),
-        BackendKind::Cuda => Err(not_built("gpu:cuda")),
-        BackendKind::Metal => Err(not_built("gpu:metal")),
-    }
+    check_built(kind)
 }
 
 /// The device model for `kind`, or `None` for the CPU.
@@ -102,17 +117,13 @@ pub(crate) fn open(kind: BackendKind, model: &crate::Model) -> Result<Option<Box
         }
         Err(not_built(name))
     };
+    check_built(kind)?;
     let no_device = |name: &str| backend_err(format!("backend '{name}': no device found (is a Vulkan driver or CUDA installed?)"));
     match kind {
         BackendKind::Cpu => Ok(None),
         BackendKind::Cuda => build("gpu:cuda")?.map(Some).ok_or_else(|| no_device("gpu:cuda")),
         BackendKind::Wgpu => build("gpu:wgpu")?.map(Some).ok_or_else(|| no_device("gpu:wgpu")),
-        BackendKind::Metal => {
-            if !cfg!(target_os = "macos") {
-                return Err(backend_err("unsupported: backend 'gpu:metal' runs on macOS only; use gpu:wgpu (Vulkan) here".into()));
-            }
-            build("gpu:metal")?.map(Some).ok_or_else(|| no_device("gpu:metal"))
-        }
+        BackendKind::Metal => build("gpu:metal")?.map(Some).ok_or_else(|| no_device("gpu:metal")),
         BackendKind::Gpu | BackendKind::Auto => {
             #[cfg(feature = "cuda")]
             if let Some(g) = build("gpu:cuda")? {
