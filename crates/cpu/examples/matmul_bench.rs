@@ -1,7 +1,7 @@
 //! Time `fast::matmul_xwt` on one thread for one weight format and shape; for kernel
 //! work, under `perf stat` (cycles do not depend on other load the way wall time does).
 //!
-//! `cargo run --release -p ingot-cpu --example matmul_bench -- <dtype> <m> <n> <k> [iters] [portable|avx2|best|f32] [threads]`
+//! `cargo run --release -p ingot-cpu --example matmul_bench -- <dtype> <m> <n> <k> [iters] [portable|avx2|…|best|f32] [threads]`
 
 use ingot_core::DType;
 use ingot_cpu::fast::{matmul_xwt_with, WeightView};
@@ -12,7 +12,7 @@ use std::time::Instant;
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 5 {
-        eprintln!("usage: matmul_bench <dtype> <m> <n> <k> [iters] [portable|avx2|best|f32] [threads]");
+        eprintln!("usage: matmul_bench <dtype> <m> <n> <k> [iters] [portable|avx2|…|best|f32] [threads]");
         std::process::exit(2);
     }
     let dtype = DType::WEIGHTS.into_iter().find(|d| d.to_string().eq_ignore_ascii_case(&a[1])).expect("a weight dtype");
@@ -21,10 +21,13 @@ fn main() {
     let iters = if a.len() > 5 { num(5) } else { 10 };
     // "f32": the path the kernels replaced (decode each weight row to f32, f32 dots), for reference.
     let f32_path = a.get(6).map(String::as_str) == Some("f32");
-    let isa = match a.get(6).map(String::as_str) {
-        Some("portable") => Isa::Portable,
-        Some("avx2") => Isa::Avx2,
-        _ => Isa::best(),
+    let isa = match a.get(6).map(String::as_str).and_then(Isa::parse) {
+        Some(i) if !i.available() => {
+            eprintln!("matmul_bench: this CPU cannot run the {} path", i.name());
+            std::process::exit(2);
+        }
+        Some(i) => i,
+        None => Isa::best(),
     };
     ingot_cpu::set_threads(if a.len() > 7 { num(7) } else { 1 }).unwrap();
     let wv: Vec<f32> = (0..n * k).map(|i| (((i * 7919) % 1013) as f32 / 506.0) - 1.0).collect();

@@ -331,7 +331,7 @@ mod tests {
             let want = CpuBackend.run(&Op::QuantizedMatmul(p), &t).unwrap()["y"].to_f32().unwrap();
             let mut wd = vec![0f32; n * k];
             crate::quant::dequantize_row(dt, &wq, &mut wd).unwrap();
-            for isa in [Isa::Portable, Isa::Avx2].into_iter().filter(|i| i.available()) {
+            for isa in Isa::ALL.iter().copied().filter(|i| i.available()) {
                 let mut y = vec![0f32; m * n];
                 matmul_xwt_with(isa, &xv, m, &w, &mut y);
                 if !DType::QUANTIZED.contains(&dt) {
@@ -375,7 +375,7 @@ mod tests {
         for dt in DType::WEIGHTS {
             let wq = quantize_row(dt, &wv).unwrap();
             let w = WeightView::new(dt, n, k, &wq).unwrap();
-            for isa in [Isa::Portable, Isa::Avx2].into_iter().filter(|i| i.available()) {
+            for isa in Isa::ALL.iter().copied().filter(|i| i.available()) {
                 let mut y = vec![0f32; m * n];
                 matmul_xwt_with(isa, &xv, m, &w, &mut y);
                 for i in 0..m {
@@ -449,7 +449,7 @@ mod tests {
             let v: Vec<f32> = (0..(start + t) * n_kv * d).map(|_| rnd()).collect();
             for (window, cap) in [(None, 0.0), (Some(4), 0.0), (None, 2.0)] {
                 let scale = 1.0 / (d as f32).sqrt();
-                for isa in [Isa::Portable, Isa::Avx2].into_iter().filter(|i| i.available()) {
+                for isa in Isa::ALL.iter().copied().filter(|i| i.available()) {
                     let o = attention_with(isa, &q, &k, &v, t, start, n_heads, n_kv, d, scale, window, cap);
                     for ti in 0..t {
                         // One query alone, its keys the same cache prefix: the same bits.

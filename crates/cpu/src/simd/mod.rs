@@ -53,6 +53,22 @@ impl Isa {
         }
     }
 
+    /// Every path this build knows, slowest first (whether or not this CPU can run it).
+    pub const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2];
+
+    /// The path named `s` (`portable`, `avx2`, …: the lower-case variant name).
+    pub fn parse(s: &str) -> Option<Isa> {
+        Isa::ALL.iter().copied().find(|i| i.name() == s)
+    }
+
+    /// The path's lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+        }
+    }
+
     /// The fastest path this CPU can run (detected once).
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();

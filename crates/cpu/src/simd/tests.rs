@@ -7,15 +7,13 @@ use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// The paths to test. On an x86-64 CPU without AVX2 that path is skipped, and said so.
+/// The paths to test: every path this CPU can run; the others are skipped, and said so.
 fn paths() -> Vec<Isa> {
-    let mut v = vec![Isa::Portable];
-    if Isa::Avx2.available() {
-        v.push(Isa::Avx2);
-    } else {
-        eprintln!("SKIP: this CPU has no AVX2+FMA+F16C; only the portable kernels are tested");
+    let (run, skip): (Vec<Isa>, Vec<Isa>) = Isa::ALL.iter().partition(|i| i.available());
+    for i in skip {
+        eprintln!("SKIP: this CPU cannot run the {} kernels; they are not tested here", i.name());
     }
-    v
+    run
 }
 
 /// Byte offsets of the f16 scale fields of each block, for random-byte blocks.
