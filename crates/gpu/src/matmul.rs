@@ -4,15 +4,18 @@
 //! Two paths, chosen at run time from the number of activation rows m:
 //!
 //! - **GEMV** (m ≤ [`GEMV_MAX_ROWS`], decode): a group of `group` threads per output column
-//!   j (weight row j), `BLOCK / group` columns per cube. The group streams row j once, in
-//!   units taken by its threads in turn: a part of 16 values ([`crate::quant`], u32 word
-//!   loads), a 64-element chunk of a Q4_K/Q5_K super-block (scales decoded once, quants
-//!   loaded as four-word vectors), or a 16-byte vector of f32/f16/bf16 weights. Each unit is
-//!   multiplied against all m rows of x (m is a compile-time constant, so the accumulators
-//!   stay in registers; x is read as four-element vectors). The group's partial sums are
-//!   reduced with `plane_sum` when the device has planes (the group is one plane,
-//!   [`Device::plane_dim`]), else through shared memory; both paths exist, chosen at launch.
-//!   Dequantized weights enter the products through one FMA each ([`fused_value`]).
+//!   j (weight row j), `BLOCK / group` columns per cube. The group streams row j once, its
+//!   threads taking units in turn, and multiplies each unit against all m rows of x (m is a
+//!   compile-time constant, so the accumulators stay in registers; x is read as
+//!   four-element vectors). Units are laid out so that consecutive threads read consecutive
+//!   quants *and* consecutive activations: a quarter of a Q8_0 block (8 levels), a quarter
+//!   of a Q4_K/Q5_K 64-element chunk (8 quant bytes: 8 + 8 values, the 16-byte super-block
+//!   header one shared vector load), a 16-byte vector of f32/f16/bf16 weights, or for the
+//!   other block formats a part of 16 values ([`crate::quant`], u32 word loads). (Strided
+//!   activation reads made the K-quant GEMV bound by L1 wavefronts, not memory.) The group's
+//!   partial sums are reduced with `plane_sum` when the device has planes (the group is one
+//!   plane, [`Device::plane_dim`]), else through shared memory; both paths exist, chosen at
+//!   launch. Dequantized weights enter the products through one FMA each ([`fused_value`]).
 //! - **GEMM** (larger m, prefill): cubes of 256 threads compute a [`TM`] × [`TN`] tile of y.
 //!   For each slice of [`TK`] = 64 columns of k, the cube decodes the tile's 64 weight rows
 //!   × 64 columns into shared memory once (one part, or 16 float weights, per thread,
@@ -25,8 +28,8 @@
 use crate::cast::f16_bits_to_f32;
 use crate::device::{cube_index, grid_cubes, input, with_float, Device, GpuTensor, GpuTensors, BLOCK};
 use crate::quant::{
-    check_addressable, decode_part, f16_pair, has_offset, k4_scale_min, level_bits, level_offset, load_float, part_levels, run_a, run_b,
-    Format, F16, F32, Q4_K, Q5_K,
+    check_addressable, decode_part, has_offset, level_bits, level_offset, load_float, part_levels, run_a, run_b, Format, F16, F32, Q4_K,
+    Q5_K, Q8_0,
 };
 use cubecl::prelude::*;
 use ingot_core::{DType, Error, QuantizedMatmulParams, Result};
@@ -212,10 +215,182 @@ fn gemv_q_kernel<F: Float>(
     store_rows(&acc, y, n, col, rows, group, plane);
 }
 
-/// GEMV over a Q4_K or Q5_K weight (super-blocks of 144 or 176 bytes, 16-byte aligned): each
-/// thread takes one 64-element chunk c of a super-block per step (sub-blocks 2c and 2c + 1),
-/// decoding its scales once and loading its 32 qs bytes (and Q5_K's 32 qh bytes) as
-/// four-word vectors through `w4`, the same buffer as `w`.
+/// One thread's share of Q8_0 block `b` of the weight row starting at block `row0`: levels
+/// `8·quarter..+8` against the matching activations of each of the `rows` rows of x.
+#[allow(clippy::too_many_arguments)]
+#[cube]
+fn q8_unit<F: Float>(
+    x: &Array<Vector<F, Const<4>>>,
+    w: &Array<u32>,
+    row0: usize,
+    b: usize,
+    quarter: usize,
+    k: usize,
+    acc: &mut Array<f32>,
+    #[comptime] rows: usize,
+) {
+    let mut words = Array::<u32>::new(2usize);
+    let mut st = Array::<f32>::new(2usize);
+    let mut v = Array::<f32>::new(8usize);
+    let blk = (row0 + b) * 34;
+    let d = f32::reinterpret(f16_bits_to_f32((w[blk / 4] >> (u32::cast_from(blk % 4) * 8)) & 0xffff));
+    let a = blk + 2 + 8 * quarter;
+    let i0 = a / 4;
+    if a % 4 == 0 {
+        words[0] = w[i0];
+        words[1] = w[i0 + 1];
+    } else {
+        let mid = w[i0 + 1];
+        words[0] = (w[i0] >> 16) | (mid << 16);
+        words[1] = (mid >> 16) | (w[i0 + 2] << 16);
+    }
+    fused_consts(d, 0.0, &mut st, 0usize, Q8_0);
+    #[unroll]
+    for i in 0..8usize {
+        // An i8 level b is the biased u8 (b ^ 0x80) minus 128.
+        let q = ((words[i / 4] >> comptime!((i % 4) as u32 * 8)) & 0xff) ^ 0x80;
+        v[i] = fused_value(q, st[0], st[1], 8u32);
+    }
+    dot_rows(x, b * 32 + 8 * quarter, k, &v, acc, 0usize, 2usize, rows);
+}
+
+/// GEMV over a Q8_0 weight (blocks of 34 bytes: f16 d, 32 i8 levels). Four consecutive
+/// threads share a block, thread `l` (of 4) taking its levels `8l..8l + 8`, so that a group
+/// reads the quants and the matching activations as contiguous runs; a group of `group`
+/// threads covers `group / 4` blocks per step. Blocks start on 2-byte boundaries: the 8
+/// level bytes are two words joined from three loads when they straddle words.
+#[cube(launch_unchecked)]
+fn gemv_q8_kernel<F: Float>(
+    x: &Array<Vector<F, Const<4>>>,
+    w: &Array<u32>,
+    y: &mut Array<f32>,
+    n: usize,
+    k: usize,
+    #[comptime] rows: usize,
+    #[comptime] group: usize,
+    #[comptime] plane: bool,
+) {
+    let t = UNIT_POS_X as usize;
+    let lane = t % group;
+    let col = cube_index() * (BLOCK as usize / group) + t / group;
+    let per_step = comptime!(group / 4);
+    let quarter = lane % 4;
+    let mut acc = Array::<f32>::new(rows);
+    #[unroll]
+    for r in 0..rows {
+        acc[r] = 0.0;
+    }
+    if col < n {
+        let nb = k / 32;
+        let row0 = col * nb;
+        // Four blocks per thread per step, their loads independent of each other, so that
+        // enough bytes are in flight to cover the memory latency.
+        let mut b = lane / 4;
+        while b + 3 * per_step < nb {
+            #[unroll]
+            for s in 0..4usize {
+                q8_unit(x, w, row0, b + s * per_step, quarter, k, &mut acc, rows);
+            }
+            b += 4 * per_step;
+        }
+        while b < nb {
+            q8_unit(x, w, row0, b, quarter, k, &mut acc, rows);
+            b += per_step;
+        }
+    }
+    store_rows(&acc, y, n, col, rows, group, plane);
+}
+
+/// Byte `i` (0..4) of word `w`.
+#[cube]
+fn byte_of(w: u32, i: usize) -> u32 {
+    (w >> (u32::cast_from(i) * 8)) & 0xff
+}
+
+/// Q4_K/Q5_K: the 6-bit scale and min of sub-block `j` (0..8) from the three words
+/// `s0, s1, s2` holding the 12 packed scale bytes, into `out[0]` and `out[1]`: the
+/// arithmetic of `quant::k4_scale_min`, on registers.
+#[cube]
+fn k4_scale_min_regs(s0: u32, s1: u32, s2: u32, j: usize, out: &mut Array<u32>) {
+    let jj = j % 4;
+    if j < 4 {
+        out[0] = byte_of(s0, jj) & 63;
+        out[1] = byte_of(s1, jj) & 63;
+    } else {
+        let hi = byte_of(s2, jj);
+        out[0] = (hi & 0x0f) | ((byte_of(s0, jj) >> 6) << 4);
+        out[1] = (hi >> 4) | ((byte_of(s1, jj) >> 6) << 4);
+    }
+}
+
+/// One thread's share of Q4_K/Q5_K super-block `b` of the weight row starting at block
+/// `row0`: chunk `c`, quant bytes `8·quarter..+8` of it (see [`gemv_k4_kernel`]).
+#[allow(clippy::too_many_arguments)]
+#[cube]
+fn k4_unit<F: Float>(
+    x: &Array<Vector<F, Const<4>>>,
+    w: &Array<u32>,
+    w4: &Array<Vector<u32, Const<4>>>,
+    row0: usize,
+    b: usize,
+    c: usize,
+    quarter: usize,
+    k: usize,
+    acc: &mut Array<f32>,
+    #[comptime] f: u32,
+    #[comptime] rows: usize,
+) {
+    let bytes = comptime!(if f == Q5_K { 176usize } else { 144usize });
+    let qs_at = comptime!(if f == Q5_K { 48usize } else { 16usize });
+    let nbits = comptime!(level_bits(f));
+    let hsh = u32::cast_from(2 * c);
+    let mut sm = Array::<u32>::new(2usize);
+    let mut st = Array::<f32>::new(4usize);
+    let mut v = Array::<f32>::new(16usize);
+    let blk = (row0 + b) * bytes;
+    let head = w4[blk / 16];
+    let d = f32::reinterpret(f16_bits_to_f32(head[0] & 0xffff));
+    let dmin = f32::reinterpret(f16_bits_to_f32(head[0] >> 16));
+    k4_scale_min_regs(head[1], head[2], head[3], 2 * c, &mut sm);
+    fused_consts(d * f32::cast_from(sm[0]), dmin * f32::cast_from(sm[1]), &mut st, 0usize, f);
+    k4_scale_min_regs(head[1], head[2], head[3], 2 * c + 1, &mut sm);
+    fused_consts(d * f32::cast_from(sm[0]), dmin * f32::cast_from(sm[1]), &mut st, 2usize, f);
+    let qw0 = (blk + qs_at) / 4 + 8 * c + 2 * quarter;
+    let hw0 = (blk + 16) / 4 + 2 * quarter;
+    #[unroll]
+    for h in 0..2usize {
+        let word = w[qw0 + h];
+        let mut hword = word;
+        if f == Q5_K {
+            hword = w[hw0 + h] >> hsh;
+        }
+        #[unroll]
+        for i in 0..4usize {
+            // Quant byte 8·quarter + 4h + i of the chunk: its low nibble is element
+            // 64c + 8·quarter + 4h + i (run A), its high nibble that + 32 (run B).
+            let sh = comptime!(8 * i as u32);
+            let mut lo = (word >> sh) & 0x0f;
+            let mut hi = (word >> comptime!(sh + 4)) & 0x0f;
+            if f == Q5_K {
+                lo |= ((hword >> sh) & 1) << 4;
+                hi |= ((hword >> comptime!(sh + 1)) & 1) << 4;
+            }
+            v[4 * h + i] = fused_value(lo, st[0], st[1], nbits);
+            v[8 + 4 * h + i] = fused_value(hi, st[2], st[3], nbits);
+        }
+    }
+    let e0 = b * 256 + 64 * c + 8 * quarter;
+    dot_rows(x, e0, k, &v, acc, 0usize, 2usize, rows);
+    dot_rows(x, e0 + 32, k, &v, acc, 8usize, 2usize, rows);
+}
+
+/// GEMV over a Q4_K or Q5_K weight (super-blocks of 144 or 176 bytes, 16-byte aligned).
+/// Sixteen consecutive threads share a super-block, so that together they read its quants
+/// and the matching activations as contiguous runs: thread `l` (of 16) takes chunk
+/// `c = l / 4` (sub-blocks 2c and 2c + 1) and the 8 quant bytes `8(l % 4)..+8` of it, i.e.
+/// elements `64c + 8(l % 4)..+8` (low nibbles) and the same + 32 (high nibbles). A group of
+/// `group` threads covers `group / 16` super-blocks per step. The 16-byte header (f16 d and
+/// dmin, 12 scale bytes) is one vector load that the 16 threads share.
 #[cube(launch_unchecked)]
 fn gemv_k4_kernel<F: Float>(
     x: &Array<Vector<F, Const<4>>>,
@@ -232,9 +407,9 @@ fn gemv_k4_kernel<F: Float>(
     let t = UNIT_POS_X as usize;
     let lane = t % group;
     let col = cube_index() * (BLOCK as usize / group) + t / group;
-    let bytes = comptime!(if f == Q5_K { 176usize } else { 144usize });
-    let qs_at = comptime!(if f == Q5_K { 48usize } else { 16usize });
-    let nbits = comptime!(level_bits(f));
+    let per_step = comptime!(group / 16);
+    let c = (lane % 16) / 4;
+    let quarter = lane % 4;
     let mut acc = Array::<f32>::new(rows);
     #[unroll]
     for r in 0..rows {
@@ -242,57 +417,16 @@ fn gemv_k4_kernel<F: Float>(
     }
     if col < n {
         let nb = k / 256;
-        let total = nb * 4;
         let row0 = col * nb;
-        let mut pair = Array::<f32>::new(2usize);
-        let mut sm = Array::<u32>::new(2usize);
-        let mut st = Array::<f32>::new(4usize);
-        let mut v = Array::<f32>::new(8usize);
-        let mut u = lane;
-        while u < total {
-            let b = u / 4;
-            let c = u % 4;
-            let blk = (row0 + b) * bytes;
-            f16_pair(w, blk, &mut pair);
-            k4_scale_min(w, blk + 4, 2 * c, &mut sm);
-            fused_consts(pair[0] * f32::cast_from(sm[0]), pair[1] * f32::cast_from(sm[1]), &mut st, 0usize, f);
-            k4_scale_min(w, blk + 4, 2 * c + 1, &mut sm);
-            fused_consts(pair[0] * f32::cast_from(sm[0]), pair[1] * f32::cast_from(sm[1]), &mut st, 2usize, f);
-            let qv = (blk + qs_at + 32 * c) / 16;
-            let hv = (blk + 16) / 16;
-            let hsh = u32::cast_from(2 * c);
-            let e0 = b * 256 + 64 * c;
-            #[unroll]
-            for h in 0..2usize {
-                let qw = w4[qv + h];
-                let mut hw = qw;
-                if f == Q5_K {
-                    hw = w4[hv + h];
-                }
-                #[unroll]
-                for j in 0..4usize {
-                    // Bytes l = 16h + 4j .. + 4 of the chunk: low nibbles are elements
-                    // 64c + l (run A), high nibbles 64c + 32 + l (run B).
-                    let word = qw[j];
-                    let hword = hw[j] >> hsh;
-                    #[unroll]
-                    for i in 0..4usize {
-                        let sh = comptime!(8 * i as u32);
-                        let mut lo = (word >> sh) & 0x0f;
-                        let mut hi = (word >> comptime!(sh + 4)) & 0x0f;
-                        if f == Q5_K {
-                            lo |= ((hword >> sh) & 1) << 4;
-                            hi |= ((hword >> comptime!(sh + 1)) & 1) << 4;
-                        }
-                        v[i] = fused_value(lo, st[0], st[1], nbits);
-                        v[4 + i] = fused_value(hi, st[2], st[3], nbits);
-                    }
-                    let l = 16 * h + 4 * j;
-                    dot_rows(x, e0 + l, k, &v, &mut acc, 0usize, 1usize, rows);
-                    dot_rows(x, e0 + 32 + l, k, &v, &mut acc, 4usize, 1usize, rows);
-                }
-            }
-            u += group;
+        // Two super-blocks per thread per step (independent loads in flight together).
+        let mut b = lane / 16;
+        while b + per_step < nb {
+            k4_unit(x, w, w4, row0, b, c, quarter, k, &mut acc, f, rows);
+            k4_unit(x, w, w4, row0, b + per_step, c, quarter, k, &mut acc, f, rows);
+            b += 2 * per_step;
+        }
+        if b < nb {
+            k4_unit(x, w, w4, row0, b, c, quarter, k, &mut acc, f, rows);
         }
     }
     store_rows(&acc, y, n, col, rows, group, plane);
@@ -522,8 +656,9 @@ pub fn quantized_matmul<R: Runtime>(d: &Device<R>, p: &QuantizedMatmulParams, in
     let (xh, wh, yh) = (x.handle.clone(), w.handle.clone(), y.clone());
     if m <= GEMV_MAX_ROWS {
         let (group, plane) = match d.plane_dim() {
-            Some(pd) => (pd as usize, true),
-            None => (SMEM_GROUP, false),
+            // The K-quant kernel spreads a super-block over 16 threads of one group.
+            Some(pd) if pd >= 16 || !(f.code == Q4_K || f.code == Q5_K) => (pd as usize, true),
+            _ => (SMEM_GROUP, false),
         };
         let (count, dim) = grid_cubes(n.div_ceil(BLOCK as usize / group), BLOCK);
         with_float!(p.dtype, F => {
@@ -531,10 +666,11 @@ pub fn quantized_matmul<R: Runtime>(d: &Device<R>, p: &QuantizedMatmulParams, in
                 // SAFETY: x holds m·k elements (k a multiple of 256, so m·k / 4 whole
                 // vectors), y m·n, w n rows of k / 256 super-blocks of 144 or 176 bytes
                 // (`check_inputs`), whole 16-byte vectors. Group col < n reads the
-                // super-blocks of weight row col only: its header words, and vectors
-                // (blk + 16 or 48 + 32c) / 16 + h, (blk + 16) / 16 + h for c < 4, h < 2,
-                // inside the block; x vectors (r·k + e) / 4 for r < m, e < k; its first
-                // thread writes y[r·n + col]. Groups with col >= n only join the reduction.
+                // super-blocks b < k / 256 of weight row col only: the header vector blk / 16,
+                // quant words (blk + 16 or 48) / 4 + 8c + 2q + h and qh words (blk + 16) / 4 +
+                // 2q + h (c, q < 4, h < 2: inside the block); x vectors (r·k + e) / 4 for
+                // r < m, e < k; its first thread writes y[r·n + col]. Groups with col >= n
+                // only join the reduction. Groups are 16 threads or more (a multiple of 16).
                 unsafe {
                     gemv_k4_kernel::launch_unchecked::<F, R>(
                         &d.client,
@@ -547,6 +683,30 @@ pub fn quantized_matmul<R: Runtime>(d: &Device<R>, p: &QuantizedMatmulParams, in
                         n,
                         k,
                         f.code,
+                        m,
+                        group,
+                        plane,
+                    )
+                }
+            } else if f.code == Q8_0 {
+                // SAFETY: x holds m·k elements (k a multiple of 32: m·k / 4 whole vectors),
+                // y m·n, w n rows of k / 32 blocks of 34 bytes (`check_inputs`). Group
+                // col < n reads blocks b < k / 32 of weight row col only: the word holding d
+                // (blk / 4) and words a / 4 .. a / 4 + 2 for a = blk + 2 + 8q, q < 4, the
+                // third only when a is not 4-aligned, so that the bytes a..a + 8 (inside the
+                // block) end past its start; x vectors (r·k + e) / 4 for r < m, e < k; its
+                // first thread writes y[r·n + col]. Groups with col >= n only join the
+                // reduction. Groups are 4 threads or more (a multiple of 4).
+                unsafe {
+                    gemv_q8_kernel::launch_unchecked::<F, R>(
+                        &d.client,
+                        count,
+                        dim,
+                        ArrayArg::from_raw_parts(xh, m * k / 4),
+                        ArrayArg::from_raw_parts(wh, w.words()),
+                        ArrayArg::from_raw_parts(yh, m * n),
+                        n,
+                        k,
                         m,
                         group,
                         plane,

@@ -149,6 +149,12 @@ fn matmul_awkward_shapes_and_f16_activations() {
     // Two super-blocks per row; m = 3 (GEMV) and 9 (just past it); f16 activations; n = 1.
     for (w, m, n, k, dt) in [
         (DType::Q4_K, 3, 17, 512, "f16"),
+        // Long rows: the GEMV kernels' unrolled steps and their tails (Q4_K/Q5_K take two
+        // super-blocks per step and thread, Q8_0 four blocks).
+        (DType::Q4_K, 1, 9, 1792, "f32"),
+        (DType::Q5_K, 2, 9, 1280, "f16"),
+        (DType::Q8_0, 1, 9, 1056, "f32"),
+        (DType::Q8_0, 3, 9, 2080, "f16"),
         (DType::Q6_K, 9, 65, 512, "f16"),
         (DType::Q8_0, 2, 1, 64, "f16"),
         (DType::Q5_0, 9, 3, 32, "f32"),
