@@ -12,15 +12,20 @@
 //!
 //! F32, F16 and BF16 weights keep f32 activations (F16/BF16 are widened in registers).
 //!
-//! Every kernel exists twice: portable Rust ([`portable`]) and AVX2 + FMA + F16C
-//! intrinsics (`avx2`, x86-64 only), chosen at run time by [`Isa::best`]. Both quantize
-//! activations bit-identically; their dot products differ only in the order of the
-//! f32 additions. A kernel's arithmetic for one (weight row, activation row) pair does
+//! Every kernel exists in portable Rust ([`portable`]) and as AVX2 + FMA + F16C
+//! intrinsics (`avx2`, x86-64 only); the formats of the common model files (Q4_0, Q4_1,
+//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) also as AVX-512 VNNI intrinsics (`avx512`, which
+//! uses the AVX2 kernels for the other formats, the quantizer and [`attend`]). The path
+//! is chosen at run time by [`Isa::best`] (or forced with `INGOT_CPU_ISA`). All paths
+//! quantize activations bit-identically; their dot products differ only in the order of
+//! the f32 additions. A kernel's arithmetic for one (weight row, activation row) pair does
 //! not depend on how many activation rows it handles at once, so results do not depend
 //! on the batch. No NEON kernels yet: aarch64 uses the portable path.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod portable;
 
 use ingot_core::DType;
@@ -39,6 +44,8 @@ pub enum Isa {
     Portable,
     /// x86-64 AVX2 with FMA and F16C.
     Avx2,
+    /// x86-64 AVX-512 F, BW, VL and VNNI (with AVX2, FMA and F16C).
+    Avx512,
 }
 
 impl Isa {
@@ -50,11 +57,21 @@ impl Isa {
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => false,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx512 => false,
         }
     }
 
     /// Every path this build knows, slowest first (whether or not this CPU can run it).
-    pub const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2];
+    pub const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2, Isa::Avx512];
 
     /// The path named `s` (`portable`, `avx2`, …: the lower-case variant name).
     pub fn parse(s: &str) -> Option<Isa> {
@@ -66,13 +83,48 @@ impl Isa {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
         }
     }
 
-    /// The fastest path this CPU can run (detected once).
+    /// The fastest path this CPU can run, or the one the environment variable
+    /// `INGOT_CPU_ISA` names (for comparisons); decided once. A name that is unknown or
+    /// that this CPU cannot run gives a warning on stderr and the fastest path.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| if Isa::Avx2.available() { Isa::Avx2 } else { Isa::Portable })
+        *BEST.get_or_init(|| {
+            let (isa, warning) = Isa::choose(std::env::var("INGOT_CPU_ISA").ok().as_deref());
+            if let Some(w) = warning {
+                eprintln!("{w}");
+            }
+            isa
+        })
+    }
+
+    /// The fastest path this CPU can run.
+    pub fn fastest() -> Isa {
+        Isa::ALL.iter().rev().copied().find(|i| i.available()).unwrap_or(Isa::Portable)
+    }
+
+    /// The path for a value of `INGOT_CPU_ISA` (`None` or empty: the fastest), and the
+    /// warning to print when the value names no path or one this CPU cannot run.
+    pub fn choose(requested: Option<&str>) -> (Isa, Option<String>) {
+        let fastest = Isa::fastest();
+        let Some(name) = requested.map(str::trim).filter(|s| !s.is_empty()) else { return (fastest, None) };
+        match Isa::parse(&name.to_ascii_lowercase()) {
+            Some(i) if i.available() => (i, None),
+            Some(i) => (
+                fastest,
+                Some(format!("warning: INGOT_CPU_ISA={name}: this CPU cannot run the {} path; using {}", i.name(), fastest.name())),
+            ),
+            None => {
+                let known: Vec<&str> = Isa::ALL.iter().map(|i| i.name()).collect();
+                (
+                    fastest,
+                    Some(format!("warning: INGOT_CPU_ISA={name} is not a known path ({}); using {}", known.join(", "), fastest.name())),
+                )
+            }
+        }
     }
 }
 
@@ -112,9 +164,10 @@ impl Q8Rows {
         self.bs.resize(2 * nb, 0);
         type Quantizer = fn(&[f32], &mut [i8], &mut [f32], &mut [f32]);
         let f: Quantizer = match isa {
-            // SAFETY: the closure runs only where the CPU has AVX2, FMA and F16C.
+            // SAFETY: the closure runs only where the CPU has AVX2, FMA and F16C (the AVX-512
+            // path checks them too, and quantizes with the AVX2 code).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if isa.available() => |x, qs, d, s| unsafe { avx2::quantize(x, qs, d, s) },
+            Isa::Avx2 | Isa::Avx512 if isa.available() => |x, qs, d, s| unsafe { avx2::quantize(x, qs, d, s) },
             _ => portable::quantize,
         };
         // Blocks are independent: large inputs are split among threads.
@@ -181,7 +234,7 @@ pub enum RowKernel {
 }
 
 /// The row kernel of `dtype` on path `isa`; `None` for a dtype that is not a weight
-/// format or a path this CPU cannot run. Every weight format has a kernel on both paths.
+/// format or a path this CPU cannot run. Every weight format has a kernel on every path.
 pub fn kernels(isa: Isa, dtype: DType) -> Option<RowKernel> {
     if !isa.available() {
         return None;
@@ -190,8 +243,10 @@ pub fn kernels(isa: Isa, dtype: DType) -> Option<RowKernel> {
         Isa::Portable => portable::kernel(dtype),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::kernel(dtype),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512::kernel(dtype),
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 => None,
+        Isa::Avx2 | Isa::Avx512 => None,
     }
 }
 
@@ -260,7 +315,7 @@ pub fn attend(
     match isa {
         // SAFETY: the path is available on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.available() => unsafe { avx2::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o) },
+        Isa::Avx2 | Isa::Avx512 if isa.available() => unsafe { avx2::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o) },
         _ => portable::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o),
     }
 }

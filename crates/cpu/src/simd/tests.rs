@@ -1,5 +1,6 @@
 //! The kernels against f64 math over `quant::dequantize_row`, on every path this CPU
-//! has (the portable one always; AVX2 on x86-64 CPUs with it, which CI's are).
+//! has (the portable one always; AVX2 on x86-64 CPUs with it, which CI's are; AVX-512 on
+//! CPUs with AVX-512 F, BW, VL and VNNI, which CI's are not: there these tests say SKIP).
 
 use super::*;
 use crate::quant::{dequantize_row, quantize_row};
@@ -299,4 +300,40 @@ fn several_weight_rows_per_call_give_the_same_bits() {
             assert_eq!(bits(&one), bits(&two), "{dtype} {isa:?}: 2 rows per call");
         }
     }
+}
+
+#[test]
+fn isa_names_parse_back_and_unknown_names_do_not() {
+    for &isa in Isa::ALL {
+        assert_eq!(Isa::parse(isa.name()), Some(isa));
+    }
+    assert_eq!(Isa::parse("avx512"), Some(Isa::Avx512));
+    for bad in ["", "AVX2", "avx", "avx-512", "sse4", " portable"] {
+        assert_eq!(Isa::parse(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn ingot_cpu_isa_picks_a_runnable_path_or_warns() {
+    let fastest = Isa::fastest();
+    assert!(fastest.available());
+    assert_eq!(Isa::choose(None), (fastest, None));
+    assert_eq!(Isa::choose(Some("")), (fastest, None));
+    assert_eq!(Isa::choose(Some("portable")), (Isa::Portable, None));
+    // Case and surrounding spaces are forgiven in the variable.
+    assert_eq!(Isa::choose(Some(" Portable ")), (Isa::Portable, None));
+    for &isa in Isa::ALL {
+        let (got, warning) = Isa::choose(Some(isa.name()));
+        if isa.available() {
+            assert_eq!((got, warning), (isa, None));
+        } else {
+            assert_eq!(got, fastest);
+            let w = warning.expect("a path this CPU cannot run is not silently ignored");
+            assert!(w.contains("cannot run") && w.contains(isa.name()), "{w}");
+        }
+    }
+    let (got, warning) = Isa::choose(Some("sse9"));
+    assert_eq!(got, fastest);
+    let w = warning.expect("an unknown name is not silently ignored");
+    assert!(w.contains("INGOT_CPU_ISA=sse9") && w.contains("not a known path") && w.contains("avx512"), "{w}");
 }
