@@ -12,15 +12,19 @@
 //!
 //! F32, F16 and BF16 weights keep f32 activations (F16/BF16 are widened in registers).
 //!
-//! Every kernel exists twice: portable Rust ([`portable`]) and AVX2 + FMA + F16C
-//! intrinsics (`avx2`, x86-64 only), chosen at run time by [`Isa::best`]. Both quantize
+//! Every kernel exists in portable Rust ([`portable`]) and with intrinsics: AVX2 + FMA +
+//! F16C (`avx2`, x86-64 only) and NEON (`neon`, aarch64 only, `sdot` where the CPU has
+//! the dot-product extension), chosen at run time by [`Isa::best`]. All paths quantize
 //! activations bit-identically; their dot products differ only in the order of the
 //! f32 additions. A kernel's arithmetic for one (weight row, activation row) pair does
 //! not depend on how many activation rows it handles at once, so results do not depend
-//! on the batch. No NEON kernels yet: aarch64 uses the portable path.
+//! on the batch. The NEON path is checked under qemu user-mode emulation
+//! (`scripts/test.sh`), with and without the dot-product extension.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod portable;
 
 use ingot_core::DType;
@@ -39,6 +43,8 @@ pub enum Isa {
     Portable,
     /// x86-64 AVX2 with FMA and F16C.
     Avx2,
+    /// aarch64 NEON (Advanced SIMD), with `sdot` where the CPU has the dot-product extension.
+    Neon,
 }
 
 impl Isa {
@@ -50,11 +56,15 @@ impl Isa {
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => false,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::Neon => false,
         }
     }
 
     /// Every path this build knows, slowest first (whether or not this CPU can run it).
-    pub const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2];
+    pub const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2, Isa::Neon];
 
     /// The path named `s` (`portable`, `avx2`, …: the lower-case variant name).
     pub fn parse(s: &str) -> Option<Isa> {
@@ -66,13 +76,14 @@ impl Isa {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
+            Isa::Neon => "neon",
         }
     }
 
     /// The fastest path this CPU can run (detected once).
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| if Isa::Avx2.available() { Isa::Avx2 } else { Isa::Portable })
+        *BEST.get_or_init(|| [Isa::Avx2, Isa::Neon].into_iter().find(|i| i.available()).unwrap_or(Isa::Portable))
     }
 }
 
@@ -115,6 +126,9 @@ impl Q8Rows {
             // SAFETY: the closure runs only where the CPU has AVX2, FMA and F16C.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 if isa.available() => |x, qs, d, s| unsafe { avx2::quantize(x, qs, d, s) },
+            // SAFETY: the closure runs only where the CPU has NEON.
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon if isa.available() => |x, qs, d, s| unsafe { neon::quantize(x, qs, d, s) },
             _ => portable::quantize,
         };
         // Blocks are independent: large inputs are split among threads.
@@ -192,6 +206,10 @@ pub fn kernels(isa: Isa, dtype: DType) -> Option<RowKernel> {
         Isa::Avx2 => avx2::kernel(dtype),
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 => None,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => neon::kernel(dtype),
+        #[cfg(not(target_arch = "aarch64"))]
+        Isa::Neon => None,
     }
 }
 
@@ -261,6 +279,9 @@ pub fn attend(
         // SAFETY: the path is available on this CPU.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.available() => unsafe { avx2::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o) },
+        // SAFETY: the path is available on this CPU.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if isa.available() => unsafe { neon::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o) },
         _ => portable::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o),
     }
 }

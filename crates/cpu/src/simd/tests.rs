@@ -1,5 +1,6 @@
 //! The kernels against f64 math over `quant::dequantize_row`, on every path this CPU
-//! has (the portable one always; AVX2 on x86-64 CPUs with it, which CI's are).
+//! has (the portable one always; AVX2 on x86-64 CPUs with it, which CI's are; NEON on
+//! aarch64, which CI runs under qemu).
 
 use super::*;
 use crate::quant::{dequantize_row, quantize_row};
