@@ -1,12 +1,13 @@
-//! NEON kernels (aarch64), the same arithmetic as [`super::portable`] with the f32
-//! products summed over four lanes.
+//! NEON kernels (aarch64): the same integer block dots and f32 scale products as
+//! [`super::portable`], the f32 products summed over four lanes.
 //!
 //! The 8-bit products use the dot-product extension's `sdot` (signed × signed bytes,
 //! four products summed into each i32 lane), so the weight levels stay signed as the
 //! formats define them: Q4_0, Q5_0, Q3_K and Q6_K centred (`q − 8`, `q − 16`, `q − 4`,
 //! `q − 32`, no min term), Q8_0 as stored, the formats with a min (Q4_1, Q5_1, Q2_K,
-//! Q4_K, Q5_K) with levels `0..=31` and their min term apart. No sum can overflow: a
-//! product is at most 128·127 in magnitude.
+//! Q4_K, Q5_K) with their non-negative levels (at most 31) and the min term apart. No
+//! sum can overflow: a product is at most 128·127 in magnitude (activations lie in
+//! −127..=127).
 //!
 //! CPUs without the extension (Armv8.0 cores: Cortex-A53/A72, …) run the same kernels
 //! with `sdot` replaced by widening multiplies and pairwise adds (`smull`, `saddlp`,
@@ -62,7 +63,7 @@ unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 }
 
 /// [`sdot`] (`DP`) or the same lane sums without the extension: the sixteen products
-/// widened to i16 (exact: at most 128·128), adjacent pairs summed to i32, then adjacent
+/// widened to i16 (exact: at most 128·127), adjacent pairs summed to i32, then adjacent
 /// pairs again, which puts bytes `4i..4i+4` in lane `i`.
 #[inline(always)]
 unsafe fn dot<const DP: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
