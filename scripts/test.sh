@@ -15,6 +15,28 @@ export INGOT_REQUIRE_GPU=1
 cargo test --release --workspace --locked
 # Metal cannot run here: emit every kernel's MSL through CubeCL's Metal compiler instead.
 cargo test --release --locked -p ingot-gpu --features metal --test msl
+
+# The NEON kernels (aarch64): ingot-cpu's unit tests cross-built and run under qemu user-mode
+# emulation (.cargo/config.toml names the linker and the runner), as qemu's `max` CPU (it
+# has the dot-product extension: the `sdot` kernels) and, for the kernel tests, as a
+# Cortex-A72 (Armv8.0, without it: the plain-NEON kernels). .ci/run installs the tools.
+neon_missing=""
+command -v aarch64-linux-gnu-gcc >/dev/null || neon_missing+=" gcc-aarch64-linux-gnu"
+[ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || neon_missing+=" libc6-dev-arm64-cross"
+command -v qemu-aarch64 >/dev/null || neon_missing+=" qemu-user"
+if [ -n "$neon_missing" ]; then
+  echo "scripts/test.sh: the NEON kernels cannot be tested: missing apt packages:$neon_missing (.ci/run installs them)"
+  exit 1
+fi
+rustup target list --installed 2>/dev/null | grep -x aarch64-unknown-linux-gnu >/dev/null || {
+  echo "scripts/test.sh: the NEON kernels cannot be tested: run 'rustup target add aarch64-unknown-linux-gnu'"
+  exit 1
+}
+echo "+ ingot-cpu unit tests on aarch64 under qemu (NEON with the dot-product extension)"
+QEMU_CPU=max cargo test --release --locked -p ingot-cpu --target aarch64-unknown-linux-gnu --lib
+echo "+ ingot-cpu kernel tests on aarch64 under qemu as a Cortex-A72 (NEON without the dot-product extension)"
+QEMU_CPU=cortex-a72 cargo test --release --locked -p ingot-cpu --target aarch64-unknown-linux-gnu --lib -- simd:: fast::
+
 # The CLI tests built target/release/ingot (CARGO_BIN_EXE); a separate `cargo build` would
 # resolve features without dev-dependencies and rebuild CubeCL for nothing.
 ingot=./target/release/ingot

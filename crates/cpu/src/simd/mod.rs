@@ -12,20 +12,24 @@
 //!
 //! F32, F16 and BF16 weights keep f32 activations (F16/BF16 are widened in registers).
 //!
-//! Every kernel exists in portable Rust ([`portable`]) and as AVX2 + FMA + F16C
-//! intrinsics (`avx2`, x86-64 only); the formats of the common model files (Q4_0, Q4_1,
-//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) also as AVX-512 VNNI intrinsics (`avx512`, which
-//! uses the AVX2 kernels for the other formats, the quantizer and [`attend`]). The path
-//! is chosen at run time by [`Isa::best`] (or forced with `INGOT_CPU_ISA`). All paths
-//! quantize activations bit-identically; their dot products differ only in the order of
-//! the f32 additions. A kernel's arithmetic for one (weight row, activation row) pair does
+//! Every kernel exists in portable Rust ([`portable`]) and with intrinsics: AVX2 + FMA +
+//! F16C (`avx2`, x86-64 only), NEON (`neon`, aarch64 only, `sdot` where the CPU has the
+//! dot-product extension), and for the formats of the common model files (Q4_0, Q4_1,
+//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) AVX-512 VNNI (`avx512`, which uses the AVX2
+//! kernels for the other formats, the quantizer and [`attend`]). The path is chosen at
+//! run time by [`Isa::best`] (or forced with `INGOT_CPU_ISA`). All paths quantize
+//! activations bit-identically; their dot products differ only in the order of the
+//! f32 additions. A kernel's arithmetic for one (weight row, activation row) pair does
 //! not depend on how many activation rows it handles at once, so results do not depend
-//! on the batch. No NEON kernels yet: aarch64 uses the portable path.
+//! on the batch. The NEON path is checked under qemu user-mode emulation
+//! (`scripts/test.sh`), with and without the dot-product extension.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod portable;
 
 use ingot_core::DType;
@@ -46,6 +50,8 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F, BW, VL and VNNI (with AVX2, FMA and F16C).
     Avx512,
+    /// aarch64 NEON (Advanced SIMD), with `sdot` where the CPU has the dot-product extension.
+    Neon,
 }
 
 impl Isa {
@@ -67,11 +73,15 @@ impl Isa {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx512 => false,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::Neon => false,
         }
     }
 
     /// Every path this build knows, slowest first (whether or not this CPU can run it).
-    pub const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2, Isa::Avx512];
+    pub const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon];
 
     /// The path named `s` (`portable`, `avx2`, …: the lower-case variant name).
     pub fn parse(s: &str) -> Option<Isa> {
@@ -84,6 +94,7 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
         }
     }
 
@@ -168,6 +179,9 @@ impl Q8Rows {
             // path checks them too, and quantizes with the AVX2 code).
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512 if isa.available() => |x, qs, d, s| unsafe { avx2::quantize(x, qs, d, s) },
+            // SAFETY: the closure runs only where the CPU has NEON.
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon if isa.available() => |x, qs, d, s| unsafe { neon::quantize(x, qs, d, s) },
             _ => portable::quantize,
         };
         // Blocks are independent: large inputs are split among threads.
@@ -247,6 +261,10 @@ pub fn kernels(isa: Isa, dtype: DType) -> Option<RowKernel> {
         Isa::Avx512 => avx512::kernel(dtype),
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 | Isa::Avx512 => None,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => neon::kernel(dtype),
+        #[cfg(not(target_arch = "aarch64"))]
+        Isa::Neon => None,
     }
 }
 
@@ -316,6 +334,9 @@ pub fn attend(
         // SAFETY: the path is available on this CPU.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 if isa.available() => unsafe { avx2::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o) },
+        // SAFETY: the path is available on this CPU.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if isa.available() => unsafe { neon::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o) },
         _ => portable::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o),
     }
 }

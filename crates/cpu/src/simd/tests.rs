@@ -1,6 +1,7 @@
 //! The kernels against f64 math over `quant::dequantize_row`, on every path this CPU
 //! has (the portable one always; AVX2 on x86-64 CPUs with it, which CI's are; AVX-512 on
-//! CPUs with AVX-512 F, BW, VL and VNNI, which CI's are not: there these tests say SKIP).
+//! CPUs with AVX-512 F, BW, VL and VNNI, which CI's are not: there these tests say SKIP;
+//! NEON on aarch64, which CI runs under qemu).
 
 use super::*;
 use crate::quant::{dequantize_row, quantize_row};
