@@ -5,14 +5,16 @@
 //! A request's events arrive on an [`EventStream`] that owns the engine's request handle:
 //! when a client disconnects, hyper drops the handler's future (non-streaming) or the
 //! response body (streaming), the stream is dropped with it and the engine cancels the
-//! sequence and frees its pages.
+//! sequence and frees its pages. hyper learns that a client left when a write fails, so
+//! streams send an SSE comment each second while they have nothing else to say (a queued
+//! request, a long prefill).
 
 use crate::serve_api::{self, ApiError, Endpoint, GenOptions, ResponseMeta, Usage};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, Method, StatusCode, Uri};
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -188,7 +190,11 @@ async fn generate(st: &AppState, endpoint: Endpoint, prompt: Vec<u32>, mut opts:
     })?;
     let meta = ResponseMeta::new(endpoint, &st.model_id);
     if opts.stream {
-        return Ok(Sse::new(sse_stream(events, meta, opts.include_usage)).into_response());
+        // Comment lines while nothing else is sent (a request still queued, a long prefill):
+        // writing to a closed connection is how hyper learns that the client left, so a
+        // client that leaves before its first token is noticed within about two intervals.
+        let keep_alive = KeepAlive::new().interval(SSE_KEEP_ALIVE).text("");
+        return Ok(Sse::new(sse_stream(events, meta, opts.include_usage)).keep_alive(keep_alive).into_response());
     }
     let (text, finish, usage) = collect(events).await?;
     Ok(Json(meta.response(&text, finish, &usage)).into_response())
@@ -197,6 +203,9 @@ async fn generate(st: &AppState, endpoint: Endpoint, prompt: Vec<u32>, mut opts:
 fn engine_error(msg: &str) -> ApiError {
     ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, format!("generation failed: {msg}"))
 }
+
+/// How long an SSE stream stays silent before a keep-alive comment is sent.
+const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 const ENDED_EARLY: &str = "the engine stopped before the request finished";
 
@@ -607,6 +616,64 @@ mod tests {
         let timed_out = tokio::time::timeout(std::time::Duration::from_millis(50), fut).await;
         assert!(timed_out.is_err(), "the gated request cannot finish");
         assert_eq!(s.live.load(Ordering::SeqCst), 0);
+        assert_eq!(s.submitted.lock().unwrap().len(), 2);
+    }
+
+    /// A client that leaves while its request is still queued (no event yet) is noticed,
+    /// through a real socket: the streaming request by its keep-alive writes, the whole-reply
+    /// one by hyper reading the closed connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_leaving_a_queued_request_cancels_it() {
+        use std::io::{Read, Write};
+        let mut s = Script::new(&["a", "b"]);
+        s.gate = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+        let (app, s) = app(s);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let wait_live = |want: usize| {
+            let s = s.clone();
+            async move {
+                for _ in 0..100 {
+                    if s.live.load(Ordering::SeqCst) == want {
+                        return true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                false
+            }
+        };
+        for stream in [true, false] {
+            // A blocking client (the server runs on the other worker thread).
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            let body = json!({"prompt": "x", "stream": stream}).to_string();
+            let req = format!(
+                "POST /v1/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            c.write_all(req.as_bytes()).unwrap();
+            assert!(wait_live(1).await, "stream={stream}: the request was not submitted");
+            if stream {
+                // The response head and a keep-alive comment (an SSE comment line, in a
+                // chunk of the chunked body) arrive before any token.
+                let mut buf = vec![0u8; 4096];
+                let mut got = String::new();
+                let comment = |g: &str| g.split_once("\r\n\r\n").is_some_and(|(_, body)| body.contains("\n: \n\n"));
+                for _ in 0..20 {
+                    if comment(&got) {
+                        break;
+                    }
+                    let n = c.read(&mut buf).unwrap();
+                    assert!(n > 0, "connection closed early: {got:?}");
+                    got.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+                assert!(comment(&got), "no keep-alive comment: {got:?}");
+                assert!(got.starts_with("HTTP/1.1 200") && got.contains("text/event-stream"), "{got}");
+            }
+            drop(c);
+            assert!(wait_live(0).await, "stream={stream}: the queued request outlived its client");
+        }
         assert_eq!(s.submitted.lock().unwrap().len(), 2);
     }
 }
