@@ -58,3 +58,35 @@ fn cached_model_is_reported_verified() {
     assert!(text(&o).contains("cached and verified (sha256)"), "{}", text(&o));
     assert!(t0.elapsed().as_secs() < 30, "verifying took {:?}", t0.elapsed());
 }
+
+#[test]
+fn hf_forms_are_checked_and_cached_hf_files_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A bad form is refused before anything is fetched.
+    let o = ingot(&["pull", "hf:owner/repo"], Some(dir.path()));
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("bad model 'hf:owner/repo'") && t.contains("hf:OWNER/REPO/FILE.gguf"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    // With the Hub off, a file not in the cache is a clear error (and no network is used).
+    let o = Command::new(env!("CARGO_BIN_EXE_ingot"))
+        .args(["pull", "hf:owner/repo/x.gguf"])
+        .env("INGOT_MODELS", dir.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("not in the cache") && t.contains("HF_HUB_OFFLINE=1"), "{t}");
+    // A cached hf: file is listed under its spec, and `pull` of it reports its sha256.
+    let f = dir.path().join("hf/owner/repo/main/x.gguf");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(&f, b"abc").unwrap();
+    let t = text(&ingot(&["pull"], Some(dir.path())));
+    assert!(t.contains("hf:owner/repo/x.gguf@main") && t.contains(&f.display().to_string()), "{t}");
+    let o = ingot(&["pull", "hf:owner/repo/x.gguf"], Some(dir.path()));
+    assert!(o.status.success(), "{}", text(&o));
+    // sha256("abc"), from FIPS 180-2's example.
+    let t = text(&o);
+    assert!(t.contains("unverified") && t.contains("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"), "{t}");
+}
