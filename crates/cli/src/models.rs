@@ -566,29 +566,36 @@ mod tests {
     /// A stand-in for the Hub's `resolve` endpoint, as much of it as hf-hub's blocking
     /// download uses: `GET /{repo}/resolve/{revision}/{file}` with a `Range` header, answered
     /// 206 with `ETag` (the Hub's is the LFS sha256), `X-Repo-Commit`, `Content-Range` and
-    /// the bytes asked for; any other path is 404. Records each request as
-    /// "PATH range=RANGE auth=AUTHORIZATION".
+    /// the bytes asked for; any other path is 404. With `lfs`, it answers as the Hub does for
+    /// LFS files instead: 302 to `/cdn/...` (an absolute URL, as to the Hub's CDN) with
+    /// `X-Linked-Etag` and `X-Repo-Commit`, the CDN path serving the bytes. Records each
+    /// request as "PATH range=RANGE auth=AUTHORIZATION".
     struct FakeHub {
         endpoint: String,
         requests: Arc<Mutex<Vec<String>>>,
     }
 
     fn fake_hub(files: &[(&str, &[u8])]) -> FakeHub {
+        fake_hub_with(files, false)
+    }
+
+    fn fake_hub_with(files: &[(&str, &[u8])], lfs: bool) -> FakeHub {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let files: HashMap<String, Vec<u8>> = files.iter().map(|(p, b)| (p.to_string(), b.to_vec())).collect();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
+        let base = endpoint.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                serve_one(stream, &files, &log);
+                serve_one(stream, &files, &log, lfs.then_some(base.as_str()));
             }
         });
         FakeHub { endpoint, requests }
     }
 
-    fn serve_one(mut stream: TcpStream, files: &HashMap<String, Vec<u8>>, log: &Mutex<Vec<String>>) {
+    fn serve_one(mut stream: TcpStream, files: &HashMap<String, Vec<u8>>, log: &Mutex<Vec<String>>, lfs_base: Option<&str>) {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut first = String::new();
         reader.read_line(&mut first).unwrap();
@@ -608,7 +615,17 @@ mod tests {
             }
         }
         log.lock().unwrap().push(format!("{path} range={range} auth={auth}"));
-        let Some(body) = files.get(&path) else {
+        if let (Some(base), Some(body)) = (lfs_base, files.get(&path)) {
+            let head = format!(
+                "HTTP/1.1 302 Found\r\nLocation: {base}/cdn{path}\r\nX-Linked-Etag: \"{}\"\r\n\
+                 X-Repo-Commit: 0123456789abcdef0123456789abcdef01234567\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                sha(body)
+            );
+            let _ = stream.write_all(head.as_bytes());
+            return;
+        }
+        let cdn = lfs_base.and(path.strip_prefix("/cdn")).map(str::to_string);
+        let Some(body) = files.get(cdn.as_ref().unwrap_or(&path)) else {
             let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             return;
         };
@@ -684,6 +701,22 @@ mod tests {
         let n = reqs.len();
         assert_eq!(fetch_from(&m, &sources(&cache, &hub.endpoint, None)).unwrap(), p);
         assert_eq!(hub.requests.lock().unwrap().len(), n);
+    }
+
+    #[test]
+    fn hub_lfs_redirect_is_followed() {
+        if proxy_in_env() {
+            return;
+        }
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i * 13 % 253) as u8).collect();
+        let hub = fake_hub_with(&[("/test/model/resolve/main/m.gguf", &content)], true);
+        let root = tempfile::tempdir().unwrap();
+        let cache = root.path().join("cache");
+        let p = fetch_from(&fake_model(&sha(&content)), &sources(&cache, &hub.endpoint, None)).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), content);
+        assert_eq!(entries(&cache), ["fake-model.gguf"]);
+        let reqs = hub.requests.lock().unwrap().clone();
+        assert!(reqs.iter().any(|r| r.starts_with("/cdn/test/model/resolve/main/m.gguf range=bytes=0-")), "{reqs:?}");
     }
 
     #[test]
