@@ -440,10 +440,12 @@ pub fn cached_hf(cache: &Path) -> Vec<(String, PathBuf)> {
     let mut out: Vec<(String, PathBuf)> = files
         .into_iter()
         .filter_map(|p| {
-            let rel = p.strip_prefix(&root).ok()?.to_str()?.to_string();
-            let mut it = rel.splitn(4, '/');
-            let (owner, repo, rev, file) = (it.next()?, it.next()?, it.next()?, it.next()?);
-            Some((format!("hf:{owner}/{repo}/{file}@{}", rev.replace("%2F", "/")), p))
+            let parts: Vec<&str> = p.strip_prefix(&root).ok()?.iter().map(|c| c.to_str()).collect::<Option<_>>()?;
+            let [owner, repo, rev, file @ ..] = parts.as_slice() else { return None };
+            if file.is_empty() {
+                return None;
+            }
+            Some((format!("hf:{owner}/{repo}/{}@{}", file.join("/"), rev.replace("%2F", "/")), p))
         })
         .collect();
     out.sort();
