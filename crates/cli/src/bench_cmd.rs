@@ -20,7 +20,7 @@ use std::time::Instant;
 pub struct BenchArgs {
     #[command(subcommand)]
     sub: Option<BenchSub>,
-    /// GGUF model; default: the default model.
+    /// GGUF model (a path, a known model's name or hf:OWNER/REPO/FILE.gguf); default: the default model.
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// Prompt lengths to test (comma-separated); 0 skips.

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
-    /// A GGUF model file; default: SmolLM2-135M-Instruct Q4_1, fetched into the cache on first use.
+    /// A GGUF model file, a known model's name (smollm2, gemma3, qwen2.5-coder) or a file on the
+    /// Hugging Face Hub (hf:OWNER/REPO/FILE.gguf[@REVISION]); default: SmolLM2-135M-Instruct
+    /// Q4_1. Models not in the cache are fetched on first use.
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// A system message at the start of the conversation.

