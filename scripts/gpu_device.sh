@@ -17,8 +17,10 @@
 #   device run: command "bash scripts/gpu_device.sh models", carry [".gmLAST"]
 #                                      # there: reassemble and verify (sha256) the models, check
 #                                      # their logits on gpu:cuda against exact math
-#                                      # (crates/model/tests/gpu_forward.rs), then `ingot bench`
-#                                      # pp512/tg128 on gpu:cuda and on the machine's CPU
+#                                      # (crates/model/tests/gpu_forward.rs), run the engine's
+#                                      # tests on gpu:cuda (crates/engine/tests/engine_smollm2.rs), then `ingot bench`
+#                                      # pp512/tg128 on gpu:cuda and on the machine's CPU (its
+#                                      # default path, AVX-512 on the lent Xeons, and AVX2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,10 @@ build)
   cargo test --release --locked -p ingot-model --features cuda,wgpu --no-run
   t=$(ls -t target/release/deps/gpu_forward-* | grep -v '\.d$' | head -1)
   strip -o .gpu-bin/gpu_forward "$t"
+  # The engine's tests (continuous batching, preemption, prefix sharing) on the GPU model.
+  cargo test --release --locked -p ingot-engine --features ingot-model/cuda,ingot-model/wgpu --no-run
+  t=$(ls -t target/release/deps/engine_smollm2-* | grep -v '\.d$' | head -1)
+  strip -o .gpu-bin/engine_smollm2 "$t"
   ls -la .gpu-bin/
   models=${INGOT_MODELS:-$HOME/.cache/ingot/models}
   rm -rf .gm[0-9]*
@@ -105,11 +111,16 @@ models)
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
   INGOT_MODELS=$dir INGOT_TEST_GPU=gpu:cuda INGOT_REQUIRE_GPU=1 .gpu-bin/gpu_forward --nocapture --test-threads 1 2>&1 \
     | grep -v '^error: XDG' | tee "$out/gpu_forward.txt" || status=1
+  INGOT_MODELS=$dir INGOT_TEST_BACKEND=gpu:cuda INGOT_REQUIRE_MODELS=1 .gpu-bin/engine_smollm2 --test-threads 1 2>&1 \
+    | grep -v '^error: XDG' | tee "$out/engine_gpu.txt" || status=1
   for m in "$dir"/*.gguf; do
     .gpu-bin/ingot run --model "$m" --backend gpu:cuda --temperature 0 --max-tokens 48 --chat "Name three colours." 2>&1 | tee -a "$out/run.txt"
     for be in gpu:cuda cpu; do
       .gpu-bin/ingot bench --model "$m" --backend "$be" -p 512 -n 128 -r 3 2>&1 | tee -a "$out/bench_models.md" || status=1
     done
+    # The host CPU's AVX-512 path (the default there) against its AVX2 path.
+    echo "INGOT_CPU_ISA=avx2:" | tee -a "$out/bench_models.md"
+    INGOT_CPU_ISA=avx2 .gpu-bin/ingot bench --model "$m" --backend cpu -p 512 -n 128 -r 3 2>&1 | tee -a "$out/bench_models.md" || status=1
   done
   exit $status
   ;;

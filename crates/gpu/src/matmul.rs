@@ -8,11 +8,12 @@
 //!   threads taking units in turn, and multiplies each unit against all m rows of x (m is a
 //!   compile-time constant, so the accumulators stay in registers; x is read as
 //!   four-element vectors). Units are laid out so that consecutive threads read consecutive
-//!   quants *and* consecutive activations: a quarter of a Q8_0 block (8 levels), a quarter
-//!   of a Q4_K/Q5_K 64-element chunk (8 quant bytes: 8 + 8 values, the 16-byte super-block
-//!   header one shared vector load), a 16-byte vector of f32/f16/bf16 weights, or for the
-//!   other block formats a part of 16 values ([`crate::quant`], u32 word loads). (Strided
-//!   activation reads made the K-quant GEMV bound by L1 wavefronts, not memory.) The group's
+//!   quants *and* consecutive activations: a quarter of a Q4_K/Q5_K 64-element chunk (8
+//!   quant bytes: 8 + 8 values, the 16-byte super-block header one shared vector load), a
+//!   16-byte vector of f32/f16/bf16 weights, or for the other block formats a part of 16
+//!   values ([`crate::quant`], u32 word loads). (Strided activation reads made the K-quant
+//!   GEMV bound by L1 wavefronts, not memory: 1.6–1.9× faster on an H100 this way. The same
+//!   layout for Q8_0, four threads per block, measured slower than parts of 16.) The group's
 //!   partial sums are reduced with `plane_sum` when the device has planes (the group is one
 //!   plane, [`Device::plane_dim`]), else through shared memory; both paths exist, chosen at
 //!   launch. Dequantized weights enter the products through one FMA each ([`fused_value`]).
@@ -29,7 +30,7 @@ use crate::cast::f16_bits_to_f32;
 use crate::device::{cube_index, grid_cubes, input, with_float, Device, GpuTensor, GpuTensors, BLOCK};
 use crate::quant::{
     check_addressable, decode_part, has_offset, level_bits, level_offset, load_float, part_levels, run_a, run_b, Format, F16, F32, Q4_K,
-    Q5_K, Q8_0,
+    Q5_K,
 };
 use cubecl::prelude::*;
 use ingot_core::{DType, Error, QuantizedMatmulParams, Result};
@@ -210,92 +211,6 @@ fn gemv_q_kernel<F: Float>(
             dot_rows(x, b * block + run_a(p, f), k, &v, &mut acc, 0usize, 2usize, rows);
             dot_rows(x, b * block + run_b(p, f), k, &v, &mut acc, 8usize, 2usize, rows);
             u += group;
-        }
-    }
-    store_rows(&acc, y, n, col, rows, group, plane);
-}
-
-/// One thread's share of Q8_0 block `b` of the weight row starting at block `row0`: levels
-/// `8·quarter..+8` against the matching activations of each of the `rows` rows of x.
-#[allow(clippy::too_many_arguments)]
-#[cube]
-fn q8_unit<F: Float>(
-    x: &Array<Vector<F, Const<4>>>,
-    w: &Array<u32>,
-    row0: usize,
-    b: usize,
-    quarter: usize,
-    k: usize,
-    acc: &mut Array<f32>,
-    #[comptime] rows: usize,
-) {
-    let mut words = Array::<u32>::new(2usize);
-    let mut st = Array::<f32>::new(2usize);
-    let mut v = Array::<f32>::new(8usize);
-    let blk = (row0 + b) * 34;
-    let d = f32::reinterpret(f16_bits_to_f32((w[blk / 4] >> (u32::cast_from(blk % 4) * 8)) & 0xffff));
-    let a = blk + 2 + 8 * quarter;
-    let i0 = a / 4;
-    if a % 4 == 0 {
-        words[0] = w[i0];
-        words[1] = w[i0 + 1];
-    } else {
-        let mid = w[i0 + 1];
-        words[0] = (w[i0] >> 16) | (mid << 16);
-        words[1] = (mid >> 16) | (w[i0 + 2] << 16);
-    }
-    fused_consts(d, 0.0, &mut st, 0usize, Q8_0);
-    #[unroll]
-    for i in 0..8usize {
-        // An i8 level b is the biased u8 (b ^ 0x80) minus 128.
-        let q = ((words[i / 4] >> comptime!((i % 4) as u32 * 8)) & 0xff) ^ 0x80;
-        v[i] = fused_value(q, st[0], st[1], 8u32);
-    }
-    dot_rows(x, b * 32 + 8 * quarter, k, &v, acc, 0usize, 2usize, rows);
-}
-
-/// GEMV over a Q8_0 weight (blocks of 34 bytes: f16 d, 32 i8 levels). Four consecutive
-/// threads share a block, thread `l` (of 4) taking its levels `8l..8l + 8`, so that a group
-/// reads the quants and the matching activations as contiguous runs; a group of `group`
-/// threads covers `group / 4` blocks per step. Blocks start on 2-byte boundaries: the 8
-/// level bytes are two words joined from three loads when they straddle words.
-#[cube(launch_unchecked)]
-fn gemv_q8_kernel<F: Float>(
-    x: &Array<Vector<F, Const<4>>>,
-    w: &Array<u32>,
-    y: &mut Array<f32>,
-    n: usize,
-    k: usize,
-    #[comptime] rows: usize,
-    #[comptime] group: usize,
-    #[comptime] plane: bool,
-) {
-    let t = UNIT_POS_X as usize;
-    let lane = t % group;
-    let col = cube_index() * (BLOCK as usize / group) + t / group;
-    let per_step = comptime!(group / 4);
-    let quarter = lane % 4;
-    let mut acc = Array::<f32>::new(rows);
-    #[unroll]
-    for r in 0..rows {
-        acc[r] = 0.0;
-    }
-    if col < n {
-        let nb = k / 32;
-        let row0 = col * nb;
-        // Four blocks per thread per step, their loads independent of each other, so that
-        // enough bytes are in flight to cover the memory latency.
-        let mut b = lane / 4;
-        while b + 3 * per_step < nb {
-            #[unroll]
-            for s in 0..4usize {
-                q8_unit(x, w, row0, b + s * per_step, quarter, k, &mut acc, rows);
-            }
-            b += 4 * per_step;
-        }
-        while b < nb {
-            q8_unit(x, w, row0, b, quarter, k, &mut acc, rows);
-            b += per_step;
         }
     }
     store_rows(&acc, y, n, col, rows, group, plane);
@@ -683,30 +598,6 @@ pub fn quantized_matmul<R: Runtime>(d: &Device<R>, p: &QuantizedMatmulParams, in
                         n,
                         k,
                         f.code,
-                        m,
-                        group,
-                        plane,
-                    )
-                }
-            } else if f.code == Q8_0 {
-                // SAFETY: x holds m·k elements (k a multiple of 32: m·k / 4 whole vectors),
-                // y m·n, w n rows of k / 32 blocks of 34 bytes (`check_inputs`). Group
-                // col < n reads blocks b < k / 32 of weight row col only: the word holding d
-                // (blk / 4) and words a / 4 .. a / 4 + 2 for a = blk + 2 + 8q, q < 4, the
-                // third only when a is not 4-aligned, so that the bytes a..a + 8 (inside the
-                // block) end past its start; x vectors (r·k + e) / 4 for r < m, e < k; its
-                // first thread writes y[r·n + col]. Groups with col >= n only join the
-                // reduction. Groups are 4 threads or more (a multiple of 4).
-                unsafe {
-                    gemv_q8_kernel::launch_unchecked::<F, R>(
-                        &d.client,
-                        count,
-                        dim,
-                        ArrayArg::from_raw_parts(xh, m * k / 4),
-                        ArrayArg::from_raw_parts(wh, w.words()),
-                        ArrayArg::from_raw_parts(yh, m * n),
-                        n,
-                        k,
                         m,
                         group,
                         plane,

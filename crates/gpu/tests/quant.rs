@@ -150,7 +150,7 @@ fn matmul_awkward_shapes_and_f16_activations() {
     for (w, m, n, k, dt) in [
         (DType::Q4_K, 3, 17, 512, "f16"),
         // Long rows: the GEMV kernels' unrolled steps and their tails (Q4_K/Q5_K take two
-        // super-blocks per step and thread, Q8_0 four blocks).
+        // super-blocks per step and thread; Q8_0 rows of many parts per thread).
         (DType::Q4_K, 1, 9, 1792, "f32"),
         (DType::Q5_K, 2, 9, 1280, "f16"),
         (DType::Q8_0, 1, 9, 1056, "f32"),
