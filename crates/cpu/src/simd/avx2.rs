@@ -197,7 +197,16 @@ unsafe fn blocks32<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[
     let mut dw = MaybeUninit::<[[f32; CHUNK]; C]>::uninit();
     let mut mw = MaybeUninit::<[[f32; CHUNK]; C]>::uninit();
     let mut prod = MaybeUninit::<[[[f32; CHUNK]; R]; C]>::uninit();
+    // Q5_0 and Q5_1 with several activation rows (prefill): the chunk's weight levels are
+    // decoded first, in a loop of their own, and the block loop loads them, so that the
+    // decoding (nibbles and fifth bits) does not head each block's dependency chain
+    // (64 × 2048 × 640: 8 to 9 % fewer cycles). Not for one row, where it cost up to 10 %,
+    // nor for the nibble formats (Q4_1: no gain) and Q8_0, whose levels are a load.
+    let hoist = (F == Q5_0 || F == Q5_1) && R > 1;
+    // The decoded levels of a chunk (written before they are read).
+    let mut lv = MaybeUninit::<[[__m256i; CHUNK]; C]>::uninit();
     let (dw, mw, prod) = (dw.as_mut_ptr() as *mut f32, mw.as_mut_ptr() as *mut f32, prod.as_mut_ptr() as *mut f32);
+    let lv = lv.as_mut_ptr() as *mut __m256i;
     let mut b0 = 0;
     while b0 < nb {
         let cn = CHUNK.min(nb - b0);
@@ -206,6 +215,11 @@ unsafe fn blocks32<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[
         let lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((cn - (padded - 8)) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         for c in 0..C {
             let wp = row(c).add(b0 * bytes);
+            if hoist {
+                for b in 0..cn {
+                    lv.add(c * CHUNK + b).write(levels32::<F>(wp.add(b * bytes)));
+                }
+            }
             let (dc, mc) = (dw.add(c * CHUNK), mw.add(c * CHUNK));
             for b in (0..full).step_by(8) {
                 let d8 = f16x8(wp.add(b * bytes), bytes);
@@ -241,7 +255,7 @@ unsafe fn blocks32<const C: usize, const R: usize, const F: u8>(w: &[u8], xs: &[
         }
         for b in 0..cn {
             for c in 0..C {
-                let q = levels32::<F>(row(c).add((b0 + b) * bytes));
+                let q = if hoist { lv.add(c * CHUNK + b).read() } else { levels32::<F>(row(c).add((b0 + b) * bytes)) };
                 let u = if signed { _mm256_sign_epi8(q, q) } else { q };
                 for r in 0..R {
                     let y = xload(&xs[r], b0 + b);
