@@ -13,6 +13,7 @@
 # Models on the GPU. A call carries at most 64 MiB, so `build` also cuts the models named in
 # GPU_MODELS (default: SmolLM2 and Gemma 3) into 56 MiB pieces, one git-ignored folder each
 # (.gm1, .gm2, ...), and the machine keeps what earlier calls brought while it stays warm:
+#   device run: command "true", carry [".gm-engine"]   # the engine's tests (see build)
 #   device run: command "true", carry [".gmN"]   # once per piece folder but the last
 #   device run: command "bash scripts/gpu_device.sh models", carry [".gmLAST"]
 #                                      # there: reassemble and verify (sha256) the models, check
@@ -33,10 +34,12 @@ build)
   cargo test --release --locked -p ingot-model --features cuda,wgpu --no-run
   t=$(ls -t target/release/deps/gpu_forward-* | grep -v '\.d$' | head -1)
   strip -o .gpu-bin/gpu_forward "$t"
-  # The engine's tests (continuous batching, preemption, prefix sharing) on the GPU model.
+  # The engine's tests (continuous batching, preemption, prefix sharing) on the GPU model, in
+  # a folder of its own (.gpu-bin with it would pass the 64 MiB a call carries).
   cargo test --release --locked -p ingot-engine --features ingot-model/cuda,ingot-model/wgpu --no-run
   t=$(ls -t target/release/deps/engine_smollm2-* | grep -v '\.d$' | head -1)
-  strip -o .gpu-bin/engine_smollm2 "$t"
+  mkdir -p .gm-engine
+  strip -o .gm-engine/engine_smollm2 "$t"
   ls -la .gpu-bin/
   models=${INGOT_MODELS:-$HOME/.cache/ingot/models}
   rm -rf .gm[0-9]*
@@ -111,7 +114,7 @@ models)
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
   INGOT_MODELS=$dir INGOT_TEST_GPU=gpu:cuda INGOT_REQUIRE_GPU=1 .gpu-bin/gpu_forward --nocapture --test-threads 1 2>&1 \
     | grep -v '^error: XDG' | tee "$out/gpu_forward.txt" || status=1
-  INGOT_MODELS=$dir INGOT_TEST_BACKEND=gpu:cuda INGOT_REQUIRE_MODELS=1 .gpu-bin/engine_smollm2 --test-threads 1 2>&1 \
+  INGOT_MODELS=$dir INGOT_TEST_BACKEND=gpu:cuda INGOT_REQUIRE_MODELS=1 .gm-engine/engine_smollm2 --test-threads 1 2>&1 \
     | grep -v '^error: XDG' | tee "$out/engine_gpu.txt" || status=1
   for m in "$dir"/*.gguf; do
     .gpu-bin/ingot run --model "$m" --backend gpu:cuda --temperature 0 --max-tokens 48 --chat "Name three colours." 2>&1 | tee -a "$out/run.txt"
