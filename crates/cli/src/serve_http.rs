@@ -411,11 +411,13 @@ mod tests {
         (s, serde_json::from_str(&b).unwrap_or_else(|e| panic!("{e}: {b}")))
     }
 
-    /// The data of each SSE event, checking the framing: `data: …` lines, blank-line separated.
+    /// The data of each SSE event, checking the framing: `data: …` lines, blank-line separated
+    /// (keep-alive comments, `: …`, skipped: a slow test machine may see one).
     fn sse_data(body: &str) -> Vec<String> {
         assert!(body.ends_with("\n\n"), "{body:?}");
         body.trim_end_matches('\n')
             .split("\n\n")
+            .filter(|ev| !ev.starts_with(':'))
             .map(|ev| ev.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data event: {ev:?}")).to_string())
             .collect()
     }

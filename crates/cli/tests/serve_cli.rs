@@ -96,7 +96,8 @@ impl Server {
         }
     }
 
-    /// POST a streaming request: every SSE data payload up to and including `[DONE]`.
+    /// POST a streaming request: every SSE data payload up to and including `[DONE]`
+    /// (comment lines skipped, any other line that is not `data: …` fails the test).
     fn stream(&self, path: &str, body: &Value) -> Vec<String> {
         let r = self.agent.post(self.url(path)).send(body.to_string()).expect("POST");
         assert_eq!(r.status().as_u16(), 200);
@@ -105,7 +106,9 @@ impl Server {
         let mut data = Vec::new();
         for line in BufReader::new(r.into_body().into_reader()).lines() {
             let line = line.unwrap();
-            if line.is_empty() {
+            // Blank lines end events; lines starting with ':' are SSE comments (the
+            // server's keep-alives while a request waits), which clients ignore.
+            if line.is_empty() || line.starts_with(':') {
                 continue;
             }
             let d = line.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {line:?}"));
