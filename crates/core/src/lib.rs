@@ -3,12 +3,14 @@
 //! Every other crate speaks in these terms; this crate depends on no other Ingot crate.
 
 mod backend;
+mod device;
 mod dtype;
 mod error;
 pub mod ops;
 mod tensor;
 
 pub use backend::Backend;
+pub use device::{run_on_host, Device, DeviceTensor, DeviceTensors, HostBytes};
 pub use dtype::{DType, UnknownDType};
 pub use error::{Error, Result};
 pub use ops::*;

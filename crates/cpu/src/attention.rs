@@ -97,6 +97,27 @@ impl PagedLayout {
 pub fn append_paged_kv_cache(p: &AppendKvParams, inputs: &Tensors) -> Result<Tensors> {
     // CpuBackend::run checked already; checking again keeps direct callers from panicking.
     Op::AppendPagedKvCache(p.clone()).check_inputs(inputs)?;
+    let targets = append_targets(p, inputs)?;
+    let copy_rows = |cache: &str, rows: &str| -> Result<Tensor> {
+        let src = get(APPEND, inputs, rows)?;
+        let mut out = get(APPEND, inputs, cache)?.clone();
+        // One row is [num_kv_heads, head_size], contiguous both in `src` and in a cache slot.
+        let row_bytes = src.data.len() / p.num_tokens;
+        for (row, &(page, slot)) in src.data.chunks_exact(row_bytes).zip(&targets) {
+            let at = (page * p.page_size + slot) * row_bytes;
+            out.data[at..at + row_bytes].copy_from_slice(row);
+        }
+        Ok(out)
+    };
+    let k_out = copy_rows("k_cache", "append_k")?;
+    let v_out = copy_rows("v_cache", "append_v")?;
+    Ok(outputs([("k_cache_out", k_out), ("v_cache_out", v_out)]))
+}
+
+/// The (page, slot) each appended row of `append_paged_kv_cache` writes, every value
+/// checked; `inputs` needs only the index tensors (`batch_indices`, `positions` and the
+/// page table).
+pub fn append_targets(p: &AppendKvParams, inputs: &Tensors) -> Result<Vec<(usize, usize)>> {
     let layout = PagedLayout::read(APPEND, inputs, p.batch_size, p.page_size, p.num_pages)?;
     let batch_indices = i32_in(APPEND, inputs, "batch_indices")?;
     let positions = i32_in(APPEND, inputs, "positions")?;
@@ -127,21 +148,7 @@ pub fn append_paged_kv_cache(p: &AppendKvParams, inputs: &Tensors) -> Result<Ten
         }
         targets.push((page, slot));
     }
-
-    let copy_rows = |cache: &str, rows: &str| -> Result<Tensor> {
-        let src = get(APPEND, inputs, rows)?;
-        let mut out = get(APPEND, inputs, cache)?.clone();
-        // One row is [num_kv_heads, head_size], contiguous both in `src` and in a cache slot.
-        let row_bytes = src.data.len() / p.num_tokens;
-        for (row, &(page, slot)) in src.data.chunks_exact(row_bytes).zip(&targets) {
-            let at = (page * p.page_size + slot) * row_bytes;
-            out.data[at..at + row_bytes].copy_from_slice(row);
-        }
-        Ok(out)
-    };
-    let k_out = copy_rows("k_cache", "append_k")?;
-    let v_out = copy_rows("v_cache", "append_v")?;
-    Ok(outputs([("k_cache_out", k_out), ("v_cache_out", v_out)]))
+    Ok(targets)
 }
 
 // ---------------------------------------------------------------- attention

@@ -7,6 +7,8 @@
 pub mod activation;
 pub mod attention;
 pub mod cast;
+pub mod device;
+pub mod device_ops;
 pub mod embedding;
 pub mod fast;
 pub mod gemm;
@@ -21,6 +23,8 @@ pub mod util;
 pub mod weights;
 
 use ingot_core::{Backend, Error, Op, Result, Tensors};
+
+pub use device::{CpuDevice, CpuTensor};
 
 /// The CPU reference backend.
 #[derive(Clone, Copy, Debug, Default)]

@@ -327,3 +327,114 @@ mod cuda_backend {
 }
 #[cfg(feature = "cuda")]
 pub use cuda_backend::CudaBackend;
+
+impl ingot_core::DeviceTensor for GpuTensor {
+    fn dtype(&self) -> ingot_core::DType {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        ensure!(
+            shape.iter().product::<usize>() == self.numel(),
+            "reshape",
+            "shape {shape:?} has another element count than {:?}",
+            self.shape
+        );
+        Ok(GpuTensor { handle: self.handle.clone(), dtype: self.dtype, shape: shape.to_vec() })
+    }
+}
+
+/// The GPU backend as a device: tensors in device memory, every op a CubeCL kernel (or
+/// cuBLASLt for dense f16/bf16 `gemm` on CUDA), see [`GpuBackend::run_device`].
+impl<R: Runtime> ingot_core::Device for GpuBackend<R> {
+    type Tensor = GpuTensor;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn supports(&self, op: &Op) -> bool {
+        ingot_core::Backend::supports(self, op)
+    }
+
+    fn max_tensor_bytes(&self) -> u64 {
+        self.dev.max_buffer_bytes()
+    }
+
+    fn upload(&self, t: &ingot_core::Tensor) -> Result<GpuTensor> {
+        self.dev.upload_raw(t.dtype, &t.shape, &t.data)
+    }
+
+    fn upload_shared(
+        &self,
+        dtype: ingot_core::DType,
+        shape: &[usize],
+        bytes: &std::sync::Arc<dyn ingot_core::HostBytes>,
+        range: std::ops::Range<usize>,
+    ) -> Result<GpuTensor> {
+        let all = bytes.host_bytes();
+        ensure!(range.end <= all.len() && range.start <= range.end, "upload", "range {range:?} is outside {} bytes", all.len());
+        self.dev.upload_raw(dtype, shape, &all[range])
+    }
+
+    fn download(&self, t: &GpuTensor) -> Result<ingot_core::Tensor> {
+        self.dev.to_host("download", t)
+    }
+
+    fn zeros(&self, dtype: ingot_core::DType, shape: &[usize]) -> Result<GpuTensor> {
+        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let bytes = numel
+            .and_then(|n| dtype.bytes_for(n))
+            .ok_or_else(|| Error::invalid("zeros", format!("shape {shape:?} is not a whole number of {dtype} blocks, or too large")))?;
+        ensure!(
+            bytes as u64 <= self.dev.max_buffer_bytes(),
+            "zeros",
+            "{bytes} bytes for {dtype} {shape:?} exceed the device's largest buffer ({} bytes)",
+            self.dev.max_buffer_bytes()
+        );
+        // Uploaded rather than filled by a kernel: allocation happens at load, not per step.
+        let h = self.dev.client.create_from_slice(&vec![0u8; bytes.next_multiple_of(4).max(4)]);
+        Ok(GpuTensor::new(h, dtype, shape))
+    }
+
+    fn run(&self, op: &Op, inputs: &GpuTensors) -> Result<GpuTensors> {
+        self.run_device(op, inputs)
+    }
+
+    fn run_into(&self, op: &Op, inputs: &GpuTensors, outputs: &mut GpuTensors) -> Result<GpuTensors> {
+        op.validate()?;
+        if !ingot_core::Backend::supports(self, op) {
+            return Err(self.unsupported(op));
+        }
+        check_device_inputs(op, inputs)?;
+        let specs = op.outputs();
+        for (name, t) in outputs.iter() {
+            let s = specs
+                .iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| Error::invalid(op.name(), format!("run_into: the op has no output '{name}'")))?;
+            ensure!(
+                t.dtype == s.dtype && t.shape == s.shape && t.handle.size() as usize >= t.bytes(),
+                op.name(),
+                "run_into: output '{name}' is {} {:?}, the op writes {} {:?}",
+                t.dtype,
+                t.shape,
+                s.dtype,
+                s.shape
+            );
+        }
+        match op {
+            Op::AppendPagedKvCache(p) if outputs.contains_key("k_cache_out") && outputs.contains_key("v_cache_out") => {
+                kv::append_paged_kv_cache_in_place(&self.dev, p, inputs, &outputs["k_cache_out"], &outputs["v_cache_out"])?;
+                Ok(GpuTensors::new())
+            }
+            _ => Err(Error::invalid(op.name(), "run_into: this op has no in-place form on the GPU backend")),
+        }
+    }
+
+    fn sync(&self) {
+        self.dev.sync();
+    }
+}
