@@ -96,6 +96,16 @@ pub trait Device: Send + Sync {
 
     /// Waits for every queued op (a no-op where ops run synchronously).
     fn sync(&self) {}
+
+    /// Runs `f`, a sequence of ops such as a whole forward pass, the way this device issues
+    /// work best (the CPU device runs it on a worker of its thread pool, so each parallel
+    /// op is handed out through the pool's queue); most devices just call `f`.
+    fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R
+    where
+        Self: Sized,
+    {
+        f()
+    }
 }
 
 /// The host form of an op call on `dev`: upload every input, run, download every output.

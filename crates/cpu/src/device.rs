@@ -231,6 +231,10 @@ impl Device for CpuDevice {
     ) -> Result<DeviceTensors<CpuTensor>> {
         crate::device_ops::run_into(op, inputs, outputs)
     }
+
+    fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        crate::in_pool(f)
+    }
 }
 
 impl ingot_core::Backend for CpuDevice {

@@ -1,7 +1,12 @@
 //! Which backend runs a model: the CPU fast path, or a GPU through one of the runtimes
 //! compiled in (cargo features `wgpu`, `cuda`, `metal` of this crate).
 
-use crate::{Error, Result};
+#[cfg(feature = "gpu")]
+use crate::net::Net;
+use crate::net::Runner;
+use crate::{Config, Error, Result};
+use ingot_gguf::GgufFile;
+use std::sync::Arc;
 
 /// Where a model's forward passes run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,31 +92,32 @@ pub fn check_built(kind: BackendKind) -> Result<()> {
     }
 }
 
-/// Without GPU runtimes: the CPU, or an error naming what is missing.
+/// The device half for `kind` (`None`: stay on the CPU the model was loaded on). Without
+/// GPU runtimes compiled in, the CPU or an error naming what is missing.
 #[cfg(not(feature = "gpu"))]
-pub(crate) fn open(kind: BackendKind) -> Result<()> {
-    check_built(kind)
+pub(crate) fn open(kind: BackendKind, _file: &Arc<GgufFile>, _config: &Config) -> Result<Option<Box<dyn Runner>>> {
+    check_built(kind)?;
+    Ok(None)
 }
 
-/// The device model for `kind`, or `None` for the CPU.
+/// The device half for `kind`: the model's weights on that device and the one forward pass
+/// over them (`None`: stay on the CPU the model was loaded on).
 #[cfg(feature = "gpu")]
-pub(crate) fn open(kind: BackendKind, model: &crate::Model) -> Result<Option<Box<dyn crate::gpu::GpuRun>>> {
-    use crate::gpu::{GpuModel, GpuRun};
-    type Opened = Option<Box<dyn GpuRun>>;
+pub(crate) fn open(kind: BackendKind, file: &Arc<GgufFile>, config: &Config) -> Result<Option<Box<dyn Runner>>> {
+    type Opened = Option<Box<dyn Runner>>;
     #[allow(unused_variables)]
     let build = |name: &str| -> Result<Opened> {
-        let w = model.host_weights();
         #[cfg(feature = "cuda")]
         if name == "gpu:cuda" {
             return match ingot_gpu::CudaBackend::cuda(name) {
-                Some(be) => Ok(Some(Box::new(GpuModel::new(be, name, &model.config, &w)?))),
+                Some(be) => Ok(Some(Box::new(Net::load(be, file, config)?))),
                 None => Ok(None),
             };
         }
         #[cfg(feature = "wgpu")]
         if name == "gpu:wgpu" || name == "gpu:metal" {
             return match ingot_gpu::WgpuBackend::wgpu(name) {
-                Some(be) => Ok(Some(Box::new(GpuModel::new(be, name, &model.config, &w)?))),
+                Some(be) => Ok(Some(Box::new(Net::load(be, file, config)?))),
                 None => Ok(None),
             };
         }

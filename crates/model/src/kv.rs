@@ -1,24 +1,128 @@
 //! Paged key/value storage: for every layer, K and V as [num_pages, page_size, n_kv_head,
-//! head_dim] f32 (the NHD layout of docs/ops.md). A page holds `page_size` consecutive
-//! positions of one sequence in every layer; which pages belong to which sequence (the
-//! block tables), reference counts and sharing are the caller's business (the engine's
-//! block manager, or [`KvCache`] for one sequence).
+//! head_dim] f32 tensors (the NHD layout of docs/ops.md) on the model's device. A page holds
+//! `page_size` consecutive positions of one sequence in every layer; which pages belong to
+//! which sequence (the block tables), reference counts and sharing are the caller's business
+//! (the engine's block manager, or [`KvCache`] for one sequence).
+//!
+//! One pool type for every device: [`Pages`] is generic over [`Device`], and [`KvPool`]
+//! holds it behind a small object-safe trait so callers need not name the device.
 
 use crate::{Config, Error, Result};
+use ingot_core::{CopyPagesParams, DType, Device, DeviceTensor, DeviceTensors, Op, Tensor, WriteColumnsParams};
+use std::any::Any;
+use std::sync::Arc;
 
-/// The K/V pages of one model, in host memory for the CPU path or on the device for a
-/// model on a GPU backend (made by `Model::new_pool`, which picks the right one).
+/// The pages of one pool on device `D`.
+pub(crate) struct Pages<D: Device> {
+    pub(crate) dev: Arc<D>,
+    pub(crate) page_size: usize,
+    pub(crate) num_pages: usize,
+    pub(crate) n_kv: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) k: Vec<D::Tensor>,
+    pub(crate) v: Vec<D::Tensor>,
+}
+
+/// What [`KvPool`] needs of its pages, whatever the device.
+pub(crate) trait PoolPages: Send + Sync {
+    /// The device's name (`cpu`, `gpu:wgpu`, ...).
+    fn device_name(&self) -> String;
+    /// Copies every layer's K and V of page `src` onto page `dst` (both inside the pool).
+    fn copy_page(&mut self, src: u32, dst: u32) -> Result<()>;
+    /// Grows the pool to `num_pages` pages, keeping the existing ones (new pages are zero).
+    fn grow(&mut self, num_pages: usize) -> Result<()>;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+fn one(dev_name: String, what: &str, t: Result<DeviceTensors<impl Clone>, ingot_core::Error>) -> Result<()> {
+    t.map(|_| ()).map_err(|e| Error::Model { arch: dev_name, msg: format!("{what}: {e}") })
+}
+
+impl<D: Device + 'static> Pages<D> {
+    /// A pool of `num_pages` zeroed pages for a model of `n_layer` layers.
+    pub(crate) fn new(dev: Arc<D>, n_layer: usize, page_size: usize, num_pages: usize, n_kv: usize, head_dim: usize) -> Result<Self> {
+        let shape = [num_pages, page_size, n_kv, head_dim];
+        let layer = || dev.zeros(DType::F32, &shape);
+        let k = (0..n_layer).map(|_| layer()).collect::<Result<Vec<_>, _>>()?;
+        let v = (0..n_layer).map(|_| layer()).collect::<Result<Vec<_>, _>>()?;
+        Ok(Pages { dev, page_size, num_pages, n_kv, head_dim, k, v })
+    }
+
+    fn cache_shape(&self) -> [usize; 4] {
+        [self.num_pages, self.page_size, self.n_kv, self.head_dim]
+    }
+}
+
+impl<D: Device + 'static> PoolPages for Pages<D> {
+    fn device_name(&self) -> String {
+        self.dev.name()
+    }
+
+    fn copy_page(&mut self, src: u32, dst: u32) -> Result<()> {
+        if src == dst {
+            return Ok(());
+        }
+        let d = &*self.dev;
+        let p = CopyPagesParams {
+            num_pages: self.num_pages,
+            page_size: self.page_size,
+            num_kv_heads: self.n_kv,
+            head_size: self.head_dim,
+            num_copies: 1,
+            dtype: DType::F32,
+        };
+        let op = Op::CopyPages(p);
+        let src_t = d.upload(&Tensor::from_i32(vec![1], &[src as i32]))?;
+        let dst_t = d.upload(&Tensor::from_i32(vec![1], &[dst as i32]))?;
+        for cache in self.k.iter().chain(&self.v) {
+            let ins: DeviceTensors<D::Tensor> = [("cache", cache.clone()), ("src_pages", src_t.clone()), ("dst_pages", dst_t.clone())]
+                .into_iter()
+                .map(|(n, t)| (n.to_string(), t))
+                .collect();
+            let mut outs: DeviceTensors<D::Tensor> = [("cache_out".to_string(), cache.clone())].into();
+            one(d.name(), "copy_page", d.run_into(&op, &ins, &mut outs))?;
+        }
+        Ok(())
+    }
+
+    fn grow(&mut self, num_pages: usize) -> Result<()> {
+        if num_pages <= self.num_pages {
+            return Ok(());
+        }
+        let d = &*self.dev;
+        let old_n: usize = self.cache_shape().iter().product();
+        self.num_pages = num_pages;
+        let shape = self.cache_shape();
+        let new_n: usize = shape.iter().product();
+        let p = WriteColumnsParams { num_rows: 1, src_width: old_n, dst_width: new_n, offset: 0, dtype: DType::F32 };
+        let op = Op::WriteColumns(p);
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let bigger = d.zeros(DType::F32, &shape)?;
+            if old_n > 0 {
+                let flat = bigger.reshape(&[1, new_n])?;
+                let ins: DeviceTensors<D::Tensor> =
+                    [("src".to_string(), t.reshape(&[1, old_n])?), ("dst".to_string(), flat.clone())].into();
+                let mut outs: DeviceTensors<D::Tensor> = [("output".to_string(), flat)].into();
+                one(d.name(), "grow", d.run_into(&op, &ins, &mut outs))?;
+            }
+            *t = bigger;
+        }
+        Ok(())
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The K/V pages of one model, on the model's device (made by `Model::new_pool`).
 pub struct KvPool {
     page_size: usize,
     num_pages: usize,
     n_layer: usize,
     /// n_kv_head · head_dim: the floats of one position of one layer in K (and in V).
     kv_width: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    /// The pages on a device (then `k` and `v` are empty).
-    #[cfg(feature = "gpu")]
-    pub(crate) dev: Option<Box<dyn crate::gpu::DeviceKv>>,
+    pub(crate) pages: Box<dyn PoolPages>,
 }
 
 impl std::fmt::Debug for KvPool {
@@ -28,7 +132,7 @@ impl std::fmt::Debug for KvPool {
             .field("num_pages", &self.num_pages)
             .field("n_layer", &self.n_layer)
             .field("kv_width", &self.kv_width)
-            .field("on_device", &self.on_device())
+            .field("device", &self.pages.device_name())
             .finish()
     }
 }
@@ -43,54 +147,45 @@ impl KvPool {
         page_size.saturating_mul(config.n_layer).saturating_mul(2 * config.n_kv_head * config.head_dim * 4)
     }
 
-    /// A pool of `num_pages` zeroed pages of `page_size` positions for `config`'s model. The
-    /// memory is requested zeroed, so the OS commits it only as pages are first written.
-    pub fn new(config: &Config, page_size: usize, num_pages: usize) -> Result<KvPool> {
+    /// Checks the sizes of a pool of `num_pages` pages of `page_size` positions for
+    /// `config`'s model against `max_tensor_bytes` (one layer's K is one tensor).
+    pub(crate) fn check_size(config: &Config, page_size: usize, num_pages: usize, max_tensor_bytes: u64) -> Result<()> {
         if page_size == 0 {
             return Err(pool_err(config, "KV page size must be at least 1".into()));
         }
         let kv_width = config.n_kv_head * config.head_dim;
-        let per_layer = page_size
+        let bytes = page_size
             .checked_mul(num_pages)
             .and_then(|n| n.checked_mul(kv_width))
-            .filter(|n| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize))
+            .and_then(|n| n.checked_mul(4))
+            .filter(|&b| b <= isize::MAX as usize)
             .ok_or_else(|| pool_err(config, format!("{num_pages} KV pages of {page_size} positions do not fit in memory")))?;
+        if bytes as u64 > max_tensor_bytes {
+            return Err(pool_err(
+                config,
+                format!(
+                    "{num_pages} KV pages of {page_size} positions do not fit in memory: {bytes} bytes per layer for K, more than the device's largest buffer ({max_tensor_bytes} bytes); use fewer pages"
+                ),
+            ));
+        }
         if num_pages > u32::MAX as usize {
             return Err(pool_err(config, format!("{num_pages} KV pages exceed the {} page ids", u32::MAX)));
         }
-        let layer = || vec![0f32; per_layer];
-        Ok(KvPool {
-            page_size,
-            num_pages,
-            n_layer: config.n_layer,
-            kv_width,
-            k: (0..config.n_layer).map(|_| layer()).collect(),
-            v: (0..config.n_layer).map(|_| layer()).collect(),
-            #[cfg(feature = "gpu")]
-            dev: None,
-        })
+        Ok(())
     }
 
-    /// A pool whose pages live on a device (`dev`, already holding `num_pages` pages).
-    #[cfg(feature = "gpu")]
-    pub(crate) fn with_device(config: &Config, page_size: usize, num_pages: usize, dev: Box<dyn crate::gpu::DeviceKv>) -> KvPool {
-        KvPool {
-            page_size,
-            num_pages,
-            n_layer: config.n_layer,
-            kv_width: config.n_kv_head * config.head_dim,
-            k: Vec::new(),
-            v: Vec::new(),
-            dev: Some(dev),
-        }
+    pub(crate) fn from_pages(config: &Config, page_size: usize, num_pages: usize, pages: Box<dyn PoolPages>) -> KvPool {
+        KvPool { page_size, num_pages, n_layer: config.n_layer, kv_width: config.n_kv_head * config.head_dim, pages }
+    }
+
+    /// The device the pages live on (`cpu`, `gpu:wgpu`, ...).
+    pub fn device(&self) -> String {
+        self.pages.device_name()
     }
 
     /// Whether the pages live on a GPU device rather than in host memory.
     pub fn on_device(&self) -> bool {
-        #[cfg(feature = "gpu")]
-        return self.dev.is_some();
-        #[cfg(not(feature = "gpu"))]
-        false
+        self.device() != "cpu"
     }
 
     /// Positions per page.
@@ -114,50 +209,22 @@ impl KvPool {
     }
 
     /// Copies every layer's K and V of page `src` onto page `dst` (copy-on-write of a shared
-    /// page). Panics on a page id outside the pool.
-    pub fn copy_page(&mut self, src: u32, dst: u32) {
-        assert!((src as usize) < self.num_pages && (dst as usize) < self.num_pages, "copy_page: page id outside the pool");
-        #[cfg(feature = "gpu")]
-        if let Some(dev) = &mut self.dev {
-            if src != dst {
-                // The ids were checked above, and copies inside the pool cannot fail otherwise.
-                dev.copy_page(src, dst).expect("device page copy inside the pool");
-            }
-            return;
+    /// page), through the protocol's `copy_pages` op.
+    pub fn copy_page(&mut self, src: u32, dst: u32) -> Result<()> {
+        if src as usize >= self.num_pages || dst as usize >= self.num_pages {
+            return Err(Error::Model {
+                arch: self.device(),
+                msg: format!("copy_page: page {src} or {dst} is outside the pool of {}", self.num_pages),
+            });
         }
-        let n = self.page_size * self.kv_width;
-        let (s, d) = (src as usize * n, dst as usize * n);
-        if s != d {
-            for l in self.k.iter_mut().chain(self.v.iter_mut()) {
-                l.copy_within(s..s + n, d);
-            }
-        }
+        self.pages.copy_page(src, dst)
     }
 
     /// Adds zeroed pages at the end (ids num_pages..num_pages + extra).
-    pub(crate) fn grow(&mut self, extra: usize) -> crate::Result<()> {
-        #[cfg(feature = "gpu")]
-        if let Some(dev) = &mut self.dev {
-            dev.grow(self.num_pages + extra)?;
-            self.num_pages += extra;
-            return Ok(());
-        }
+    pub(crate) fn grow(&mut self, extra: usize) -> Result<()> {
+        self.pages.grow(self.num_pages + extra)?;
         self.num_pages += extra;
-        let len = self.num_pages * self.page_size * self.kv_width;
-        for l in self.k.iter_mut().chain(self.v.iter_mut()) {
-            l.resize(len, 0.0);
-        }
         Ok(())
-    }
-
-    /// Layer `il`'s K and V pages.
-    pub(crate) fn layer(&self, il: usize) -> (&[f32], &[f32]) {
-        (&self.k[il], &self.v[il])
-    }
-
-    /// Layer `il`'s K and V pages, writable.
-    pub(crate) fn layer_mut(&mut self, il: usize) -> (&mut [f32], &mut [f32]) {
-        (&mut self.k[il], &mut self.v[il])
     }
 
     /// Whether this pool has the shape of `config`'s model.

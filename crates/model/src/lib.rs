@@ -2,17 +2,17 @@
 //! (llama, qwen2, gemma3), and weight loading.
 
 pub mod backend;
+mod batch;
 pub mod chat;
 pub mod config;
 mod error;
-#[cfg(feature = "gpu")]
-mod gpu;
 pub mod kv;
 pub mod llm;
+mod net;
 pub mod tokenizer;
 
 pub use backend::BackendKind;
 pub use config::{Arch, Config};
 pub use error::{Error, Result};
 pub use kv::{KvCache, KvPool};
-pub use llm::{Linear, Logits, Model, SeqChunk};
+pub use llm::{Logits, Model, SeqChunk};

@@ -1,0 +1,506 @@
+//! The one model definition: llama, qwen2 and gemma3 as a sequence of protocol ops on any
+//! [`Device`] (the CPU fast kernels or a GPU backend). The file says *which* ops run in
+//! which order; the device decides *how*. Weights stay in the GGUF file's formats (the CPU
+//! device reads them from the mmap in place, a GPU device holds one copy); norms, biases and
+//! RoPE frequency tables are f32. Activations are f32. The K/V pages are a [`Pages`] pool on
+//! the same device. Only token ids, positions and page tables go to the device per step,
+//! and only the requested logits come back.
+//!
+//! The architectures differ in a few switches of [`Config`]: biases on Q/K/V (qwen2), Q/K
+//! norms, post-attention and post-FFN norms, a scaled embedding, GELU instead of SiLU and
+//! sliding-window layers with their own RoPE base (gemma3).
+
+use crate::batch::{Logits, Plan, SeqChunk};
+use crate::config::{Arch, Config};
+use crate::kv::{Pages, PoolPages};
+use crate::{Error, Result};
+use ingot_core::{
+    AddBiasParams, AppendKvParams, CastParams, DType, DecodeParams, Device, DeviceTensor, DeviceTensors, EmbeddingParams, GatedParams,
+    HostBytes, Op, PrefillParams, QuantizedMatmulParams, RmsNormParams, RopeFreqsParams, RowsParams, ScaleParams, Tensor,
+    WriteColumnsParams,
+};
+use ingot_gguf::GgufFile;
+use std::sync::Arc;
+
+/// A projection's weight [rows, cols] on the device in its stored format, split by rows into
+/// parts when it is larger than the device's largest tensor (a 262k-token vocabulary on
+/// lavapipe, whose buffers stop at 128 MiB).
+pub(crate) struct Weight<T> {
+    parts: Vec<T>,
+    rows: usize,
+    cols: usize,
+}
+
+/// One transformer block's weights.
+struct Layer<T> {
+    attn_norm: T,
+    wq: Weight<T>,
+    wk: Weight<T>,
+    wv: Weight<T>,
+    wo: Weight<T>,
+    bq: Option<T>,
+    bk: Option<T>,
+    bv: Option<T>,
+    q_norm: Option<T>,
+    k_norm: Option<T>,
+    post_attn_norm: Option<T>,
+    ffn_norm: T,
+    gate: Weight<T>,
+    up: Weight<T>,
+    down: Weight<T>,
+    post_ffn_norm: Option<T>,
+}
+
+/// A model's weights on device `D` and its forward pass.
+pub(crate) struct Net<D: Device> {
+    dev: Arc<D>,
+    cfg: Config,
+    embd: Weight<D::Tensor>,
+    output: Weight<D::Tensor>,
+    output_norm: D::Tensor,
+    layers: Vec<Layer<D::Tensor>>,
+    inv_freq: D::Tensor,
+    inv_freq_swa: D::Tensor,
+}
+
+/// What a model needs of its device-specific half, whatever the device.
+pub(crate) trait Runner: Send + Sync {
+    /// The device's name (`cpu`, `gpu:cuda`, ...).
+    fn name(&self) -> String;
+    /// A zeroed pool of `num_pages` pages of `page_size` positions on the device.
+    fn new_pages(&self, page_size: usize, num_pages: usize) -> Result<Box<dyn PoolPages>>;
+    /// The largest single tensor the device holds, in bytes.
+    fn max_tensor_bytes(&self) -> u64;
+    /// One batched forward pass (the batch was validated by the caller: see `Model::plan`).
+    fn forward(&self, pages: &mut dyn PoolPages, seqs: &[SeqChunk], plan: &Plan, trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>>;
+}
+
+/// The GGUF file's mapped bytes, lent to a device (the CPU device reads weights in place).
+pub(crate) struct MappedFile(pub Arc<GgufFile>);
+
+impl HostBytes for MappedFile {
+    fn host_bytes(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
+fn model_err(arch: &str, msg: impl Into<String>) -> Error {
+    Error::Model { arch: arch.to_string(), msg: msg.into() }
+}
+
+/// The tensors a layer reads, by GGUF name.
+fn layer_names(il: usize, s: &str) -> String {
+    format!("blk.{il}.{s}")
+}
+
+impl<D: Device + 'static> Net<D> {
+    /// Reads `file`'s weights onto `dev`, checking every shape against `cfg`.
+    pub(crate) fn load(dev: D, file: &Arc<GgufFile>, cfg: &Config) -> Result<Self> {
+        let dev = Arc::new(dev);
+        let arch = cfg.arch.name();
+        let bytes: Arc<dyn HostBytes> = Arc::new(MappedFile(file.clone()));
+        let max = dev.max_tensor_bytes().min(usize::MAX as u64) as usize;
+        let weight = |name: &str, rows: usize, cols: usize| -> Result<Weight<D::Tensor>> {
+            let t = file.tensor(name)?;
+            let dtype = file.tensor_dtype(name)?;
+            let shape = t.shape_row_major();
+            if shape != [rows as u64, cols as u64] {
+                return Err(model_err(arch, format!("tensor '{name}' has shape {shape:?}, expected [{rows}, {cols}]")));
+            }
+            let row_bytes = dtype
+                .bytes_for(cols)
+                .ok_or_else(|| model_err(arch, format!("tensor '{name}': a row of {cols} is not a whole number of {dtype} blocks")))?;
+            if Some(t.size as usize) != row_bytes.checked_mul(rows) {
+                return Err(model_err(
+                    arch,
+                    format!("tensor '{name}' has {} bytes, {rows}x{cols} {dtype} needs {row_bytes}·{rows}", t.size),
+                ));
+            }
+            let start = t.file_offset as usize;
+            let per_part = (max / row_bytes.max(1)).max(1);
+            let mut parts = Vec::new();
+            for first in (0..rows).step_by(per_part) {
+                let n = per_part.min(rows - first);
+                let at = start + first * row_bytes;
+                parts.push(dev.upload_shared(dtype, &[n, cols], &bytes, at..at + n * row_bytes)?);
+            }
+            Ok(Weight { parts, rows, cols })
+        };
+        let host_vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let t = file.tensor(name)?;
+            let dtype = file.tensor_dtype(name)?;
+            if t.numel() != len as u64 {
+                return Err(model_err(arch, format!("tensor '{name}' has {} elements, expected {len}", t.numel())));
+            }
+            let mut out = vec![0f32; len];
+            ingot_cpu::quant::dequantize_row(dtype, file.data_of(t)?, &mut out)?;
+            Ok(out)
+        };
+        let up = |v: &[f32]| -> Result<D::Tensor> { Ok(dev.upload(&Tensor::from_f32(DType::F32, vec![v.len()], v))?) };
+        let vector = |name: &str, len: usize| -> Result<D::Tensor> { up(&host_vector(name, len)?) };
+        let opt_vector = |name: &str, len: usize| -> Result<Option<D::Tensor>> {
+            if file.find_tensor(name).is_some() {
+                vector(name, len).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let c = cfg;
+        let (qd, kvd) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
+        let gemma = c.arch == Arch::Gemma3;
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for il in 0..c.n_layer {
+            let n = |s: &str| layer_names(il, s);
+            let only_gemma = |s: &str, len: usize| if gemma { vector(&n(s), len).map(Some) } else { Ok(None) };
+            layers.push(Layer {
+                attn_norm: vector(&n("attn_norm.weight"), c.n_embd)?,
+                wq: weight(&n("attn_q.weight"), qd, c.n_embd)?,
+                wk: weight(&n("attn_k.weight"), kvd, c.n_embd)?,
+                wv: weight(&n("attn_v.weight"), kvd, c.n_embd)?,
+                wo: weight(&n("attn_output.weight"), c.n_embd, qd)?,
+                bq: opt_vector(&n("attn_q.bias"), qd)?,
+                bk: opt_vector(&n("attn_k.bias"), kvd)?,
+                bv: opt_vector(&n("attn_v.bias"), kvd)?,
+                q_norm: only_gemma("attn_q_norm.weight", c.head_dim)?,
+                k_norm: only_gemma("attn_k_norm.weight", c.head_dim)?,
+                post_attn_norm: only_gemma("post_attention_norm.weight", c.n_embd)?,
+                ffn_norm: vector(&n("ffn_norm.weight"), c.n_embd)?,
+                gate: weight(&n("ffn_gate.weight"), c.n_ff, c.n_embd)?,
+                up: weight(&n("ffn_up.weight"), c.n_ff, c.n_embd)?,
+                down: weight(&n("ffn_down.weight"), c.n_embd, c.n_ff)?,
+                post_ffn_norm: only_gemma("post_ffw_norm.weight", c.n_embd)?,
+            });
+        }
+        // Tied embeddings when the file has no separate output matrix.
+        let output_name = if file.find_tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
+        let freqs = |base: f32| -> Result<D::Tensor> {
+            let half = c.rope_dim / 2;
+            let mut f: Vec<f32> = (0..half).map(|i| (base as f64).powf(-2.0 * i as f64 / c.rope_dim as f64) as f32).collect();
+            // Llama 3 scaling is stored as per-frequency divisors.
+            if file.find_tensor("rope_freqs.weight").is_some() {
+                for (x, d) in f.iter_mut().zip(host_vector("rope_freqs.weight", half)?) {
+                    *x /= d;
+                }
+            }
+            up(&f)
+        };
+        Ok(Net {
+            embd: weight("token_embd.weight", c.vocab, c.n_embd)?,
+            output: weight(output_name, c.vocab, c.n_embd)?,
+            output_norm: vector("output_norm.weight", c.n_embd)?,
+            layers,
+            inv_freq: freqs(c.rope_base)?,
+            inv_freq_swa: freqs(c.rope_base_swa)?,
+            cfg: cfg.clone(),
+            dev,
+        })
+    }
+
+    fn err(&self, msg: impl Into<String>) -> Error {
+        model_err(&self.dev.name(), msg)
+    }
+
+    /// Runs `op` and returns its output `out`.
+    fn one(&self, op: Op, inputs: &[(&str, &D::Tensor)], out: &str) -> Result<D::Tensor> {
+        let name = op.name();
+        let ins: DeviceTensors<D::Tensor> = inputs.iter().map(|(k, t)| (k.to_string(), (*t).clone())).collect();
+        self.dev.run(&op, &ins)?.remove(out).ok_or_else(|| self.err(format!("{name} returned no '{out}'")))
+    }
+
+    /// Runs `op` writing its output `out` into `into` (in place).
+    fn into(&self, op: Op, inputs: &[(&str, &D::Tensor)], out: &str, into: &D::Tensor) -> Result<()> {
+        let ins: DeviceTensors<D::Tensor> = inputs.iter().map(|(k, t)| (k.to_string(), (*t).clone())).collect();
+        let mut outs: DeviceTensors<D::Tensor> = [(out.to_string(), into.clone())].into();
+        self.dev.run_into(&op, &ins, &mut outs)?;
+        Ok(())
+    }
+
+    fn upload_i32(&self, v: &[i32]) -> Result<D::Tensor> {
+        Ok(self.dev.upload(&Tensor::from_i32(vec![v.len()], v))?)
+    }
+
+    /// Writes `src` [rows, w] into columns `at..at + w` of `dst` [rows, W], in place.
+    fn write_columns(&self, src: &D::Tensor, dst: &D::Tensor, at: usize) -> Result<()> {
+        let (rows, w, dw) = (src.shape()[0], src.shape()[1], dst.shape()[1]);
+        let p = WriteColumnsParams { num_rows: rows, src_width: w, dst_width: dw, offset: at, dtype: DType::F32 };
+        self.into(Op::WriteColumns(p), &[("src", src), ("dst", dst)], "output", dst)
+    }
+
+    /// y = x·Wᵀ, x [t, cols] f32 → [t, rows] f32.
+    fn linear(&self, l: &Weight<D::Tensor>, x: &D::Tensor, t: usize) -> Result<D::Tensor> {
+        let x = x.reshape(&[t, l.cols])?;
+        let part = |w: &D::Tensor| {
+            let p = QuantizedMatmulParams { m: t, n: w.shape()[0], k: l.cols, weight_dtype: w.dtype(), dtype: DType::F32 };
+            self.one(Op::QuantizedMatmul(p), &[("x", &x), ("w", w)], "y")
+        };
+        if let [w] = l.parts.as_slice() {
+            return part(w);
+        }
+        let y = self.dev.zeros(DType::F32, &[t, l.rows])?;
+        let mut at = 0;
+        for w in &l.parts {
+            self.write_columns(&part(w)?, &y, at)?;
+            at += w.shape()[0];
+        }
+        Ok(y)
+    }
+
+    /// Rows `ids` of `table` [vocab, width] (any weight format) as f32 [ids.len(), width].
+    fn gather(&self, table: &D::Tensor, ids: &D::Tensor) -> Result<D::Tensor> {
+        let (vocab, width) = (table.shape()[0], table.shape()[1]);
+        let n = ids.numel();
+        let p = EmbeddingParams { num_tokens: n, hidden_size: width, vocab_size: vocab, dtype: table.dtype() };
+        let y = self.one(Op::EmbeddingLookup(p), &[("table", table), ("ids", ids)], "output")?;
+        if y.dtype() == DType::F32 {
+            return Ok(y);
+        }
+        let p = CastParams { num_elements: n * width, input_dtype: y.dtype(), output_dtype: DType::F32 };
+        let flat = self.one(Op::Cast(p), &[("input", &y.reshape(&[n * width])?)], "output")?;
+        Ok(flat.reshape(&[n, width])?)
+    }
+
+    /// Rows `ids` of a weight matrix (the token embeddings) as f32 [ids.len(), cols]. A
+    /// matrix in parts is looked up part by part, each with the ids that fall in it; the
+    /// rows are stacked part after part and put back in order by one more gather.
+    fn lookup(&self, l: &Weight<D::Tensor>, ids: &[i32]) -> Result<D::Tensor> {
+        if let [w] = l.parts.as_slice() {
+            return self.gather(w, &self.upload_i32(ids)?);
+        }
+        let (n, e) = (ids.len(), l.cols);
+        let stacked = self.dev.zeros(DType::F32, &[1, n * e])?;
+        let mut order = vec![0i32; n];
+        let (mut first, mut done) = (0i32, 0usize);
+        for w in &l.parts {
+            let rows = w.shape()[0] as i32;
+            let mine: Vec<usize> = (0..n).filter(|&i| (first..first + rows).contains(&ids[i])).collect();
+            if !mine.is_empty() {
+                let local: Vec<i32> = mine.iter().map(|&i| ids[i] - first).collect();
+                let got = self.gather(w, &self.upload_i32(&local)?)?;
+                self.write_columns(&got.reshape(&[1, mine.len() * e])?, &stacked, done * e)?;
+                for (k, &i) in mine.iter().enumerate() {
+                    order[i] = (done + k) as i32;
+                }
+                done += mine.len();
+            }
+            first += rows;
+        }
+        if done != n {
+            return Err(self.err(format!("{} of {n} token ids are outside the embedding table", n - done)));
+        }
+        self.gather(&stacked.reshape(&[n, e])?, &self.upload_i32(&order)?)
+    }
+
+    fn rms_norm(&self, x: &D::Tensor, w: &D::Tensor, rows: usize) -> Result<D::Tensor> {
+        let h = w.numel();
+        let p = RmsNormParams { num_tokens: rows, hidden_size: h, eps: self.cfg.eps as f64, gemma: false, dtype: DType::F32 };
+        let y = self.one(Op::RmsNorm(p), &[("input", &x.reshape(&[rows, h])?), ("weight", w)], "output")?;
+        Ok(y.reshape(x.shape())?)
+    }
+
+    fn add(&self, a: &D::Tensor, b: &D::Tensor, t: usize) -> Result<D::Tensor> {
+        let e = a.numel() / t;
+        let p = RowsParams { num_tokens: t, hidden_size: e, dtype: DType::F32 };
+        self.one(Op::AddResidual(p), &[("input", &a.reshape(&[t, e])?), ("residual", &b.reshape(&[t, e])?)], "output")
+    }
+
+    fn add_bias(&self, x: &D::Tensor, b: Option<&D::Tensor>, t: usize) -> Result<D::Tensor> {
+        let Some(b) = b else { return Ok(x.clone()) };
+        let h = b.numel();
+        let p = AddBiasParams { num_tokens: t, hidden_size: h, dtype: DType::F32 };
+        self.one(Op::AddBias(p), &[("input", &x.reshape(&[t, h])?), ("bias", b)], "output")
+    }
+
+    fn rope(&self, x: &D::Tensor, heads: usize, pos: &D::Tensor, freqs: &D::Tensor, t: usize) -> Result<D::Tensor> {
+        let c = &self.cfg;
+        let p = RopeFreqsParams {
+            num_tokens: t,
+            num_heads: heads,
+            head_size: c.head_dim,
+            rotary_dim: c.rope_dim,
+            interleave: !c.rope_neox,
+            dtype: DType::F32,
+        };
+        self.one(Op::RopeFreqs(p), &[("input", &x.reshape(&[t, heads, c.head_dim])?), ("pos_ids", pos), ("inv_freq", freqs)], "output")
+    }
+
+    fn forward_pass(&self, kv: &mut Pages<D>, seqs: &[SeqChunk], plan: &Plan, mut trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let (e, hd, hq, hk) = (c.n_embd, c.head_dim, c.n_head, c.n_kv_head);
+        let (ps, num_pages) = (kv.page_size, kv.num_pages);
+        let t = plan.rows.len();
+        let b = seqs.len();
+
+        // Per-step index tensors: token ids, positions, sequence of each row, and the page
+        // tables in FlashInfer's CSR form (each sequence lists the pages up to its last position).
+        let ids: Vec<i32> = seqs.iter().flat_map(|s| s.tokens.iter().map(|&x| x as i32)).collect();
+        let pos: Vec<i32> = plan.rows.iter().map(|&(_, p)| p as i32).collect();
+        let seq_of: Vec<i32> = plan.rows.iter().map(|&(s, _)| s as i32).collect();
+        let (mut qo_indptr, mut kv_indptr, mut kv_indices, mut last_len) = (vec![0i32], vec![0i32], Vec::new(), Vec::new());
+        for s in seqs {
+            let end = s.start + s.tokens.len();
+            kv_indices.extend(s.pages[..end.div_ceil(ps)].iter().map(|&p| p as i32));
+            kv_indptr.push(kv_indices.len() as i32);
+            qo_indptr.push(qo_indptr.last().copied().unwrap_or(0) + s.tokens.len() as i32);
+            last_len.push(((end - 1) % ps + 1) as i32);
+        }
+        let (pos_d, seq_d) = (self.upload_i32(&pos)?, self.upload_i32(&seq_of)?);
+        let (qo_d, kvp_d, kvi_d, last_d) =
+            (self.upload_i32(&qo_indptr)?, self.upload_i32(&kv_indptr)?, self.upload_i32(&kv_indices)?, self.upload_i32(&last_len)?);
+        let n_ids = kv_indices.len();
+        let decode = seqs.iter().all(|s| s.tokens.len() == 1);
+
+        let mut x = self.lookup(&self.embd, &ids)?;
+        if c.embd_scale != 1.0 {
+            let p = ScaleParams { num_elements: t * e, scale: c.embd_scale as f64, dtype: DType::F32 };
+            x = self.one(Op::Scale(p), &[("input", &x.reshape(&[t * e])?)], "output")?.reshape(&[t, e])?;
+        }
+        for (il, lw) in self.layers.iter().enumerate() {
+            let h = self.rms_norm(&x, &lw.attn_norm, t)?;
+            let q = self.add_bias(&self.linear(&lw.wq, &h, t)?, lw.bq.as_ref(), t)?;
+            let mut k = self.add_bias(&self.linear(&lw.wk, &h, t)?, lw.bk.as_ref(), t)?;
+            let v = self.add_bias(&self.linear(&lw.wv, &h, t)?, lw.bv.as_ref(), t)?;
+            let mut q = q;
+            if let Some(w) = &lw.q_norm {
+                q = self.rms_norm(&q, w, t * hq)?;
+            }
+            if let Some(w) = &lw.k_norm {
+                k = self.rms_norm(&k, w, t * hk)?;
+            }
+            let swa = c.is_swa(il);
+            let freqs = if swa { &self.inv_freq_swa } else { &self.inv_freq };
+            let q = self.rope(&q, hq, &pos_d, freqs, t)?;
+            let k = self.rope(&k, hk, &pos_d, freqs, t)?;
+            let v = v.reshape(&[t, hk, hd])?;
+
+            let (kc, vc) = (&kv.k[il], &kv.v[il]);
+            let ap = AppendKvParams {
+                batch_size: b,
+                num_tokens: t,
+                num_kv_heads: hk,
+                head_size: hd,
+                page_size: ps,
+                num_pages,
+                num_page_ids: n_ids,
+                dtype: DType::F32,
+            };
+            let tables: [(&str, &D::Tensor); 3] = [("kv_indices", &kvi_d), ("kv_indptr", &kvp_d), ("kv_last_page_len", &last_d)];
+            // In place: the pool's tensors are the caches.
+            let ins: DeviceTensors<D::Tensor> =
+                [("append_k", &k), ("append_v", &v), ("batch_indices", &seq_d), ("positions", &pos_d), ("k_cache", kc), ("v_cache", vc)]
+                    .into_iter()
+                    .chain(tables)
+                    .map(|(n, t)| (n.to_string(), t.clone()))
+                    .collect();
+            let mut outs: DeviceTensors<D::Tensor> =
+                [("k_cache_out".to_string(), kc.clone()), ("v_cache_out".to_string(), vc.clone())].into();
+            self.dev.run_into(&Op::AppendPagedKvCache(ap), &ins, &mut outs)?;
+
+            let window_left = match (swa, c.sliding_window) {
+                (true, Some(w)) => w as i64 - 1,
+                _ => -1,
+            };
+            let att = if decode {
+                let p = DecodeParams {
+                    batch_size: b,
+                    num_qo_heads: hq,
+                    num_kv_heads: hk,
+                    head_size: hd,
+                    page_size: ps,
+                    num_pages,
+                    num_page_ids: n_ids,
+                    sm_scale: c.attn_scale as f64,
+                    window_left,
+                    logits_soft_cap: 0.0,
+                    dtype: DType::F32,
+                };
+                let mut ins = vec![("q", &q), ("k_cache", kc), ("v_cache", vc)];
+                ins.extend(tables);
+                self.one(Op::BatchDecodeWithPagedKvCache(p), &ins, "output")?
+            } else {
+                let p = PrefillParams {
+                    batch_size: b,
+                    num_tokens: t,
+                    num_qo_heads: hq,
+                    num_kv_heads: hk,
+                    head_size: hd,
+                    page_size: ps,
+                    num_pages,
+                    num_page_ids: n_ids,
+                    causal: true,
+                    sm_scale: c.attn_scale as f64,
+                    window_left,
+                    logits_soft_cap: 0.0,
+                    dtype: DType::F32,
+                };
+                let mut ins = vec![("q", &q), ("qo_indptr", &qo_d), ("k_cache", kc), ("v_cache", vc)];
+                ins.extend(tables);
+                self.one(Op::BatchPrefillWithPagedKvCache(p), &ins, "output")?
+            };
+            let mut o = self.linear(&lw.wo, &att, t)?;
+            if let Some(w) = &lw.post_attn_norm {
+                o = self.rms_norm(&o, w, t)?;
+            }
+            x = self.add(&x, &o, t)?;
+
+            let h = self.rms_norm(&x, &lw.ffn_norm, t)?;
+            let g = self.linear(&lw.gate, &h, t)?;
+            let u = self.linear(&lw.up, &h, t)?;
+            let gp = GatedParams { num_tokens: t, intermediate_size: c.n_ff, dtype: DType::F32 };
+            let gated = if c.arch == Arch::Gemma3 { Op::GeluAndMul(gp) } else { Op::SiluAndMul(gp) };
+            let a = self.one(gated, &[("gate", &g), ("up", &u)], "output")?;
+            let mut dn = self.linear(&lw.down, &a, t)?;
+            if let Some(w) = &lw.post_ffn_norm {
+                dn = self.rms_norm(&dn, w, t)?;
+            }
+            x = self.add(&x, &dn, t)?;
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.push(self.dev.download(&x)?.to_f32()?);
+            }
+        }
+
+        // The rows whose logits are wanted, in order.
+        let mut want: Vec<i32> = Vec::new();
+        let mut at = 0usize;
+        for s in seqs {
+            let n = s.tokens.len();
+            match s.logits {
+                Logits::All => want.extend((at..at + n).map(|r| r as i32)),
+                Logits::Last => want.push((at + n - 1) as i32),
+                Logits::None => {}
+            }
+            at += n;
+        }
+        if want.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = want.len();
+        let rows = if n == t { x } else { self.gather(&x.reshape(&[t, e])?, &self.upload_i32(&want)?)? };
+        let h = self.rms_norm(&rows, &self.output_norm, n)?;
+        let logits = self.linear(&self.output, &h, n)?;
+        Ok(self.dev.download(&logits)?.to_f32()?)
+    }
+}
+
+impl<D: Device + 'static> Runner for Net<D> {
+    fn name(&self) -> String {
+        self.dev.name()
+    }
+
+    fn new_pages(&self, page_size: usize, num_pages: usize) -> Result<Box<dyn PoolPages>> {
+        let c = &self.cfg;
+        Ok(Box::new(Pages::new(self.dev.clone(), c.n_layer, page_size, num_pages, c.n_kv_head, c.head_dim)?))
+    }
+
+    fn max_tensor_bytes(&self) -> u64 {
+        self.dev.max_tensor_bytes()
+    }
+
+    fn forward(&self, pages: &mut dyn PoolPages, seqs: &[SeqChunk], plan: &Plan, trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
+        let name = self.dev.name();
+        let kv = pages
+            .as_any_mut()
+            .downcast_mut::<Pages<D>>()
+            .ok_or_else(|| self.err(format!("this KV pool belongs to another device than {name}")))?;
+        self.dev.scope(|| self.forward_pass(kv, seqs, plan, trace))
+    }
+}
