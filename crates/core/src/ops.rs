@@ -78,6 +78,10 @@ ops! {
     LayerNorm => "layer_norm" (LayerNormParams);
     /// out = x + residual.
     AddResidual => "add_residual" (RowsParams);
+    /// out = x + bias, the bias added to every row.
+    AddBias => "add_bias" (RowsParams);
+    /// out = x · scale.
+    Scale => "scale" (ScaleParams);
     /// silu(gate) * up.
     SiluAndMul => "silu_and_mul" (GatedParams);
     /// gelu_tanh(gate) * up.
@@ -112,14 +116,20 @@ ops! {
     SampleFromProbs => "sample_from_probs" (SampleParams);
     /// Rotary position embedding on q and k.
     Rope => "rope" (RopeParams);
+    /// Rotary position embedding with a caller-given inverse-frequency table.
+    RopeFreqs => "rope_freqs" (RopeFreqsParams);
     /// Write new K/V rows into a paged cache.
     AppendPagedKvCache => "append_paged_kv_cache" (AppendKvParams);
+    /// Copy whole pages of a paged cache onto other pages.
+    CopyPages => "copy_pages" (CopyPagesParams);
     /// Ragged-batch attention over a paged KV cache (prefill).
     BatchPrefillWithPagedKvCache => "batch_prefill_with_paged_kv_cache" (PrefillParams);
     /// One query per sequence over a paged KV cache (decode).
     BatchDecodeWithPagedKvCache => "batch_decode_with_paged_kv_cache" (DecodeParams);
     /// Convert between f32, f16 and bf16.
     Cast => "cast" (CastParams);
+    /// Write a [rows, w] block into columns offset..offset+w of a wider matrix.
+    WriteColumns => "write_columns" (WriteColumnsParams);
     /// Affine int4/int8 quantization of one KV-cache position.
     QuantizeKv => "quantize_kv" (KvQuantParams);
     /// Read a window of an affine-quantized KV cache back.
@@ -372,7 +382,8 @@ impl Params for LayerNormParams {
     }
 }
 
-/// `add_residual`: out = input + residual, [num_tokens, hidden_size].
+/// `add_residual`: out = input + residual, [num_tokens, hidden_size]; `add_bias`: out =
+/// input + bias, `bias` [hidden_size] added to every row.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RowsParams {
@@ -387,9 +398,40 @@ impl Params for RowsParams {
         total(op, &[self.num_tokens, self.hidden_size])?;
         float_dtype(op, "dtype", self.dtype)
     }
-    fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    fn io(&self, kind: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         let (t, h, d) = (self.num_tokens, self.hidden_size, self.dtype);
-        (vec![spec("input", d, &[t, h]), spec("residual", d, &[t, h])], vec![spec("output", d, &[t, h])])
+        let other = if kind == OpKind::AddBias { spec("bias", d, &[h]) } else { spec("residual", d, &[t, h]) };
+        (vec![spec("input", d, &[t, h]), other], vec![spec("output", d, &[t, h])])
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// `scale`: output = input · scale over `num_elements`. Kernels multiply by the scale
+/// rounded to f32 (so it must be finite as an f32); see docs/ops.md.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleParams {
+    pub num_elements: usize,
+    pub scale: f64,
+    pub dtype: DType,
+}
+
+impl Params for ScaleParams {
+    fn validate(&self, op: &'static str) -> Result<()> {
+        positive(op, &[("num_elements", self.num_elements)])?;
+        ensure!(
+            self.scale.is_finite() && (self.scale as f32).is_finite(),
+            op,
+            "scale must be finite as an f32 (|scale| <= {:e}), got {}",
+            f32::MAX,
+            self.scale
+        );
+        float_dtype(op, "dtype", self.dtype)
+    }
+    fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+        (vec![spec("input", self.dtype, &[self.num_elements])], vec![spec("output", self.dtype, &[self.num_elements])])
     }
     fn dtype(&self) -> DType {
         self.dtype
@@ -750,6 +792,57 @@ impl Params for RopeParams {
     }
 }
 
+/// `rope_freqs`: rotate input [num_tokens, num_heads, head_size] by position ids as `rope`
+/// does, with the r/2 inverse frequencies given as an f32 tensor `inv_freq` [rotary_dim/2]
+/// (Llama 3's stored `rope_freqs` divisors, Gemma 3's local and global bases).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RopeFreqsParams {
+    pub num_tokens: usize,
+    pub num_heads: usize,
+    pub head_size: usize,
+    pub rotary_dim: usize,
+    pub interleave: bool,
+    pub dtype: DType,
+}
+
+impl Params for RopeFreqsParams {
+    fn validate(&self, op: &'static str) -> Result<()> {
+        positive(
+            op,
+            &[
+                ("num_tokens", self.num_tokens),
+                ("num_heads", self.num_heads),
+                ("head_size", self.head_size),
+                ("rotary_dim", self.rotary_dim),
+            ],
+        )?;
+        total(op, &[self.num_tokens, self.num_heads, self.head_size])?;
+        ensure!(
+            self.rotary_dim % 2 == 0 && self.rotary_dim <= self.head_size,
+            op,
+            "rotary_dim must be even and <= head_size {}, got {}",
+            self.head_size,
+            self.rotary_dim
+        );
+        float_dtype(op, "dtype", self.dtype)
+    }
+    fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+        let s = [self.num_tokens, self.num_heads, self.head_size];
+        (
+            vec![
+                spec("input", self.dtype, &s),
+                spec("pos_ids", DType::I32, &[self.num_tokens]),
+                spec("inv_freq", DType::F32, &[self.rotary_dim / 2]),
+            ],
+            vec![spec("output", self.dtype, &s)],
+        )
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
 // ---------------------------------------------------------------- paged KV cache and attention
 
 fn paged_validate(op: &'static str, batch: usize, hk: usize, d: usize, ps: usize, pages: usize, ids: usize, dt: DType) -> Result<()> {
@@ -950,6 +1043,137 @@ impl Params for CastParams {
     }
     fn dtype(&self) -> DType {
         self.input_dtype
+    }
+}
+
+/// Dtypes the copy ops (`copy_pages`, `write_columns`) move: they copy bits, never values.
+pub const COPY_DTYPES: [DType; 5] = [DType::F32, DType::F16, DType::BF16, DType::I32, DType::U32];
+
+fn copy_dtype(op: &'static str, d: DType) -> Result<()> {
+    ensure!(COPY_DTYPES.contains(&d), op, "dtype must be f32, f16, bf16, i32 or u32, got {d}");
+    Ok(())
+}
+
+/// `copy_pages`: cache_out = cache with page `dst_pages[i]` replaced by page
+/// `src_pages[i]` for every i (the copy-on-write of a shared prefix page). A cache is
+/// [num_pages, page_size, num_kv_heads, head_size]; page ids are i32. Values must satisfy
+/// [`CopyPagesParams::check_pages`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyPagesParams {
+    pub num_pages: usize,
+    pub page_size: usize,
+    pub num_kv_heads: usize,
+    pub head_size: usize,
+    pub num_copies: usize,
+    pub dtype: DType,
+}
+
+impl CopyPagesParams {
+    /// The value rules of the page lists: every id in 0..num_pages, no page written twice,
+    /// no page both read and written. `op` names the caller in the message.
+    pub fn check_pages(&self, op: &'static str, src: &[i32], dst: &[i32]) -> Result<()> {
+        ensure!(
+            src.len() == self.num_copies && dst.len() == self.num_copies,
+            op,
+            "src_pages has {} ids and dst_pages {}, num_copies is {}",
+            src.len(),
+            dst.len(),
+            self.num_copies
+        );
+        let n = self.num_pages;
+        for (name, ids) in [("src_pages", src), ("dst_pages", dst)] {
+            if let Some((i, id)) = ids.iter().enumerate().find(|(_, &id)| id < 0 || id as usize >= n) {
+                return Err(Error::invalid(op, format!("{name}[{i}] = {id} is outside 0..{n} pages")));
+            }
+        }
+        let mut written = std::collections::HashMap::with_capacity(dst.len());
+        for (i, &d) in dst.iter().enumerate() {
+            if let Some(prev) = written.insert(d, i) {
+                return Err(Error::invalid(op, format!("dst_pages[{prev}] and dst_pages[{i}] are both page {d}")));
+            }
+        }
+        for (i, s) in src.iter().enumerate() {
+            if let Some(j) = written.get(s) {
+                return Err(Error::invalid(op, format!("page {s} is both a source (src_pages[{i}]) and a target (dst_pages[{j}])")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Params for CopyPagesParams {
+    fn validate(&self, op: &'static str) -> Result<()> {
+        positive(
+            op,
+            &[
+                ("num_pages", self.num_pages),
+                ("page_size", self.page_size),
+                ("num_kv_heads", self.num_kv_heads),
+                ("head_size", self.head_size),
+                ("num_copies", self.num_copies),
+            ],
+        )?;
+        ensure!(self.num_pages <= i32::MAX as usize, op, "num_pages {} does not fit i32 page ids", self.num_pages);
+        ensure!(
+            self.num_copies < self.num_pages,
+            op,
+            "num_copies {} must be below num_pages {} (targets are distinct pages and none is a source)",
+            self.num_copies,
+            self.num_pages
+        );
+        total(op, &[self.num_pages, self.page_size, self.num_kv_heads, self.head_size])?;
+        copy_dtype(op, self.dtype)
+    }
+    fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+        let c = [self.num_pages, self.page_size, self.num_kv_heads, self.head_size];
+        (
+            vec![
+                spec("cache", self.dtype, &c),
+                spec("src_pages", DType::I32, &[self.num_copies]),
+                spec("dst_pages", DType::I32, &[self.num_copies]),
+            ],
+            vec![spec("cache_out", self.dtype, &c)],
+        )
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// `write_columns`: output = dst [num_rows, dst_width] with columns offset..offset +
+/// src_width replaced by src [num_rows, src_width] (a matrix product computed in row
+/// blocks of the weight, each block's result written into its columns).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteColumnsParams {
+    pub num_rows: usize,
+    pub src_width: usize,
+    pub dst_width: usize,
+    pub offset: usize,
+    pub dtype: DType,
+}
+
+impl Params for WriteColumnsParams {
+    fn validate(&self, op: &'static str) -> Result<()> {
+        positive(op, &[("num_rows", self.num_rows), ("src_width", self.src_width), ("dst_width", self.dst_width)])?;
+        ensure!(
+            self.offset.checked_add(self.src_width).is_some_and(|e| e <= self.dst_width),
+            op,
+            "columns {}..{} are outside dst_width {}",
+            self.offset,
+            self.offset.saturating_add(self.src_width),
+            self.dst_width
+        );
+        total(op, &[self.num_rows, self.dst_width])?;
+        copy_dtype(op, self.dtype)
+    }
+    fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+        let (r, d) = (self.num_rows, self.dtype);
+        (vec![spec("src", d, &[r, self.src_width]), spec("dst", d, &[r, self.dst_width])], vec![spec("output", d, &[r, self.dst_width])])
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
     }
 }
 
@@ -1156,5 +1380,34 @@ mod tests {
         assert!(op.check_inputs(&t).is_ok());
         t.insert("bogus".into(), Tensor::from_f32(DType::F32, vec![4], &[0.0; 4]));
         assert!(op.check_inputs(&t).unwrap_err().to_string().contains("unexpected input 'bogus'"));
+    }
+
+    #[test]
+    fn model_op_specs_and_checks() {
+        let op = Op::AddBias(RowsParams { num_tokens: 3, hidden_size: 5, dtype: DType::F16 });
+        let names: Vec<(&str, Vec<usize>)> = op.inputs().into_iter().map(|s| (s.name, s.shape)).collect();
+        assert_eq!(names, vec![("input", vec![3, 5]), ("bias", vec![5])]);
+        let e = Op::Scale(ScaleParams { num_elements: 4, scale: 1e39, dtype: DType::F32 }).validate().unwrap_err().to_string();
+        assert!(e.starts_with("[scale]") && e.contains("1000000000000000000000000000000000000000"), "{e}");
+        let rf = RopeFreqsParams { num_tokens: 2, num_heads: 3, head_size: 33, rotary_dim: 32, interleave: false, dtype: DType::F32 };
+        assert_eq!(Op::RopeFreqs(rf.clone()).inputs()[2].shape, vec![16]);
+        let e = Op::RopeFreqs(RopeFreqsParams { rotary_dim: 34, ..rf }).validate().unwrap_err().to_string();
+        assert!(e.starts_with("[rope_freqs]") && e.contains("34"), "{e}");
+        let e = Op::WriteColumns(WriteColumnsParams { num_rows: 2, src_width: 5, dst_width: 9, offset: 5, dtype: DType::F32 })
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("[write_columns]") && e.contains("5..10") && e.contains('9'), "{e}");
+        let cp = CopyPagesParams { num_pages: 4, page_size: 2, num_kv_heads: 1, head_size: 3, num_copies: 2, dtype: DType::U32 };
+        assert!(Op::CopyPages(cp.clone()).validate().is_ok());
+        let e = Op::CopyPages(CopyPagesParams { dtype: DType::Q4_0, ..cp.clone() }).validate().unwrap_err().to_string();
+        assert!(e.starts_with("[copy_pages]") && e.contains("q4_0"), "{e}");
+        assert!(Op::CopyPages(CopyPagesParams { num_copies: 4, ..cp.clone() }).validate().is_err());
+        assert!(cp.check_pages("copy_pages", &[0, 0], &[1, 2]).is_ok(), "one source may feed two targets");
+        let err = |s: &[i32], d: &[i32]| cp.check_pages("copy_pages", s, d).unwrap_err().to_string();
+        assert!(err(&[0, 4], &[1, 2]).contains("src_pages[1] = 4 is outside 0..4"));
+        assert!(err(&[0, 1], &[-1, 2]).contains("dst_pages[0] = -1"));
+        assert!(err(&[0, 3], &[2, 2]).contains("dst_pages[0] and dst_pages[1] are both page 2"));
+        assert!(err(&[0, 1], &[1, 2]).contains("page 1 is both a source (src_pages[1]) and a target (dst_pages[0])"));
     }
 }

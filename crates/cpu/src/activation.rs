@@ -1,10 +1,11 @@
 //! Activation references: `silu`, `gelu` (erf), `gelu_tanh`, `relu`, `sigmoid`, and the
 //! gated forms `silu_and_mul` = silu(gate)·up and `gelu_and_mul` = gelu_tanh(gate)·up.
 //! f64 math, one rounding. At ±Inf each function returns its limit (silu(−Inf) = 0,
-//! gelu(+Inf) = +Inf, sigmoid(−Inf) = 0, ...); NaN stays NaN.
+//! gelu(+Inf) = +Inf, sigmoid(−Inf) = 0, ...); NaN stays NaN. Also `scale`: x · s with s
+//! rounded to f32 first (as kernels hold it), the product exact in f64, rounded once.
 
 use crate::util::{f64_in, float_out, outputs};
-use ingot_core::{GatedParams, Result, Tensors, UnaryParams};
+use ingot_core::{GatedParams, Result, ScaleParams, Tensors, UnaryParams};
 
 /// The element-wise activation functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,9 +89,37 @@ pub fn gated(act: Act, p: &GatedParams, inputs: &Tensors) -> Result<Tensors> {
     Ok(outputs([("output", float_out(p.dtype, &[p.num_tokens, p.intermediate_size], &y))]))
 }
 
+/// `scale`: input · scale, the scale rounded to f32 first. A float input (at most 24
+/// significant bits) times an f32 has at most 48, so the f64 product is exact and the
+/// output is the product rounded once.
+pub fn scale(p: &ScaleParams, inputs: &Tensors) -> Result<Tensors> {
+    let x = f64_in("scale", inputs, "input")?;
+    let s = f64::from(p.scale as f32);
+    let y: Vec<f64> = x.iter().map(|&v| v * s).collect();
+    Ok(outputs([("output", float_out(p.dtype, &[p.num_elements], &y))]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ingot_core::{DType, Tensor};
+
+    #[test]
+    fn scale_uses_the_f32_scale_and_rounds_once() {
+        // 0.1 as an f32 is 0.100000001490116..., so 3 · s differs from 3 · 0.1 in f32.
+        let x = [3.0f32, -0.0, f32::INFINITY, f32::NAN, 1e30];
+        let p = ScaleParams { num_elements: 5, scale: 0.1, dtype: DType::F32 };
+        let mut i = Tensors::new();
+        i.insert("input".into(), Tensor::from_f32(DType::F32, vec![5], &x));
+        let y = scale(&p, &i).unwrap()["output"].to_f32().unwrap();
+        assert_eq!(y[0], 3.0f32 * 0.1f32);
+        assert_eq!((y[1], y[2]), (0.0, f32::INFINITY));
+        assert!(y[1].is_sign_negative() && y[3].is_nan());
+        assert_eq!(y[4], 1e30f32 * 0.1f32);
+        // 1e30 · 1e10 overflows f32: +Inf, as an f32 kernel gives.
+        let p = ScaleParams { scale: 1e10, ..p };
+        assert_eq!(scale(&p, &i).unwrap()["output"].to_f32().unwrap()[4], f32::INFINITY);
+    }
 
     #[test]
     fn known_values() {

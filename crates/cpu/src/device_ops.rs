@@ -53,6 +53,22 @@ pub fn run_into(op: &Op, inputs: &DeviceTensors<CpuTensor>, outputs: &mut Device
             append_in_place(p, inputs, &outputs["k_cache_out"], &outputs["v_cache_out"])?;
             Ok(DeviceTensors::new())
         }
+        // The page copies inside `cache_out` (the `cache` input is not read: it may be the
+        // same tensor). Index lists are read before the write lock is taken.
+        Op::CopyPages(p) if outputs.contains_key("cache_out") => {
+            let src = inputs["src_pages"].with_i32(<[i32]>::to_vec)?;
+            let dst = inputs["dst_pages"].with_i32(<[i32]>::to_vec)?;
+            p.check_pages(op.name(), &src, &dst)?;
+            crate::copy::copy_pages_in_place(p, &src, &dst, outputs["cache_out"].write()?.bytes())?;
+            Ok(DeviceTensors::new())
+        }
+        // `src` written into the columns of `output` (the `dst` input is not read: it may be
+        // the same tensor); src is copied out first, in case it shares storage too.
+        Op::WriteColumns(p) if outputs.contains_key("output") => {
+            let src = inputs["src"].bytes()?.to_vec();
+            crate::copy::write_columns_in_place(p, &src, outputs["output"].write()?.bytes())?;
+            Ok(DeviceTensors::new())
+        }
         _ => {
             // Generic form: compute new outputs, then copy them into the given tensors.
             let mut fresh = run(op, inputs)?;

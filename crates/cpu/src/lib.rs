@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod attention;
 pub mod cast;
+pub mod copy;
 pub mod device;
 pub mod device_ops;
 pub mod embedding;
@@ -49,6 +50,8 @@ impl Backend for CpuBackend {
             Op::FusedAddRmsNorm(p) => norm::fused_add_rms_norm(p, inputs),
             Op::LayerNorm(p) => norm::layer_norm(p, inputs),
             Op::AddResidual(p) => norm::add_residual(p, inputs),
+            Op::AddBias(p) => norm::add_bias(p, inputs),
+            Op::Scale(p) => activation::scale(p, inputs),
             Op::SiluAndMul(p) => activation::gated(Act::Silu, p, inputs),
             Op::GeluAndMul(p) => activation::gated(Act::GeluTanh, p, inputs),
             Op::Gelu(p) => activation::unary(Act::Gelu, p, inputs),
@@ -66,10 +69,13 @@ impl Backend for CpuBackend {
             Op::MinPMask(p) => sampling::min_p_mask(p, inputs),
             Op::SampleFromProbs(p) => sampling::sample_from_probs(p, inputs),
             Op::Rope(p) => rope::rope(p, inputs),
+            Op::RopeFreqs(p) => rope::rope_freqs(p, inputs),
             Op::AppendPagedKvCache(p) => attention::append_paged_kv_cache(p, inputs),
+            Op::CopyPages(p) => copy::copy_pages(p, inputs),
             Op::BatchPrefillWithPagedKvCache(p) => attention::batch_prefill(p, inputs),
             Op::BatchDecodeWithPagedKvCache(p) => attention::batch_decode(p, inputs),
             Op::Cast(p) => cast::cast(p, inputs),
+            Op::WriteColumns(p) => copy::write_columns(p, inputs),
             Op::QuantizeKv(p) => kv_quant::quantize_kv(p, inputs),
             Op::DequantizeKv(p) => kv_quant::dequantize_kv(p, inputs),
             Op::Dequantize(p) => weights::dequantize(p, inputs),

@@ -1,5 +1,5 @@
 //! Normalization references: `rms_norm` (with Gemma's (1 + w)), `fused_add_rms_norm`,
-//! `layer_norm`, and `add_residual`. Statistics in f64 over the row; each output is
+//! `layer_norm`, `add_residual` and `add_bias`. Statistics in f64 over the row; each output is
 //! rounded once to the dtype. `fused_add_rms_norm` normalizes the *stored* residual
 //! (residual_out, already rounded to the dtype), which is what the next layer reads.
 
@@ -59,6 +59,15 @@ pub fn add_residual(p: &RowsParams, inputs: &Tensors) -> Result<Tensors> {
     Ok(outputs([("output", float_out(p.dtype, &[p.num_tokens, p.hidden_size], &y))]))
 }
 
+/// `add_bias`: input + bias, the bias [hidden_size] added to every row.
+pub fn add_bias(p: &RowsParams, inputs: &Tensors) -> Result<Tensors> {
+    const OP: &str = "add_bias";
+    let x = f64_in(OP, inputs, "input")?;
+    let b = f64_in(OP, inputs, "bias")?;
+    let y: Vec<f64> = x.chunks_exact(p.hidden_size).flat_map(|row| row.iter().zip(&b).map(|(a, c)| a + c)).collect();
+    Ok(outputs([("output", float_out(p.dtype, &[p.num_tokens, p.hidden_size], &y))]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +123,29 @@ mod tests {
         i.insert("beta".into(), t(&[0.5, 0.0], &[2]));
         let y = CpuBackend.run(&Op::LayerNorm(p), &i).unwrap()["output"].to_f32().unwrap();
         assert_eq!(y, vec![-1.5, 3.0]);
+    }
+
+    #[test]
+    fn add_bias_adds_the_bias_to_every_row_and_rounds_once() {
+        let p = RowsParams { num_tokens: 2, hidden_size: 3, dtype: DType::F32 };
+        let mut i = Tensors::new();
+        i.insert("input".into(), t(&[1., 2., 3., 1e8, f32::INFINITY, f32::NAN], &[2, 3]));
+        i.insert("bias".into(), t(&[0.5, -2., 1.], &[3]));
+        let y = CpuBackend.run(&Op::AddBias(p), &i).unwrap()["output"].to_f32().unwrap();
+        assert_eq!(y[..5], [1.5, 0., 4., 1e8 + 0.5, f32::INFINITY]);
+        assert!(y[5].is_nan());
+        // bf16: 1 + 2^-8 + 2^-9 is one rounding (to 1 + 2^-7), not two.
+        let p = RowsParams { num_tokens: 1, hidden_size: 1, dtype: DType::BF16 };
+        let mut i = Tensors::new();
+        i.insert("input".into(), Tensor::from_f32(DType::BF16, vec![1, 1], &[1.0 + 2f32.powi(-7)]));
+        i.insert("bias".into(), Tensor::from_f32(DType::BF16, vec![1], &[2f32.powi(-9)]));
+        let y = CpuBackend.run(&Op::AddBias(p), &i).unwrap()["output"].to_f32().unwrap();
+        assert_eq!(y, vec![1.0 + 2f32.powi(-7)]);
+        // Wrong bias length: an error naming the op.
+        let p = RowsParams { num_tokens: 1, hidden_size: 2, dtype: DType::F32 };
+        let mut i = Tensors::new();
+        i.insert("input".into(), t(&[1., 2.], &[1, 2]));
+        i.insert("bias".into(), t(&[1., 2., 3.], &[3]));
+        assert!(CpuBackend.run(&Op::AddBias(p), &i).unwrap_err().to_string().starts_with("[add_bias] 'bias' has shape [3]"));
     }
 }

@@ -5,9 +5,12 @@
 //! inv_freq_i = rope_theta^(−2i/r): (a, b) → (a·cos − b·sin, b·cos + a·sin). NeoX layout
 //! (interleave = false) pairs (x[i], x[i + r/2]); GPT-J layout (interleave = true) pairs
 //! (x[2i], x[2i+1]). Dims from r on are copied. q and k get the same rotation.
+//!
+//! `rope_freqs` is the same rotation of one tensor with the inverse frequencies given as an
+//! f32 table (read exactly; the angle pos · inv_freq_i is an f64 product).
 
 use crate::util::{f64_in, float_out, i32_in, outputs};
-use ingot_core::{Error, Op, Result, RopeParams, Tensors};
+use ingot_core::{Error, Op, Result, RopeFreqsParams, RopeParams, Tensors};
 use std::f64::consts::PI;
 
 const OP: &str = "rope";
@@ -29,8 +32,8 @@ fn llama31_scale(inv_freq: f64, factor: f64, low_freq_factor: f64, high_freq_fac
     }
 }
 
-/// The r/2 inverse frequencies, scaled when rope_factor > 1.
-fn inv_freqs(p: &RopeParams) -> Vec<f64> {
+/// The r/2 inverse frequencies of `rope`, scaled when rope_factor > 1.
+pub fn inv_freqs(p: &RopeParams) -> Vec<f64> {
     let r = p.rotary_dim;
     (0..r / 2)
         .map(|i| {
@@ -44,14 +47,15 @@ fn inv_freqs(p: &RopeParams) -> Vec<f64> {
         .collect()
 }
 
-/// Rotate `x` [num_tokens, heads, head_size] in place; token t at position pos[t].
-fn rotate(x: &mut [f64], p: &RopeParams, pos: &[i32], inv_freq: &[f64]) {
-    let half = p.rotary_dim / 2;
-    let heads = x.len() / (pos.len() * p.head_size);
-    for (row_index, row) in x.chunks_exact_mut(p.head_size).enumerate() {
+/// Rotate `x` [num_tokens, heads, head_size] in place; token t at position pos[t], pair i
+/// by pos · inv_freq[i] (rotary_dim = 2 · inv_freq.len()).
+fn rotate(x: &mut [f64], head_size: usize, interleave: bool, pos: &[i32], inv_freq: &[f64]) {
+    let half = inv_freq.len();
+    let heads = x.len() / (pos.len() * head_size);
+    for (row_index, row) in x.chunks_exact_mut(head_size).enumerate() {
         let position = f64::from(pos[row_index / heads]);
         for (i, f) in inv_freq.iter().enumerate() {
-            let (ia, ib) = if p.interleave { (2 * i, 2 * i + 1) } else { (i, i + half) };
+            let (ia, ib) = if interleave { (2 * i, 2 * i + 1) } else { (i, i + half) };
             let (sin, cos) = (position * f).sin_cos();
             let (a, b) = (row[ia], row[ib]);
             row[ia] = a * cos - b * sin;
@@ -64,17 +68,38 @@ fn rotate(x: &mut [f64], p: &RopeParams, pos: &[i32], inv_freq: &[f64]) {
 pub fn rope(p: &RopeParams, inputs: &Tensors) -> Result<Tensors> {
     // CpuBackend::run checked already; checking again keeps direct callers from panicking.
     Op::Rope(p.clone()).check_inputs(inputs)?;
-    let pos = i32_in(OP, inputs, "pos_ids")?;
-    if let Some((t, id)) = pos.iter().enumerate().find(|(_, &id)| id < 0) {
-        return Err(Error::invalid(OP, format!("pos_ids[{t}] = {id} is negative")));
-    }
+    let pos = positions(OP, inputs)?;
     let inv_freq = inv_freqs(p);
     let mut q = f64_in(OP, inputs, "q")?;
     let mut k = f64_in(OP, inputs, "k")?;
-    rotate(&mut q, p, &pos, &inv_freq);
-    rotate(&mut k, p, &pos, &inv_freq);
+    rotate(&mut q, p.head_size, p.interleave, &pos, &inv_freq);
+    rotate(&mut k, p.head_size, p.interleave, &pos, &inv_freq);
     let (t, d) = (p.num_tokens, p.head_size);
     Ok(outputs([("q_out", float_out(p.dtype, &[t, p.num_heads, d], &q)), ("k_out", float_out(p.dtype, &[t, p.num_kv_heads, d], &k))]))
+}
+
+/// The `pos_ids` input; a negative id is an error.
+fn positions(op: &'static str, inputs: &Tensors) -> Result<Vec<i32>> {
+    let pos = i32_in(op, inputs, "pos_ids")?;
+    if let Some((t, id)) = pos.iter().enumerate().find(|(_, &id)| id < 0) {
+        return Err(Error::invalid(op, format!("pos_ids[{t}] = {id} is negative")));
+    }
+    Ok(pos)
+}
+
+/// `rope_freqs`: output = `input` rotated with the given inverse frequencies. Negative
+/// position ids and non-finite frequencies are errors.
+pub fn rope_freqs(p: &RopeFreqsParams, inputs: &Tensors) -> Result<Tensors> {
+    const OP: &str = "rope_freqs";
+    Op::RopeFreqs(p.clone()).check_inputs(inputs)?;
+    let pos = positions(OP, inputs)?;
+    let inv_freq = f64_in(OP, inputs, "inv_freq")?;
+    if let Some((i, f)) = inv_freq.iter().enumerate().find(|(_, f)| !f.is_finite()) {
+        return Err(Error::invalid(OP, format!("inv_freq[{i}] = {f} is not finite")));
+    }
+    let mut x = f64_in(OP, inputs, "input")?;
+    rotate(&mut x, p.head_size, p.interleave, &pos, &inv_freq);
+    Ok(outputs([("output", float_out(p.dtype, &[p.num_tokens, p.num_heads, p.head_size], &x))]))
 }
 
 #[cfg(test)]
@@ -301,6 +326,50 @@ mod tests {
 
     fn rounded(dtype: DType, x: &[f32]) -> Vec<f32> {
         Tensor::from_f32(dtype, vec![x.len()], x).to_f32().unwrap()
+    }
+
+    /// `rope_freqs` given `rope`'s own table (rounded to f32) rotates as `rope` does with
+    /// that table, in both layouts and with a partial rotary dim.
+    #[test]
+    fn rope_freqs_matches_rope_with_the_same_table() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for (interleave, d, r) in [(false, 16, 16), (true, 16, 16), (false, 12, 6), (true, 11, 8)] {
+            let (t, h) = (3, 2);
+            let p = params(t, h, 1, d, r, interleave);
+            let table: Vec<f32> = inv_freqs(&p).iter().map(|&f| f as f32).collect();
+            let x = random(&mut rng, t * h * d);
+            let pos = [0, 5, 4000];
+            let fp = RopeFreqsParams { num_tokens: t, num_heads: h, head_size: d, rotary_dim: r, interleave, dtype: DType::F32 };
+            let mut m = Tensors::new();
+            m.insert("input".into(), Tensor::from_f32(DType::F32, vec![t, h, d], &x));
+            m.insert("pos_ids".into(), Tensor::from_i32(vec![t], &pos));
+            m.insert("inv_freq".into(), Tensor::from_f32(DType::F32, vec![r / 2], &table));
+            let got = rope_freqs(&fp, &m).unwrap()["output"].to_f32().unwrap();
+            let mut want: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let table64: Vec<f64> = table.iter().map(|&f| f as f64).collect();
+            rotate(&mut want, d, interleave, &pos, &table64);
+            let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            assert_eq!(got, want);
+            // Dims past rotary_dim pass through, the rest moved.
+            for (a, b) in x.chunks(d).zip(got.chunks(d)).skip(h) {
+                assert_eq!(a[r..], b[r..]);
+                assert_ne!(a[..r], b[..r]);
+            }
+            // And it agrees with `rope` itself up to the table's f32 rounding.
+            let (q, _) = run(&p, &x, &random(&mut rng, t * d), &pos);
+            for (g, w) in got.iter().zip(&q) {
+                assert!((g - w).abs() <= 2e-3, "{g} vs {w}");
+            }
+            // Errors: a negative position, a non-finite frequency.
+            let mut bad = m.clone();
+            bad.insert("pos_ids".into(), Tensor::from_i32(vec![t], &[0, -1, 2]));
+            assert_eq!(rope_freqs(&fp, &bad).unwrap_err().to_string(), "[rope_freqs] pos_ids[1] = -1 is negative");
+            let mut bad = m.clone();
+            let mut inf = table.clone();
+            inf[0] = f32::INFINITY;
+            bad.insert("inv_freq".into(), Tensor::from_f32(DType::F32, vec![r / 2], &inf));
+            assert_eq!(rope_freqs(&fp, &bad).unwrap_err().to_string(), "[rope_freqs] inv_freq[0] = inf is not finite");
+        }
     }
 
     proptest! {
