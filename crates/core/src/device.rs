@@ -96,6 +96,21 @@ pub trait Device: Send + Sync {
 
     /// Waits for every queued op (a no-op where ops run synchronously).
     fn sync(&self) {}
+
+    /// Whether [`Device::run_guarded`] places outputs between sentinel bytes.
+    fn guards_outputs(&self) -> bool {
+        false
+    }
+
+    /// [`Device::run`] with every output the device allocates for the op placed inside a
+    /// larger buffer whose bytes before and after the tensor hold a sentinel pattern,
+    /// checked when the op is done: [`crate::Error::OutOfBounds`] when the op wrote into
+    /// them (ggml's `test-backend-ops` does the same). For checking kernels, not for
+    /// models: each output costs a larger allocation and a scan. Devices that cannot
+    /// guard ([`Device::guards_outputs`] is false) just run.
+    fn run_guarded(&self, op: &Op, inputs: &DeviceTensors<Self::Tensor>) -> Result<DeviceTensors<Self::Tensor>> {
+        self.run(op, inputs)
+    }
 }
 
 /// The host form of an op call on `dev`: upload every input, run, download every output.
@@ -104,4 +119,25 @@ pub fn run_on_host<D: Device + ?Sized>(dev: &D, op: &Op, inputs: &Tensors) -> Re
     let on_dev: DeviceTensors<D::Tensor> = inputs.iter().map(|(k, t)| Ok((k.clone(), dev.upload(t)?))).collect::<Result<_>>()?;
     let out = dev.run(op, &on_dev)?;
     out.iter().map(|(k, t)| Ok((k.clone(), dev.download(t)?))).collect()
+}
+
+/// [`run_on_host`] through [`Device::run_guarded`], and the inputs downloaded again after
+/// the op: [`crate::Error::OutOfBounds`] when the op wrote outside its outputs (into the
+/// sentinels around them, or into an input). Backends implement
+/// [`crate::Backend::run_guarded`] with it.
+pub fn run_on_host_guarded<D: Device + ?Sized>(dev: &D, op: &Op, inputs: &Tensors) -> Result<Tensors> {
+    let on_dev: DeviceTensors<D::Tensor> = inputs.iter().map(|(k, t)| Ok((k.clone(), dev.upload(t)?))).collect::<Result<_>>()?;
+    let out = dev.run_guarded(op, &on_dev)?;
+    let out: Tensors = out.iter().map(|(k, t)| Ok((k.clone(), dev.download(t)?))).collect::<Result<_>>()?;
+    for (name, t) in &on_dev {
+        let after = dev.download(t)?;
+        if let Some(at) = after.data.iter().zip(&inputs[name].data).position(|(a, b)| a != b) {
+            let n = after.data.iter().zip(&inputs[name].data).filter(|(a, b)| a != b).count();
+            return Err(crate::Error::OutOfBounds {
+                op: op.name(),
+                msg: format!("the op wrote into its input '{name}': {n} bytes changed, the first at byte {at}"),
+            });
+        }
+    }
+    Ok(out)
 }

@@ -30,7 +30,7 @@ fn llama31_scale(inv_freq: f64, factor: f64, low_freq_factor: f64, high_freq_fac
 }
 
 /// The r/2 inverse frequencies, scaled when rope_factor > 1.
-fn inv_freqs(p: &RopeParams) -> Vec<f64> {
+pub(crate) fn inv_freqs(p: &RopeParams) -> Vec<f64> {
     let r = p.rotary_dim;
     (0..r / 2)
         .map(|i| {

@@ -37,6 +37,9 @@ pub struct CaseReport {
     pub dtype: String,
     pub status: Status,
     pub message: String,
+    /// The backend's arithmetic path for the op ([`ingot_core::Precision::name`]), which
+    /// picks the tolerance.
+    pub path: String,
     pub outputs: Vec<OutputReport>,
 }
 
@@ -49,6 +52,7 @@ pub fn check_case(dir: &Path, backend: &dyn Backend) -> CaseReport {
         dtype: String::new(),
         status: Status::Error,
         message: String::new(),
+        path: String::new(),
         outputs: vec![],
     };
     let loaded = match load(dir) {
@@ -67,16 +71,23 @@ pub fn check_case(dir: &Path, backend: &dyn Backend) -> CaseReport {
         r.message = format!("{} does not implement {} for {}", backend.name(), op.name(), op.dtype());
         return r;
     }
-    let got = match backend.run(op, &loaded.inputs) {
+    let path = backend.precision(op);
+    r.path = path.name().to_string();
+    // Sentinels around every output and the inputs compared afterwards, where the backend
+    // can: a kernel that writes outside its output fails the case.
+    let got = match backend.run_guarded(op, &loaded.inputs) {
         Ok(g) => g,
         Err(e) => {
             r.message = e.to_string();
+            if matches!(e, ingot_core::Error::OutOfBounds { .. }) {
+                r.status = Status::Fail;
+            }
             return r;
         }
     };
     let mut pass = true;
     for e in &loaded.meta.outputs {
-        let Some(tol) = e.tolerance.as_ref() else { continue };
+        let Some(tol) = e.path_tolerances.get(path.name()).or(e.tolerance.as_ref()) else { continue };
         let metric =
             serde_json::to_value(tol).ok().and_then(|v| v.get("metric").and_then(|m| m.as_str().map(String::from))).unwrap_or_default();
         let verdict = match got.get(&e.name) {
