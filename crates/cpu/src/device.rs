@@ -134,12 +134,22 @@ impl CpuTensor {
         }
         let mut parts = Vec::new();
         if let Some(i) = before.iter().rposition(|&x| x != SENTINEL) {
-            parts.push(format!("{nb} bytes before its start (the nearest {} bytes before)", start - i));
+            parts.push(format!("{nb} bytes before its start (the nearest at -{})", start - i));
         }
         if let Some(i) = after.iter().position(|&x| x != SENTINEL) {
-            parts.push(format!("{na} bytes after its end (the nearest at +{i})"));
+            parts.push(format!("{na} bytes after its end (the nearest at end+{i})"));
         }
         Err(format!("{} bytes {:?}: written outside it, {}", len, self.shape, parts.join(" and ")))
+    }
+
+    /// The whole buffer of an owned tensor, guard included, for tests that play a kernel
+    /// writing out of bounds.
+    #[cfg(test)]
+    pub(crate) fn raw_words(&self) -> Option<(RwLockWriteGuard<'_, Vec<u32>>, Range<usize>)> {
+        match &*self.storage {
+            Storage::Owned { words, start, len, .. } => Some((words.write().ok()?, *start..start + len)),
+            Storage::Shared { .. } => None,
+        }
     }
 
     /// An f32 tensor owning `values`.

@@ -65,6 +65,22 @@ pub struct Case {
     pub path_tolerances: BTreeMap<String, BTreeMap<String, Tolerance>>,
 }
 
+impl TensorEntry {
+    /// How a backend on arithmetic path `path` is compared: that path's own tolerance if
+    /// the entry has one, else `tolerance`.
+    pub fn tolerance_for(&self, path: ingot_core::Precision) -> Option<&Tolerance> {
+        self.path_tolerances.get(path.name()).or(self.tolerance.as_ref())
+    }
+}
+
+impl Case {
+    /// How output `name` of a backend on arithmetic path `path` is compared (see
+    /// [`TensorEntry::tolerance_for`]).
+    pub fn tolerance_for(&self, name: &str, path: ingot_core::Precision) -> Option<&Tolerance> {
+        self.path_tolerances.get(name).and_then(|m| m.get(path.name())).or(self.tolerances.get(name))
+    }
+}
+
 fn entry(name: &str, t: &Tensor, tol: Option<Tolerance>, path_tolerances: BTreeMap<String, Tolerance>) -> TensorEntry {
     TensorEntry {
         name: name.to_string(),
