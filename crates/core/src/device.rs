@@ -106,6 +106,21 @@ pub trait Device: Send + Sync {
     {
         f()
     }
+
+    /// Whether [`Device::run_guarded`] places outputs between sentinel bytes.
+    fn guards_outputs(&self) -> bool {
+        false
+    }
+
+    /// [`Device::run`] with every output the device allocates for the op placed inside a
+    /// larger buffer whose bytes before and after the tensor hold a sentinel pattern,
+    /// checked when the op is done: [`crate::Error::OutOfBounds`] when the op wrote into
+    /// them (ggml's `test-backend-ops` does the same). For checking kernels, not for
+    /// models: each output costs a larger allocation and a scan. Devices that cannot
+    /// guard ([`Device::guards_outputs`] is false) just run.
+    fn run_guarded(&self, op: &Op, inputs: &DeviceTensors<Self::Tensor>) -> Result<DeviceTensors<Self::Tensor>> {
+        self.run(op, inputs)
+    }
 }
 
 /// The host form of an op call on `dev`: upload every input, run, download every output.
@@ -114,4 +129,97 @@ pub fn run_on_host<D: Device + ?Sized>(dev: &D, op: &Op, inputs: &Tensors) -> Re
     let on_dev: DeviceTensors<D::Tensor> = inputs.iter().map(|(k, t)| Ok((k.clone(), dev.upload(t)?))).collect::<Result<_>>()?;
     let out = dev.run(op, &on_dev)?;
     out.iter().map(|(k, t)| Ok((k.clone(), dev.download(t)?))).collect()
+}
+
+/// [`run_on_host`] through [`Device::run_guarded`], and the inputs downloaded again after
+/// the op: [`crate::Error::OutOfBounds`] when the op wrote outside its outputs (into the
+/// sentinels around them, or into an input). Backends implement
+/// [`crate::Backend::run_guarded`] with it.
+pub fn run_on_host_guarded<D: Device + ?Sized>(dev: &D, op: &Op, inputs: &Tensors) -> Result<Tensors> {
+    let on_dev: DeviceTensors<D::Tensor> = inputs.iter().map(|(k, t)| Ok((k.clone(), dev.upload(t)?))).collect::<Result<_>>()?;
+    let out = dev.run_guarded(op, &on_dev)?;
+    let out: Tensors = out.iter().map(|(k, t)| Ok((k.clone(), dev.download(t)?))).collect::<Result<_>>()?;
+    for (name, t) in &on_dev {
+        let after = dev.download(t)?;
+        if let Some(at) = after.data.iter().zip(&inputs[name].data).position(|(a, b)| a != b) {
+            let n = after.data.iter().zip(&inputs[name].data).filter(|(a, b)| a != b).count();
+            return Err(crate::Error::OutOfBounds {
+                op: op.name(),
+                msg: format!("the op wrote into its input '{name}': {n} bytes changed, the first at byte {at}"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Error, UnaryParams};
+    use std::sync::Mutex;
+
+    /// Host tensors behind a lock, as a device would hold them.
+    #[derive(Clone)]
+    struct Shared(Arc<Mutex<Tensor>>, Vec<usize>);
+
+    impl DeviceTensor for Shared {
+        fn dtype(&self) -> DType {
+            self.0.lock().unwrap().dtype
+        }
+        fn shape(&self) -> &[usize] {
+            &self.1
+        }
+        fn reshape(&self, shape: &[usize]) -> Result<Self> {
+            Ok(Shared(self.0.clone(), shape.to_vec()))
+        }
+    }
+
+    /// A device whose one kernel (relu as a copy) also scribbles on its input when told to.
+    struct Scribbler(bool);
+
+    impl Device for Scribbler {
+        type Tensor = Shared;
+        fn name(&self) -> String {
+            "scribbler".into()
+        }
+        fn supports(&self, _: &Op) -> bool {
+            true
+        }
+        fn upload(&self, t: &Tensor) -> Result<Shared> {
+            Ok(Shared(Arc::new(Mutex::new(t.clone())), t.shape.clone()))
+        }
+        fn upload_shared(&self, _: DType, _: &[usize], _: &Arc<dyn HostBytes>, _: std::ops::Range<usize>) -> Result<Shared> {
+            Err(Error::invalid("upload", "not here"))
+        }
+        fn download(&self, t: &Shared) -> Result<Tensor> {
+            Ok(t.0.lock().unwrap().clone())
+        }
+        fn zeros(&self, dtype: DType, shape: &[usize]) -> Result<Shared> {
+            let n = dtype.bytes_for(shape.iter().product()).unwrap_or(0);
+            self.upload(&Tensor::from_bytes(dtype, shape.to_vec(), vec![0; n])?)
+        }
+        fn run(&self, _: &Op, inputs: &DeviceTensors<Shared>) -> Result<DeviceTensors<Shared>> {
+            let x = inputs["input"].clone();
+            let out = self.upload(&x.0.lock().unwrap())?;
+            if self.0 {
+                x.0.lock().unwrap().data[5] ^= 1;
+            }
+            Ok([("output".to_string(), out)].into())
+        }
+        fn run_into(&self, op: &Op, _: &DeviceTensors<Shared>, _: &mut DeviceTensors<Shared>) -> Result<DeviceTensors<Shared>> {
+            Err(Error::invalid(op.name(), "no in-place form"))
+        }
+    }
+
+    #[test]
+    fn a_guarded_host_run_catches_a_write_into_an_input() {
+        let op = Op::Relu(UnaryParams { num_elements: 4, dtype: DType::F32 });
+        let inputs: Tensors = [("input".to_string(), Tensor::from_f32(DType::F32, vec![4], &[1.0, 2.0, 3.0, 4.0]))].into();
+        assert_eq!(run_on_host_guarded(&Scribbler(false), &op, &inputs).unwrap()["output"], inputs["input"]);
+        let e = run_on_host_guarded(&Scribbler(true), &op, &inputs).unwrap_err();
+        assert!(matches!(e, Error::OutOfBounds { .. }), "{e}");
+        assert_eq!(e.to_string(), "[relu] the op wrote into its input 'input': 1 bytes changed, the first at byte 5");
+        // The unguarded form does not look.
+        assert!(run_on_host(&Scribbler(true), &op, &inputs).is_ok());
+    }
 }

@@ -12,6 +12,10 @@ pub enum Error {
     /// The backend does not implement this op for this dtype; the caller may fall back.
     #[error("[{op}] unsupported on backend {backend} for dtype {dtype}")]
     Unsupported { op: &'static str, backend: String, dtype: DType },
+    /// A kernel wrote outside its output (into the sentinel bytes around it, or into an
+    /// input): found by a guarded run ([`crate::Device::run_guarded`]).
+    #[error("[{op}] {msg}")]
+    OutOfBounds { op: &'static str, msg: String },
 }
 
 impl Error {

@@ -9,8 +9,8 @@ mod error;
 pub mod ops;
 mod tensor;
 
-pub use backend::Backend;
-pub use device::{run_on_host, Device, DeviceTensor, DeviceTensors, HostBytes};
+pub use backend::{Backend, Precision};
+pub use device::{run_on_host, run_on_host_guarded, Device, DeviceTensor, DeviceTensors, HostBytes};
 pub use dtype::{DType, UnknownDType};
 pub use error::{Error, Result};
 pub use ops::*;

@@ -36,47 +36,74 @@ struct PagedLayout {
     seqs: Vec<Sequence>,
 }
 
+/// One sequence of a checked page table: its pages are `kv_indices[pages]`, in order.
+pub(crate) struct SeqPages {
+    pub pages: std::ops::Range<usize>,
+    pub kv_len: usize,
+}
+
+/// Check the page table `kv_indptr` [batch + 1], `kv_indices`, `kv_last_page_len` [batch]
+/// (their shapes already checked): every value that is used, so that no table can make a
+/// kernel read out of bounds. The reference and the fast kernels share it.
+pub(crate) fn page_table(
+    op: &'static str,
+    indptr: &[i32],
+    indices: &[i32],
+    last: &[i32],
+    page_size: usize,
+    num_pages: usize,
+) -> Result<Vec<SeqPages>> {
+    let num_page_ids = indices.len();
+    let batch = last.len();
+    if indptr.len() != batch + 1 {
+        return Err(Error::invalid(op, format!("kv_indptr has {} entries for {batch} sequences", indptr.len())));
+    }
+    if indptr[0] != 0 {
+        return Err(Error::invalid(op, format!("kv_indptr[0] = {} must be 0", indptr[0])));
+    }
+    let mut seqs = Vec::with_capacity(batch);
+    for b in 0..batch {
+        let (start, end) = (indptr[b], indptr[b + 1]);
+        if end < start {
+            return Err(Error::invalid(op, format!("kv_indptr decreases: kv_indptr[{}] = {end} < kv_indptr[{b}] = {start}", b + 1)));
+        }
+        if end == start {
+            return Err(Error::invalid(op, format!("sequence {b} has no page (kv_indptr[{b}] = kv_indptr[{}] = {start})", b + 1)));
+        }
+        // start >= 0 here: indptr[0] == 0 and it increases from there.
+        let (start, end) = (start as usize, end as usize);
+        if end > num_page_ids {
+            return Err(Error::invalid(op, format!("kv_indptr[{}] = {end} exceeds num_page_ids {num_page_ids}", b + 1)));
+        }
+        let last_len = last[b];
+        if last_len < 1 || last_len as usize > page_size {
+            return Err(Error::invalid(op, format!("kv_last_page_len[{b}] = {last_len} is outside 1..={page_size} (page_size)")));
+        }
+        for (i, &id) in indices.iter().enumerate().take(end).skip(start) {
+            if id < 0 || id as usize >= num_pages {
+                return Err(Error::invalid(op, format!("kv_indices[{i}] = {id} is outside 0..{num_pages} pages")));
+            }
+        }
+        let kv_len = (end - start - 1)
+            .checked_mul(page_size)
+            .and_then(|n| n.checked_add(last_len as usize))
+            .ok_or_else(|| Error::invalid(op, format!("sequence {b} is too long to index")))?;
+        seqs.push(SeqPages { pages: start..end, kv_len });
+    }
+    Ok(seqs)
+}
+
 impl PagedLayout {
     /// Read and check `kv_indptr`, `kv_indices` and `kv_last_page_len` (shapes already checked).
     fn read(op: &'static str, inputs: &Tensors, batch: usize, page_size: usize, num_pages: usize) -> Result<Self> {
         let indptr = i32_in(op, inputs, "kv_indptr")?;
         let indices = i32_in(op, inputs, "kv_indices")?;
         let last = i32_in(op, inputs, "kv_last_page_len")?;
-        let num_page_ids = indices.len();
-        if indptr[0] != 0 {
-            return Err(Error::invalid(op, format!("kv_indptr[0] = {} must be 0", indptr[0])));
-        }
-        let mut seqs = Vec::with_capacity(batch);
-        for b in 0..batch {
-            let (start, end) = (indptr[b], indptr[b + 1]);
-            if end < start {
-                return Err(Error::invalid(op, format!("kv_indptr decreases: kv_indptr[{}] = {end} < kv_indptr[{b}] = {start}", b + 1)));
-            }
-            if end == start {
-                return Err(Error::invalid(op, format!("sequence {b} has no page (kv_indptr[{b}] = kv_indptr[{}] = {start})", b + 1)));
-            }
-            // start >= 0 here: indptr[0] == 0 and it increases from there.
-            let (start, end) = (start as usize, end as usize);
-            if end > num_page_ids {
-                return Err(Error::invalid(op, format!("kv_indptr[{}] = {end} exceeds num_page_ids {num_page_ids}", b + 1)));
-            }
-            let last_len = last[b];
-            if last_len < 1 || last_len as usize > page_size {
-                return Err(Error::invalid(op, format!("kv_last_page_len[{b}] = {last_len} is outside 1..={page_size} (page_size)")));
-            }
-            let mut pages = Vec::with_capacity(end - start);
-            for (i, &id) in indices.iter().enumerate().take(end).skip(start) {
-                if id < 0 || id as usize >= num_pages {
-                    return Err(Error::invalid(op, format!("kv_indices[{i}] = {id} is outside 0..{num_pages} pages")));
-                }
-                pages.push(id as usize);
-            }
-            let kv_len = (pages.len() - 1)
-                .checked_mul(page_size)
-                .and_then(|n| n.checked_add(last_len as usize))
-                .ok_or_else(|| Error::invalid(op, format!("sequence {b} is too long to index")))?;
-            seqs.push(Sequence { pages, kv_len });
-        }
+        debug_assert_eq!(last.len(), batch);
+        let seqs = page_table(op, &indptr, &indices, &last, page_size, num_pages)?
+            .into_iter()
+            .map(|s| Sequence { pages: indices[s.pages].iter().map(|&id| id as usize).collect(), kv_len: s.kv_len })
+            .collect();
         Ok(PagedLayout { page_size, seqs })
     }
 
@@ -236,11 +263,19 @@ impl Attention<'_> {
 /// The (sequence, position) of every query token of a prefill, from `qo_indptr`.
 fn prefill_rows(p: &PrefillParams, inputs: &Tensors, layout: &PagedLayout) -> Result<Vec<(usize, i64)>> {
     let qo_indptr = i32_in(PREFILL, inputs, "qo_indptr")?;
+    let kv_lens: Vec<usize> = layout.seqs.iter().map(|s| s.kv_len).collect();
+    query_rows(p, &qo_indptr, &kv_lens)
+}
+
+/// The (sequence, position) of every query token of a prefill from `qo_indptr` and the
+/// sequences' lengths, checked (query i of a sequence with qo_len queries and kv_len keys
+/// sits at kv_len − qo_len + i). The reference and the fast kernels share it.
+pub(crate) fn query_rows(p: &PrefillParams, qo_indptr: &[i32], kv_lens: &[usize]) -> Result<Vec<(usize, i64)>> {
     if qo_indptr[0] != 0 {
         return Err(Error::invalid(PREFILL, format!("qo_indptr[0] = {} must be 0", qo_indptr[0])));
     }
     let mut rows = Vec::with_capacity(p.num_tokens);
-    for (b, seq) in layout.seqs.iter().enumerate() {
+    for (b, &kv_len) in kv_lens.iter().enumerate() {
         let (start, end) = (qo_indptr[b], qo_indptr[b + 1]);
         if end < start {
             return Err(Error::invalid(PREFILL, format!("qo_indptr decreases: qo_indptr[{}] = {end} < qo_indptr[{b}] = {start}", b + 1)));
@@ -249,10 +284,10 @@ fn prefill_rows(p: &PrefillParams, inputs: &Tensors, layout: &PagedLayout) -> Re
             return Err(Error::invalid(PREFILL, format!("qo_indptr[{}] = {end} exceeds num_tokens {}", b + 1, p.num_tokens)));
         }
         let qo_len = (end - start) as usize;
-        if p.causal && qo_len > seq.kv_len {
-            return Err(Error::invalid(PREFILL, format!("causal sequence {b} has {qo_len} queries but only {} keys", seq.kv_len)));
+        if p.causal && qo_len > kv_len {
+            return Err(Error::invalid(PREFILL, format!("causal sequence {b} has {qo_len} queries but only {kv_len} keys")));
         }
-        let first = seq.kv_len as i64 - qo_len as i64;
+        let first = kv_len as i64 - qo_len as i64;
         rows.extend((0..qo_len as i64).map(|i| (b, first + i)));
     }
     let last = qo_indptr[p.batch_size];

@@ -21,15 +21,26 @@ pub struct CpuTensor {
 }
 
 enum Storage {
-    /// Owned little-endian bytes, kept in 4-byte words; `len` bytes are the tensor's.
-    Owned { words: RwLock<Vec<u32>>, len: usize },
+    /// Owned little-endian bytes, kept in 4-byte words: the tensor's `len` bytes start at
+    /// byte `start` (a multiple of 4). A guarded tensor ([`CpuTensor::guarded`]) has
+    /// sentinel bytes everywhere else in `words`.
+    Owned { words: RwLock<Vec<u32>>, start: usize, len: usize, guarded: bool },
     /// A read-only range of bytes someone else holds (a mapped GGUF file).
     Shared { bytes: Arc<dyn HostBytes>, range: Range<usize> },
 }
 
+/// The byte around a guarded tensor (and in the padding of its last word).
+pub const SENTINEL: u8 = 0xA5;
+
+/// Sentinel bytes on each side of a guarded tensor of `len` bytes: its own size (a kernel
+/// that writes one row or one tensor too many lands in it), at least 64 and at most 1 MiB.
+fn guard_bytes(len: usize) -> usize {
+    len.clamp(64, 1 << 20).next_multiple_of(4)
+}
+
 /// Read access to a tensor's bytes.
 pub enum Bytes<'a> {
-    Owned(RwLockReadGuard<'a, Vec<u32>>, usize),
+    Owned(RwLockReadGuard<'a, Vec<u32>>, Range<usize>),
     Shared(&'a [u8]),
 }
 
@@ -37,25 +48,48 @@ impl std::ops::Deref for Bytes<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Bytes::Owned(g, len) => &bytemuck::cast_slice::<u32, u8>(g)[..*len],
+            Bytes::Owned(g, r) => &bytemuck::cast_slice::<u32, u8>(g)[r.clone()],
             Bytes::Shared(b) => b,
         }
     }
 }
 
-/// Write access to an owned tensor's words.
-pub struct WordsMut<'a>(RwLockWriteGuard<'a, Vec<u32>>, usize);
+/// Read access to a tensor's elements as `T` (f32, i32, u32, u16, u8): borrowed where the
+/// storage allows it (owned words; an aligned shared range), else a copy.
+pub enum View<'a, T: bytemuck::Pod> {
+    Owned(RwLockReadGuard<'a, Vec<u32>>, Range<usize>),
+    Borrowed(&'a [T]),
+    Copied(Vec<T>),
+}
+
+impl<T: bytemuck::Pod> std::ops::Deref for View<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            View::Owned(g, r) => &bytemuck::cast_slice::<u32, T>(g)[r.clone()],
+            View::Borrowed(b) => b,
+            View::Copied(v) => v,
+        }
+    }
+}
+
+/// Write access to an owned tensor's bytes.
+pub struct WordsMut<'a>(RwLockWriteGuard<'a, Vec<u32>>, Range<usize>);
 
 impl WordsMut<'_> {
     /// The bytes.
     pub fn bytes(&mut self) -> &mut [u8] {
-        let len = self.1;
-        &mut bytemuck::cast_slice_mut::<u32, u8>(&mut self.0)[..len]
+        &mut bytemuck::cast_slice_mut::<u32, u8>(&mut self.0)[self.1.clone()]
     }
     /// The elements of an f32 tensor.
     pub fn f32(&mut self) -> &mut [f32] {
-        let n = self.1 / 4;
-        &mut bytemuck::cast_slice_mut::<u32, f32>(&mut self.0)[..n]
+        self.elems()
+    }
+    /// The elements as `T` (the tensor's bytes must be whole `T`s).
+    pub fn elems<T: bytemuck::Pod>(&mut self) -> &mut [T] {
+        let size = std::mem::size_of::<T>();
+        let r = self.1.start / size..self.1.end / size;
+        &mut bytemuck::cast_slice_mut::<u32, T>(&mut self.0)[r]
     }
 }
 
@@ -68,7 +102,54 @@ impl CpuTensor {
     fn owned(dtype: DType, shape: &[usize], words: Vec<u32>) -> Result<CpuTensor> {
         let len = bytes_for(dtype, shape)?;
         ensure!(words.len() * 4 >= len, "cpu", "{} words cannot hold {len} bytes", words.len());
-        Ok(CpuTensor { dtype, shape: shape.to_vec(), storage: Arc::new(Storage::Owned { words: RwLock::new(words), len }) })
+        let storage = Storage::Owned { words: RwLock::new(words), start: 0, len, guarded: false };
+        Ok(CpuTensor { dtype, shape: shape.to_vec(), storage: Arc::new(storage) })
+    }
+
+    /// A tensor of zeros inside a larger buffer whose other bytes are [`SENTINEL`]s (before
+    /// the tensor, after it, and in the padding of its last word): [`CpuTensor::check_guard`]
+    /// finds a write outside the tensor.
+    pub fn guarded(dtype: DType, shape: &[usize]) -> Result<CpuTensor> {
+        let len = bytes_for(dtype, shape)?;
+        let g = guard_bytes(len);
+        let total = g + len.next_multiple_of(4) + g;
+        let mut words = vec![u32::from_ne_bytes([SENTINEL; 4]); total / 4];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words)[g..g + len].fill(0);
+        let storage = Storage::Owned { words: RwLock::new(words), start: g, len, guarded: true };
+        Ok(CpuTensor { dtype, shape: shape.to_vec(), storage: Arc::new(storage) })
+    }
+
+    /// For a [`CpuTensor::guarded`] tensor, an error message when a byte outside the tensor
+    /// is no longer [`SENTINEL`]: how many bytes changed before its start and after its end,
+    /// and the nearest of each. `Ok` for every other tensor.
+    pub fn check_guard(&self) -> Result<(), String> {
+        let Storage::Owned { words, start, len, guarded: true } = &*self.storage else { return Ok(()) };
+        let w = words.read().map_err(|_| "the tensor's lock was poisoned".to_string())?;
+        let b = bytemuck::cast_slice::<u32, u8>(&w);
+        let (before, after) = (&b[..*start], &b[start + len..]);
+        let changed = |s: &[u8]| s.iter().filter(|&&x| x != SENTINEL).count();
+        let (nb, na) = (changed(before), changed(after));
+        if nb + na == 0 {
+            return Ok(());
+        }
+        let mut parts = Vec::new();
+        if let Some(i) = before.iter().rposition(|&x| x != SENTINEL) {
+            parts.push(format!("{nb} bytes before its start (the nearest at -{})", start - i));
+        }
+        if let Some(i) = after.iter().position(|&x| x != SENTINEL) {
+            parts.push(format!("{na} bytes after its end (the nearest at end+{i})"));
+        }
+        Err(format!("{} bytes {:?}: written outside it, {}", len, self.shape, parts.join(" and ")))
+    }
+
+    /// The whole buffer of an owned tensor, guard included, for tests that play a kernel
+    /// writing out of bounds.
+    #[cfg(test)]
+    pub(crate) fn raw_words(&self) -> Option<(RwLockWriteGuard<'_, Vec<u32>>, Range<usize>)> {
+        match &*self.storage {
+            Storage::Owned { words, start, len, .. } => Some((words.write().ok()?, *start..start + len)),
+            Storage::Shared { .. } => None,
+        }
     }
 
     /// An f32 tensor owning `values`.
@@ -88,15 +169,36 @@ impl CpuTensor {
     /// Read access to the bytes.
     pub fn bytes(&self) -> Result<Bytes<'_>> {
         Ok(match &*self.storage {
-            Storage::Owned { words, len } => Bytes::Owned(words.read().map_err(|_| lock_err("tensor"))?, *len),
+            Storage::Owned { words, start, len, .. } => Bytes::Owned(words.read().map_err(|_| lock_err("tensor"))?, *start..start + len),
             Storage::Shared { bytes, range } => Bytes::Shared(&bytes.host_bytes()[range.clone()]),
+        })
+    }
+
+    /// The elements as `T`, whose size must divide the tensor's bytes (f32 data as `f32`,
+    /// 16-bit floats as `u16`, block data as `u8`); no copy where the storage allows it.
+    pub fn view<T: bytemuck::Pod>(&self) -> Result<View<'_, T>> {
+        let size = std::mem::size_of::<T>();
+        ensure!(size <= 4, "cpu", "a view of {size}-byte elements");
+        Ok(match &*self.storage {
+            Storage::Owned { words, start, len, .. } => {
+                ensure!(len % size == 0, "cpu", "{len} bytes are not whole {size}-byte elements");
+                View::Owned(words.read().map_err(|_| lock_err("tensor"))?, start / size..(start + len) / size)
+            }
+            Storage::Shared { bytes, range } => {
+                let b = &bytes.host_bytes()[range.clone()];
+                ensure!(b.len() % size == 0, "cpu", "{} bytes are not whole {size}-byte elements", b.len());
+                match bytemuck::try_cast_slice::<u8, T>(b) {
+                    Ok(s) => View::Borrowed(s),
+                    Err(_) => View::Copied(bytemuck::pod_collect_to_vec(b)),
+                }
+            }
         })
     }
 
     /// Write access; an error for a tensor over shared (read-only) bytes.
     pub fn write(&self) -> Result<WordsMut<'_>> {
         match &*self.storage {
-            Storage::Owned { words, len } => Ok(WordsMut(words.write().map_err(|_| lock_err("tensor"))?, *len)),
+            Storage::Owned { words, start, len, .. } => Ok(WordsMut(words.write().map_err(|_| lock_err("tensor"))?, *start..start + len)),
             Storage::Shared { .. } => Err(Error::invalid("cpu", "a tensor over a mapped file is read-only")),
         }
     }
@@ -104,38 +206,19 @@ impl CpuTensor {
     /// The elements of an f32 tensor, copied.
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
         ensure!(self.dtype == DType::F32, "cpu", "to_f32_vec on a {} tensor", self.dtype);
-        let b = self.bytes()?;
-        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(self.view::<f32>()?.to_vec())
     }
 
     /// Runs `f` over the elements of an f32 tensor (no copy for owned storage).
     pub fn with_f32<T>(&self, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
         ensure!(self.dtype == DType::F32, "cpu", "an f32 tensor was expected, got {}", self.dtype);
-        let n = self.numel();
-        match &*self.storage {
-            Storage::Owned { words, .. } => {
-                let g = words.read().map_err(|_| lock_err("tensor"))?;
-                Ok(f(&bytemuck::cast_slice::<u32, f32>(&g)[..n]))
-            }
-            Storage::Shared { .. } => Ok(f(&self.to_f32_vec()?)),
-        }
+        Ok(f(&self.view::<f32>()?))
     }
 
     /// Runs `f` over the elements of an i32 tensor (no copy for owned storage).
     pub fn with_i32<T>(&self, f: impl FnOnce(&[i32]) -> T) -> Result<T> {
         ensure!(self.dtype == DType::I32, "cpu", "an i32 tensor was expected, got {}", self.dtype);
-        let n = self.numel();
-        match &*self.storage {
-            Storage::Owned { words, .. } => {
-                let g = words.read().map_err(|_| lock_err("tensor"))?;
-                Ok(f(&bytemuck::cast_slice::<u32, i32>(&g)[..n]))
-            }
-            Storage::Shared { .. } => {
-                let b = self.bytes()?;
-                let v: Vec<i32> = b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-                Ok(f(&v))
-            }
-        }
+        Ok(f(&self.view::<i32>()?))
     }
 
     /// Whether two tensors share storage.
@@ -223,6 +306,14 @@ impl Device for CpuDevice {
         crate::device_ops::run(op, inputs)
     }
 
+    fn guards_outputs(&self) -> bool {
+        true
+    }
+
+    fn run_guarded(&self, op: &Op, inputs: &DeviceTensors<CpuTensor>) -> Result<DeviceTensors<CpuTensor>> {
+        crate::device_ops::run_guarded(op, inputs)
+    }
+
     fn run_into(
         &self,
         op: &Op,
@@ -246,5 +337,14 @@ impl ingot_core::Backend for CpuDevice {
     }
     fn run(&self, op: &Op, inputs: &ingot_core::Tensors) -> Result<ingot_core::Tensors> {
         ingot_core::run_on_host(self, op, inputs)
+    }
+    fn precision(&self, op: &Op) -> ingot_core::Precision {
+        crate::device_ops::precision(op)
+    }
+    fn guards_outputs(&self) -> bool {
+        true
+    }
+    fn run_guarded(&self, op: &Op, inputs: &ingot_core::Tensors) -> Result<ingot_core::Tensors> {
+        ingot_core::run_on_host_guarded(self, op, inputs)
     }
 }

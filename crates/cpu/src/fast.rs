@@ -209,29 +209,77 @@ fn run_tiles(w: &WeightView, m: usize, y: &mut [f32], dot: impl Fn(usize, usize,
     }
 }
 
+/// Elements at or above which an element-wise or row kernel splits its work among threads.
+const PAR_ELEMS: usize = 1 << 15;
+
 /// In-place RMSNorm of each `w.len()`-long row: x / sqrt(mean(x²) + eps) · w.
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
-    let h = w.len();
-    for row in x.chunks_exact_mut(h) {
-        let ms = row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / h as f64;
-        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+    for row in x.chunks_exact_mut(w.len()) {
+        rms_norm_row(row, w, eps as f64, false);
+    }
+}
+
+/// One row of [`rms_norm_into`], in place: mean(x²) accumulates in f64, the scale is
+/// rounded to f32 once, then x·scale·w (or x·scale·(1 + w)) in f32.
+#[inline]
+fn rms_norm_row(row: &mut [f32], w: &[f32], eps: f64, gemma: bool) {
+    let ms = row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / row.len() as f64;
+    let inv = (1.0 / (ms + eps).sqrt()) as f32;
+    if gemma {
+        for (v, wi) in row.iter_mut().zip(w) {
+            *v = *v * inv * (1.0 + wi);
+        }
+    } else {
         for (v, wi) in row.iter_mut().zip(w) {
             *v = *v * inv * wi;
         }
     }
 }
 
-/// Rotary embedding in place on `x` [n_heads, head_dim] at position `pos`.
-/// `inv_freq` has rotary_dim/2 entries; `neox` pairs (i, i + r/2), else (2i, 2i+1).
-pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32], neox: bool) {
-    let half = inv_freq.len();
-    let cs: Vec<(f32, f32)> = inv_freq
-        .iter()
-        .map(|f| {
-            let a = pos as f64 * *f as f64;
-            (a.cos() as f32, a.sin() as f32)
-        })
-        .collect();
+/// RMSNorm of each `w.len()`-long row of `x` into `out`: x / sqrt(mean(x²) + eps) · w, or
+/// · (1 + w) when `gemma` (Gemma's weights). Rows are split among threads when large.
+pub fn rms_norm_into(x: &[f32], w: &[f32], eps: f64, gemma: bool, out: &mut [f32]) {
+    assert!(x.len() == out.len() && !w.is_empty() && x.len() % w.len() == 0, "rms_norm_into: shape mismatch");
+    out.copy_from_slice(x);
+    let h = w.len();
+    if out.len() >= PAR_ELEMS && out.len() > h {
+        out.par_chunks_mut(h).for_each(|row| rms_norm_row(row, w, eps, gemma));
+    } else {
+        out.chunks_exact_mut(h).for_each(|row| rms_norm_row(row, w, eps, gemma));
+    }
+}
+
+/// `out = f(a, b)` element-wise, split among threads when large.
+pub fn zip_into(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    assert!(a.len() == out.len() && b.len() == out.len(), "zip_into: length mismatch");
+    if out.len() >= PAR_ELEMS {
+        const CHUNK: usize = 1 << 13;
+        out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
+            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(*a, *b);
+            }
+        });
+    } else {
+        for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+            *o = f(*a, *b);
+        }
+    }
+}
+
+/// The cos and sin of `pos · f` for each inverse frequency `f` (the angle in f64, then
+/// rounded to f32), into `cs`.
+pub fn rope_angles(pos: usize, inv_freq: impl Iterator<Item = f64>, cs: &mut Vec<(f32, f32)>) {
+    cs.clear();
+    cs.extend(inv_freq.map(|f| {
+        let (s, c) = (pos as f64 * f).sin_cos();
+        (c as f32, s as f32)
+    }));
+}
+
+/// Rotate each `head_dim`-long head of `x` by the angles `cs` (from [`rope_angles`]);
+/// `neox` pairs (i, i + cs.len()), else (2i, 2i+1). Dims from 2·cs.len() on are untouched.
+pub fn rope_rotate(x: &mut [f32], head_dim: usize, cs: &[(f32, f32)], neox: bool) {
+    let half = cs.len();
     for head in x.chunks_exact_mut(head_dim) {
         for (i, &(c, s)) in cs.iter().enumerate() {
             let (ia, ib) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
@@ -240,6 +288,14 @@ pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32], neox: 
             head[ib] = b * c + a * s;
         }
     }
+}
+
+/// Rotary embedding in place on `x` [n_heads, head_dim] at position `pos`.
+/// `inv_freq` has rotary_dim/2 entries; `neox` pairs (i, i + r/2), else (2i, 2i+1).
+pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32], neox: bool) {
+    let mut cs = Vec::with_capacity(inv_freq.len());
+    rope_angles(pos, inv_freq.iter().map(|&f| f as f64), &mut cs);
+    rope_rotate(x, head_dim, &cs, neox);
 }
 
 /// Causal attention of `q` [t, n_heads, d] (queries at positions start..start+t) over
@@ -292,20 +348,86 @@ pub fn attention_with(
     out
 }
 
-/// gate ← silu(gate)·up.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+/// silu(x) = x·σ(x) in f32, with its limit 0 at −∞ (x / (1 + e^−x) would give −∞/∞).
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    if x == f32::NEG_INFINITY {
+        0.0
+    } else {
+        x / (1.0 + (-x).exp())
     }
 }
 
-/// gate ← gelu_tanh(gate)·up, as x·σ(2u) (no cancellation for negative x).
-pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
+/// gelu_tanh(x) in f32 as x·σ(2u), u = √(2/π)(x + 0.044715x³) (no cancellation for
+/// negative x), with its limit 0 at −∞.
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
     const C: f32 = 0.797_884_6; // √(2/π)
+    if x == f32::NEG_INFINITY {
+        return 0.0;
+    }
+    let z = 2.0 * C * (x + 0.044715 * x * x * x);
+    x / (1.0 + (-z).exp())
+}
+
+/// gate ← silu(gate)·up.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
-        let x = *g;
-        let z = 2.0 * C * (x + 0.044715 * x * x * x);
-        *g = x / (1.0 + (-z).exp()) * u;
+        *g = silu(*g) * u;
+    }
+}
+
+/// gate ← gelu_tanh(gate)·up.
+pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = gelu_tanh(*g) * u;
+    }
+}
+
+/// Row-wise softmax of `x / temperature` into `out` (rows of `cols`): the max subtracted,
+/// exponentials in f32, their sum in f64. A row whose max is not finite (+∞, or every
+/// value −∞) gives NaN where the reference does. Rows are split among threads when large.
+pub fn softmax_rows(x: &[f32], cols: usize, temperature: f32, out: &mut [f32]) {
+    assert!(x.len() == out.len() && cols > 0 && x.len() % cols == 0, "softmax_rows: shape mismatch");
+    let row = |(xr, o): (&[f32], &mut [f32])| {
+        let mut m = f32::NEG_INFINITY;
+        for (o, &v) in o.iter_mut().zip(xr) {
+            *o = v / temperature;
+            m = m.max(*o);
+        }
+        let mut z = 0f64;
+        for o in o.iter_mut() {
+            *o = (*o - m).exp();
+            z += *o as f64;
+        }
+        let inv = 1.0 / z;
+        for o in o.iter_mut() {
+            *o = (*o as f64 * inv) as f32;
+        }
+    };
+    if x.len() >= PAR_ELEMS && x.len() > cols {
+        x.par_chunks(cols).zip(out.par_chunks_mut(cols)).for_each(row);
+    } else {
+        x.chunks(cols).zip(out.chunks_mut(cols)).for_each(row);
+    }
+}
+
+/// Per row of `cols` values, the index of the largest (the first on ties; the first NaN,
+/// which counts as largest, if any).
+pub fn argmax_rows(x: &[f32], cols: usize, out: &mut [i32]) {
+    assert!(cols > 0 && x.len() == out.len() * cols, "argmax_rows: shape mismatch");
+    for (row, o) in x.chunks_exact(cols).zip(out) {
+        let mut best = 0;
+        for (i, &v) in row.iter().enumerate() {
+            if v.is_nan() {
+                best = i;
+                break;
+            }
+            if v > row[best] {
+                best = i;
+            }
+        }
+        *o = best as i32;
     }
 }
 

@@ -27,13 +27,14 @@ use ingot_core::{Backend, Error, Op, Result, Tensors};
 
 pub use device::{CpuDevice, CpuTensor};
 
-/// The CPU reference backend.
+/// The CPU reference backend (`--backend reference`): every op in f64, the oracle. The
+/// CPU device models run on is [`CpuDevice`] (`--backend cpu`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        "cpu".to_string()
+        "reference".to_string()
     }
 
     fn supports(&self, _op: &Op) -> bool {

@@ -75,9 +75,30 @@ pub fn paged_attention(
     window: Option<usize>,
     softcap: f32,
 ) -> Vec<f32> {
+    let mut out = vec![0f32; rows.len() * n_heads * kv.head_dim];
+    paged_attention_into(q, rows, kv, n_heads, scale, window, softcap, &mut out, None);
+    out
+}
+
+/// [`paged_attention`] into `out` [rows, n_heads, head_dim] (overwritten), and when `lse`
+/// is given, the natural log of each softmax denominator into it [rows, n_heads]
+/// (max score + ln Σ exp(score − max), the scores after scale and soft cap).
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_into(
+    q: &[f32],
+    rows: &[QueryRow],
+    kv: &PagedKv,
+    n_heads: usize,
+    scale: f32,
+    window: Option<usize>,
+    softcap: f32,
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+) {
     let d = kv.head_dim;
     assert!(kv.n_kv > 0 && n_heads / kv.n_kv * kv.n_kv == n_heads, "paged_attention: {n_heads} heads over {} kv heads", kv.n_kv);
     assert_eq!(q.len(), rows.len() * n_heads * d, "paged_attention: q shape");
+    assert_eq!(out.len(), q.len(), "paged_attention: output shape");
     assert_eq!(kv.k.len(), kv.v.len(), "paged_attention: k and v sizes differ");
     assert_eq!(kv.k.len() % (kv.page_size * kv.n_kv * d).max(1), 0, "paged_attention: cache is not whole pages");
     let num_pages = kv.k.len() / (kv.page_size * kv.n_kv * d).max(1);
@@ -86,29 +107,29 @@ pub fn paged_attention(
         assert!(r.pages.iter().all(|&p| (p as usize) < num_pages), "paged_attention: page id beyond the cache");
     }
     let group = n_heads / kv.n_kv;
-    let mut out = vec![0f32; rows.len() * n_heads * d];
-    out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
+    // One (row, head) per task; `s` is the task's reused score buffer.
+    let attend = |s: &mut Vec<f32>, idx: usize, o: &mut [f32]| -> f32 {
         let (row, h) = (&rows[idx / n_heads], idx % n_heads);
         let (p, kh) = (row.pos, h / group);
         let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
         let qv = &q[idx * d..(idx + 1) * d];
-        let mut s: Vec<f32> = (lo..=p)
-            .map(|j| {
-                let at = kv.offset(row.pages, j, kh);
-                let x = scale * dot(qv, &kv.k[at..at + d]);
-                if softcap > 0.0 {
-                    softcap * (x / softcap).tanh()
-                } else {
-                    x
-                }
-            })
-            .collect();
+        s.clear();
+        s.extend((lo..=p).map(|j| {
+            let at = kv.offset(row.pages, j, kh);
+            let x = scale * dot(qv, &kv.k[at..at + d]);
+            if softcap > 0.0 {
+                softcap * (x / softcap).tanh()
+            } else {
+                x
+            }
+        }));
         let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut z = 0f32;
         for x in s.iter_mut() {
             *x = (*x - m).exp();
             z += *x;
         }
+        o.fill(0.0);
         for (jj, w) in s.iter().enumerate() {
             let at = kv.offset(row.pages, lo + jj, kh);
             let w = w / z;
@@ -116,8 +137,17 @@ pub fn paged_attention(
                 *oi += w * vi;
             }
         }
-    });
-    out
+        m + z.ln()
+    };
+    match lse {
+        Some(lse) => {
+            assert_eq!(lse.len(), rows.len() * n_heads, "paged_attention: lse shape");
+            out.par_chunks_mut(d).zip(lse.par_iter_mut()).enumerate().for_each_init(Vec::new, |s, (idx, (o, l))| *l = attend(s, idx, o));
+        }
+        None => out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |s, (idx, o)| {
+            attend(s, idx, o);
+        }),
+    }
 }
 
 #[cfg(test)]

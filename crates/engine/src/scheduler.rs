@@ -304,10 +304,19 @@ impl Scheduler {
         if s.computed == len {
             // Every token is cached, but the last one must run again for its logits: it is
             // rewritten (with the same values) into a private copy of the last page.
-            if self.bm.available() > reserve {
-                let last = s.pages.len() - 1;
-                let copy = self.bm.allocate().expect("counted as available");
-                self.pool.copy_page(s.pages[last], copy);
+            let last = s.pages.len() - 1;
+            let copied = match (self.bm.available() > reserve).then(|| self.bm.allocate()).flatten() {
+                // A failed copy (a device error) falls back to recomputing the page.
+                Some(copy) => match self.pool.copy_page(s.pages[last], copy) {
+                    Ok(()) => Some(copy),
+                    Err(_) => {
+                        self.bm.release(copy);
+                        None
+                    }
+                },
+                None => None,
+            };
+            if let Some(copy) = copied {
                 self.bm.release(s.pages[last]);
                 s.pages[last] = copy;
                 s.idents.truncate(last);

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 /// Name of the format, first key of every `meta.json`.
 pub const FORMAT: &str = "ingot-golden";
 /// Version of the format this code writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Older versions this code still reads (version 1 lacks `path_tolerances`).
+pub const READS: &[u32] = &[1, 2];
 
 /// One tensor entry of `meta.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,11 @@ pub struct TensorEntry {
     /// Outputs only: how a backend's result is compared with this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<Tolerance>,
+    /// Outputs only: the tolerance for a backend that computes the op on another
+    /// arithmetic path, by the path's name ([`ingot_core::Precision::name`]); it replaces
+    /// `tolerance` there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub path_tolerances: BTreeMap<String, Tolerance>,
 }
 
 /// The whole `meta.json`.
@@ -54,9 +61,27 @@ pub struct Case {
     pub inputs: Tensors,
     pub outputs: Tensors,
     pub tolerances: BTreeMap<String, Tolerance>,
+    /// Per output, the tolerances of other arithmetic paths (see [`TensorEntry::path_tolerances`]).
+    pub path_tolerances: BTreeMap<String, BTreeMap<String, Tolerance>>,
 }
 
-fn entry(name: &str, t: &Tensor, tol: Option<Tolerance>) -> TensorEntry {
+impl TensorEntry {
+    /// How a backend on arithmetic path `path` is compared: that path's own tolerance if
+    /// the entry has one, else `tolerance`.
+    pub fn tolerance_for(&self, path: ingot_core::Precision) -> Option<&Tolerance> {
+        self.path_tolerances.get(path.name()).or(self.tolerance.as_ref())
+    }
+}
+
+impl Case {
+    /// How output `name` of a backend on arithmetic path `path` is compared (see
+    /// [`TensorEntry::tolerance_for`]).
+    pub fn tolerance_for(&self, name: &str, path: ingot_core::Precision) -> Option<&Tolerance> {
+        self.path_tolerances.get(name).and_then(|m| m.get(path.name())).or(self.tolerances.get(name))
+    }
+}
+
+fn entry(name: &str, t: &Tensor, tol: Option<Tolerance>, path_tolerances: BTreeMap<String, Tolerance>) -> TensorEntry {
     TensorEntry {
         name: name.to_string(),
         file: format!("{name}.bin"),
@@ -64,6 +89,7 @@ fn entry(name: &str, t: &Tensor, tol: Option<Tolerance>) -> TensorEntry {
         shape: t.shape.clone(),
         bytes: t.data.len(),
         tolerance: tol,
+        path_tolerances,
     }
 }
 
@@ -102,8 +128,14 @@ impl Case {
             op: self.op.clone(),
             seed: self.seed,
             flags: self.flags.clone(),
-            inputs: ins.iter().map(|s| entry(s.name, &self.inputs[s.name], None)).collect(),
-            outputs: outs.iter().map(|s| entry(s.name, &self.outputs[s.name], self.tolerances.get(s.name).cloned())).collect(),
+            inputs: ins.iter().map(|s| entry(s.name, &self.inputs[s.name], None, BTreeMap::new())).collect(),
+            outputs: outs
+                .iter()
+                .map(|s| {
+                    let paths = self.path_tolerances.get(s.name).cloned().unwrap_or_default();
+                    entry(s.name, &self.outputs[s.name], self.tolerances.get(s.name).cloned(), paths)
+                })
+                .collect(),
         }
     }
 
@@ -158,10 +190,10 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Artifact { path: mp.clone(), msg: e.to_string() })?;
     let format = raw.get("format").and_then(|v| v.as_str()).unwrap_or("");
     let version = raw.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
-    if format != FORMAT || version != VERSION as u64 {
+    if format != FORMAT || !READS.iter().any(|&v| v as u64 == version) {
         return Err(Error::Artifact {
             path: mp,
-            msg: format!("format '{format}' version {version}; this ingot reads '{FORMAT}' version {VERSION}"),
+            msg: format!("format '{format}' version {version}; this ingot reads '{FORMAT}' versions {READS:?}"),
         });
     }
     let meta: Meta = serde_json::from_value(raw).map_err(|e| Error::Artifact { path: mp.clone(), msg: e.to_string() })?;
@@ -184,6 +216,14 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     let outputs = check(&meta.outputs, meta.op.outputs(), "outputs")?;
     if let Some(e) = meta.outputs.iter().find(|e| e.tolerance.is_none()) {
         return Err(Error::Artifact { path: mp, msg: format!("output '{}' has no tolerance", e.name) });
+    }
+    for e in &meta.outputs {
+        if let Some(p) = e.path_tolerances.keys().find(|p| !ingot_core::Precision::ALL.iter().any(|k| k.name() == p.as_str())) {
+            return Err(Error::Artifact {
+                path: mp,
+                msg: format!("output '{}': unknown arithmetic path '{p}' in path_tolerances", e.name),
+            });
+        }
     }
     Ok(Loaded { dir: dir.to_path_buf(), meta, inputs, outputs })
 }

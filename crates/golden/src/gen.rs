@@ -7,7 +7,7 @@
 //! decision boundary, so a correct backend in f32 cannot land on the other side.
 
 use crate::artifact::{check_case_name, Case};
-use crate::tolerance::default_tolerance;
+use crate::tolerance::{default_tolerance, path_tolerances};
 use crate::{Error, Result};
 use ingot_core::*;
 use ingot_cpu::quant::quantize_row;
@@ -242,7 +242,9 @@ pub fn generate(kind: OpKind, flags: &Flags, seed: u64, name: &str) -> Result<Ca
     let (op, inputs) = generate_inputs(kind, flags, seed, name)?;
     let outputs = ingot_cpu::CpuBackend.run(&op, &inputs)?;
     let tolerances = op.outputs().iter().map(|s| (s.name.to_string(), default_tolerance(&op, s.name, s.dtype))).collect();
-    Ok(Case { name: name.to_string(), seed, op, flags: flags.raw().clone(), inputs, outputs, tolerances })
+    let path_tolerances =
+        op.outputs().iter().map(|s| (s.name.to_string(), path_tolerances(&op, s.name))).filter(|(_, m)| !m.is_empty()).collect();
+    Ok(Case { name: name.to_string(), seed, op, flags: flags.raw().clone(), inputs, outputs, tolerances, path_tolerances })
 }
 
 /// The op and inputs of a case without running the reference: for benchmarks at sizes

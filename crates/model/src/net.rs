@@ -15,7 +15,7 @@ use crate::config::{Arch, Config};
 use crate::kv::{Pages, PoolPages};
 use crate::{Error, Result};
 use ingot_core::{
-    AddBiasParams, AppendKvParams, CastParams, DType, DecodeParams, Device, DeviceTensor, DeviceTensors, EmbeddingParams, GatedParams,
+    AppendKvParams, CastParams, DType, DecodeParams, Device, DeviceTensor, DeviceTensors, EmbeddingParams, GatedParams,
     HostBytes, Op, PrefillParams, QuantizedMatmulParams, RmsNormParams, RopeFreqsParams, RowsParams, ScaleParams, Tensor,
     WriteColumnsParams,
 };
@@ -306,7 +306,7 @@ impl<D: Device + 'static> Net<D> {
     fn add_bias(&self, x: &D::Tensor, b: Option<&D::Tensor>, t: usize) -> Result<D::Tensor> {
         let Some(b) = b else { return Ok(x.clone()) };
         let h = b.numel();
-        let p = AddBiasParams { num_tokens: t, hidden_size: h, dtype: DType::F32 };
+        let p = RowsParams { num_tokens: t, hidden_size: h, dtype: DType::F32 };
         self.one(Op::AddBias(p), &[("input", &x.reshape(&[t, h])?), ("bias", b)], "output")
     }
 
