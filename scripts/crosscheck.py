@@ -227,6 +227,21 @@ def sig_add_residual(p):
     return [("input", d, th), ("residual", d, th)], [("output", d, th)]
 
 
+def sig_add_bias(p):
+    d, th, h = _th(p)
+    return [("input", d, th), ("bias", d, h)], [("output", d, th)]
+
+
+def sig_scale(p):
+    _pos(p, "num_elements")
+    d = _dt(p, "dtype", FLOAT_DTYPES)
+    s = p["scale"]
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) \
+            or not math.isfinite(float(np.float32(s))):
+        raise ArtifactError(f"param scale={s!r} must be finite as an f32")
+    return [("input", d, [p["num_elements"]])], [("output", d, [p["num_elements"]])]
+
+
 def sig_unary(p):
     _pos(p, "num_elements")
     d = _dt(p, "dtype", FLOAT_DTYPES)
@@ -298,6 +313,41 @@ def sig_rope(p):
     q, k = [t, p["num_heads"], hd], [t, p["num_kv_heads"], hd]
     return ([("q", d, q), ("k", d, k), ("pos_ids", "i32", [t])],
             [("q_out", d, q), ("k_out", d, k)])
+
+
+def sig_rope_freqs(p):
+    _pos(p, "num_tokens", "num_heads", "head_size", "rotary_dim")
+    d = _dt(p, "dtype", FLOAT_DTYPES)
+    r = p["rotary_dim"]
+    if r % 2 or r > p["head_size"]:
+        raise ArtifactError(f"rotary_dim={r} must be even and <= head_size={p['head_size']}")
+    x = [p["num_tokens"], p["num_heads"], p["head_size"]]
+    return ([("input", d, x), ("pos_ids", "i32", [p["num_tokens"]]), ("inv_freq", "f32", [r // 2])],
+            [("output", d, x)])
+
+
+COPY_DTYPES = FLOAT_DTYPES + INT_DTYPES
+
+
+def sig_copy_pages(p):
+    _pos(p, "num_pages", "page_size", "num_kv_heads", "head_size", "num_copies")
+    d = _dt(p, "dtype", COPY_DTYPES)
+    if p["num_copies"] >= p["num_pages"]:
+        raise ArtifactError(f"num_copies={p['num_copies']} must be below num_pages={p['num_pages']}")
+    c = [p["num_pages"], p["page_size"], p["num_kv_heads"], p["head_size"]]
+    n = [p["num_copies"]]
+    return [("cache", d, c), ("src_pages", "i32", n), ("dst_pages", "i32", n)], [("cache_out", d, c)]
+
+
+def sig_write_columns(p):
+    _pos(p, "num_rows", "src_width", "dst_width")
+    d = _dt(p, "dtype", COPY_DTYPES)
+    o = p["offset"]
+    if not isinstance(o, int) or isinstance(o, bool) or o < 0 or o + p["src_width"] > p["dst_width"]:
+        raise ArtifactError(f"offset={o!r} + src_width={p['src_width']} outside dst_width={p['dst_width']}")
+    r = p["num_rows"]
+    return ([("src", d, [r, p["src_width"]]), ("dst", d, [r, p["dst_width"]])],
+            [("output", d, [r, p["dst_width"]])])
 
 
 def _cache(p):
@@ -596,25 +646,82 @@ def rope_inv_freq(p):
     return inv
 
 
-def op_rope(p, t):
-    pos = t["pos_ids"].astype(np.int64)
+def _rotate(x, pos, inv_freq, p):
+    """ops.md rope: x [T, H, D] rotated by pos[t]·inv_freq[i] (float64), rounded once."""
     if (pos < 0).any():
         raise ArtifactError(f"rope: negative position {pos[pos < 0][0]}")
     r, half = p["rotary_dim"], p["rotary_dim"] // 2
-    ang = pos.astype(np.float64)[:, None] * rope_inv_freq(p)[None, :]  # [T, r/2]
+    ang = pos.astype(np.float64)[:, None] * inv_freq[None, :]  # [T, r/2]
     cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    x = f64(x)
+    y = x.copy()
+    ia = np.arange(0, r, 2) if p["interleave"] else np.arange(half)
+    ib = ia + 1 if p["interleave"] else ia + half
+    a, b = x[..., ia], x[..., ib]
+    y[..., ia] = a * cos - b * sin
+    y[..., ib] = b * cos + a * sin
+    return round_to(y, p["dtype"])
 
-    def rotate(x):
-        x = f64(x)
-        y = x.copy()
-        ia = np.arange(0, r, 2) if p["interleave"] else np.arange(half)
-        ib = ia + 1 if p["interleave"] else ia + half
-        a, b = x[..., ia], x[..., ib]
-        y[..., ia] = a * cos - b * sin
-        y[..., ib] = b * cos + a * sin
-        return round_to(y, p["dtype"])
 
-    return {"q_out": rotate(t["q"]), "k_out": rotate(t["k"])}
+def op_rope(p, t):
+    pos = t["pos_ids"].astype(np.int64)
+    inv = rope_inv_freq(p)
+    return {"q_out": _rotate(t["q"], pos, inv, p), "k_out": _rotate(t["k"], pos, inv, p)}
+
+
+def op_rope_freqs(p, t):
+    inv = f64(t["inv_freq"])
+    if not np.isfinite(inv).all():
+        raise ArtifactError("rope_freqs: non-finite inv_freq")
+    return {"output": _rotate(t["input"], t["pos_ids"].astype(np.int64), inv, p)}
+
+
+def op_add_bias(p, t):
+    return {"output": round_to(f64(t["input"]) + f64(t["bias"])[None, :], p["dtype"])}
+
+
+def op_scale(p, t):
+    # ops.md: the scale rounded to f32 first; the f64 product is exact, rounded once.
+    return {"output": round_to(f64(t["input"]) * float(np.float32(p["scale"])), p["dtype"])}
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """The same bytes as unsigned words, so copies compare bit for bit (NaN payloads, -0)."""
+    a = np.ascontiguousarray(a)
+    if a.dtype == np.float16:
+        return a.view(np.uint16)
+    if a.dtype.itemsize == 4:
+        return a.view(np.uint32)
+    raise ArtifactError(f"cannot view {a.dtype} as bits")
+
+
+def _from_bits(bits: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(bits).view(like.dtype)
+
+
+def op_copy_pages(p, t):
+    src = t["src_pages"].astype(np.int64)
+    dst = t["dst_pages"].astype(np.int64)
+    n = p["num_pages"]
+    for name, ids in (("src_pages", src), ("dst_pages", dst)):
+        bad = (ids < 0) | (ids >= n)
+        if bad.any():
+            raise ArtifactError(f"copy_pages: {name} id {ids[bad][0]} outside 0..{n}")
+    if len(set(dst.tolist())) != len(dst):
+        raise ArtifactError("copy_pages: a page is written twice")
+    if set(src.tolist()) & set(dst.tolist()):
+        raise ArtifactError("copy_pages: a page is both a source and a target")
+    cache = t["cache"]
+    bits = _bits(cache).copy()
+    bits[dst] = _bits(cache)[src]
+    return {"cache_out": _from_bits(bits, cache)}
+
+
+def op_write_columns(p, t):
+    o, w = p["offset"], p["src_width"]
+    bits = _bits(t["dst"]).copy()
+    bits[:, o:o + w] = _bits(t["src"])
+    return {"output": _from_bits(bits, t["dst"])}
 
 
 def paged_sequences(p, t):
@@ -790,6 +897,8 @@ OPS = {
     "fused_add_rms_norm": (_NORM, sig_fused_add_rms_norm, op_fused_add_rms_norm),
     "layer_norm": (("num_tokens", "hidden_size", "eps", "dtype"), sig_layer_norm, op_layer_norm),
     "add_residual": (("num_tokens", "hidden_size", "dtype"), sig_add_residual, op_add_residual),
+    "add_bias": (("num_tokens", "hidden_size", "dtype"), sig_add_bias, op_add_bias),
+    "scale": (("num_elements", "scale", "dtype"), sig_scale, op_scale),
     **{name: (("num_elements", "dtype"), sig_unary, make_unary(fn)) for name, fn in UNARY.items()},
     **{name: (("num_tokens", "intermediate_size", "dtype"), sig_gated, make_gated(fn))
        for name, fn in GATED.items()},
@@ -806,6 +915,12 @@ OPS = {
     "rope": (("num_tokens", "num_heads", "num_kv_heads", "head_size", "rotary_dim", "rope_theta",
               "interleave", "rope_factor", "low_freq_factor", "high_freq_factor",
               "original_max_position", "dtype"), sig_rope, op_rope),
+    "rope_freqs": (("num_tokens", "num_heads", "head_size", "rotary_dim", "interleave", "dtype"),
+                   sig_rope_freqs, op_rope_freqs),
+    "copy_pages": (("num_pages", "page_size", "num_kv_heads", "head_size", "num_copies", "dtype"),
+                   sig_copy_pages, op_copy_pages),
+    "write_columns": (("num_rows", "src_width", "dst_width", "offset", "dtype"), sig_write_columns,
+                      op_write_columns),
     "append_paged_kv_cache": (("batch_size", "num_tokens") + _PAGED + ("dtype",),
                               sig_append_paged_kv_cache, op_append_paged_kv_cache),
     "batch_prefill_with_paged_kv_cache": (

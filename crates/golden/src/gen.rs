@@ -30,39 +30,46 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("transb", "B stored transposed, [n, k] (gemm)"),
     ("use_bias", "add bias[n] (gemm)"),
     ("num_tokens", "rows / tokens; queries or appended rows per sequence for paged ops"),
-    ("hidden_size", "row length (norms, embedding_lookup, add_residual)"),
+    ("hidden_size", "row length (norms, embedding_lookup, add_residual, add_bias)"),
     ("vocab_size", "vocabulary / logits row length"),
     ("intermediate_size", "row length (silu_and_mul, gelu_and_mul)"),
-    ("num_elements", "element count (unary activations, cast)"),
+    ("num_elements", "element count (unary activations, cast, scale)"),
+    ("scale", "the factor (scale)"),
     ("eps", "norm epsilon"),
     ("gemma", "RMSNorm with (1 + w) (rms_norm, fused_add_rms_norm)"),
     ("temperature", "softmax / temperature_scale temperature"),
     ("cap", "softcap cap"),
     ("top_p", "top_p_mask threshold"),
     ("min_p", "min_p_mask threshold"),
-    ("num_heads", "query heads (rope; attention alias)"),
+    ("num_heads", "query heads (rope, rope_freqs; attention alias)"),
     ("num_query_heads", "query heads (attention)"),
     ("num_qo_heads", "query heads (attention)"),
-    ("num_kv_heads", "KV heads (rope, paged ops, KV quantization)"),
+    ("num_kv_heads", "KV heads (rope, paged ops, copy_pages, KV quantization)"),
     ("n_kv_heads", "alias of num_kv_heads (KV quantization)"),
     ("head_size", "head dimension"),
     ("head_dim", "alias of head_size"),
-    ("rotary_dim", "rotated dims (rope; default head_size)"),
-    ("rope_theta", "RoPE base"),
-    ("interleave", "GPT-J interleaved pairs instead of NeoX halves (rope)"),
-    ("rope_factor", "Llama 3.1 scaling factor (rope; 1 = none)"),
-    ("low_freq_factor", "Llama 3.1 low frequency factor (rope)"),
-    ("high_freq_factor", "Llama 3.1 high frequency factor (rope)"),
-    ("original_max_position", "Llama 3.1 original max positions (rope)"),
-    ("max_position", "largest generated position id + 1 (rope)"),
+    ("rotary_dim", "rotated dims (rope, rope_freqs; default head_size)"),
+    ("rope_theta", "RoPE base (rope; rope_freqs: the base of the generated inv_freq table)"),
+    ("interleave", "GPT-J interleaved pairs instead of NeoX halves (rope, rope_freqs)"),
+    ("rope_factor", "Llama 3.1 scaling factor (rope; rope_freqs: of the generated table; 1 = none)"),
+    ("low_freq_factor", "Llama 3.1 low frequency factor (rope, rope_freqs table)"),
+    ("high_freq_factor", "Llama 3.1 high frequency factor (rope, rope_freqs table)"),
+    ("original_max_position", "Llama 3.1 original max positions (rope, rope_freqs table)"),
+    ("max_position", "largest generated position id + 1 (rope, rope_freqs)"),
     ("batch_size", "sequences (paged ops)"),
     ("kv_len", "KV length of the first sequence; others draw in [kv_len/2, kv_len] (paged ops)"),
-    ("page_size", "tokens per page (paged ops)"),
+    ("page_size", "tokens per page (paged ops, copy_pages)"),
+    ("num_pages", "pages in the cache (copy_pages)"),
+    ("num_copies", "pages copied (copy_pages)"),
+    ("num_rows", "rows (write_columns)"),
+    ("src_width", "columns written (write_columns)"),
+    ("dst_width", "columns of the target (write_columns)"),
+    ("offset", "first column written (write_columns; default: the last src_width columns)"),
     ("causal", "causal mask (prefill)"),
     ("sm_scale", "softmax scale (attention; default 1/sqrt(head_size))"),
     ("window_left", "sliding window, -1 = none (attention)"),
     ("logits_soft_cap", "attention logits soft cap, 0 = none"),
-    ("dtype", "activation dtype (f32, f16, bf16) or table/weight format"),
+    ("dtype", "activation dtype (f32, f16, bf16), table/weight format, or copied dtype (copy_pages, write_columns: also i32, u32)"),
     ("input_dtype", "input dtype (cast; alias of dtype elsewhere)"),
     ("output_dtype", "output dtype (cast)"),
     ("weight_dtype", "weight format (quantized_matmul)"),
@@ -583,6 +590,130 @@ fn build(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensors)> {
             (op, m)
         }
         AppendPagedKvCache | BatchPrefillWithPagedKvCache | BatchDecodeWithPagedKvCache => paged(kind, f, g)?,
+        AddBias => {
+            let p = RowsParams {
+                num_tokens: f.usize(&["num_tokens"], 8)?,
+                hidden_size: f.usize(&["hidden_size"], 128)?,
+                dtype: dt(f, DType::F32)?,
+            };
+            let op = Op::AddBias(p.clone());
+            op.validate()?;
+            limit(&op)?;
+            let (t, h) = (p.num_tokens, p.hidden_size);
+            let mut x = g.normals(t * h, 1.0);
+            with_specials(&mut x);
+            (op, ins([("input", float(p.dtype, &[t, h], &x)), ("bias", float(p.dtype, &[h], &g.normals(h, 0.5)))]))
+        }
+        Scale => {
+            let p =
+                ScaleParams { num_elements: f.usize(&["num_elements"], 1024)?, scale: f.f64(&["scale"], 0.1)?, dtype: dt(f, DType::F32)? };
+            let op = Op::Scale(p.clone());
+            op.validate()?;
+            limit(&op)?;
+            let mut x = g.normals(p.num_elements, 3.0);
+            with_specials(&mut x);
+            (op, ins([("input", float(p.dtype, &[p.num_elements], &x))]))
+        }
+        RopeFreqs => {
+            let num_heads = f.usize(&["num_heads"], 8)?;
+            let head_size = f.usize(&["head_size", "head_dim"], 64)?;
+            let p = RopeFreqsParams {
+                num_tokens: f.usize(&["num_tokens"], 4)?,
+                num_heads,
+                head_size,
+                rotary_dim: f.usize(&["rotary_dim"], head_size)?,
+                interleave: f.bool(&["interleave"], false)?,
+                dtype: dt(f, DType::F32)?,
+            };
+            // The table: `rope`'s frequencies for these flags (Llama 3's divisors when
+            // rope_factor > 1, any base), rounded to f32 as a model stores them.
+            let table = RopeParams {
+                num_tokens: 1,
+                num_heads: 1,
+                num_kv_heads: 1,
+                head_size,
+                rotary_dim: p.rotary_dim,
+                rope_theta: f.f64(&["rope_theta"], 1e4)?,
+                interleave: p.interleave,
+                rope_factor: f.f64(&["rope_factor"], 1.0)?,
+                low_freq_factor: f.f64(&["low_freq_factor"], 1.0)?,
+                high_freq_factor: f.f64(&["high_freq_factor"], 4.0)?,
+                original_max_position: f.usize(&["original_max_position"], 8192)?,
+                dtype: p.dtype,
+            };
+            let max_pos = f.usize(&["max_position"], 4096)?;
+            if max_pos == 0 || max_pos > i32::MAX as usize {
+                return Err(Error::Usage(format!("--max_position must be in 1..=2^31-1, got {max_pos}")));
+            }
+            let op = Op::RopeFreqs(p.clone());
+            op.validate()?;
+            Op::Rope(table.clone()).validate().map_err(|e| Error::Usage(format!("the inv_freq table's flags: {e}")))?;
+            limit(&op)?;
+            let inv: Vec<f64> = ingot_cpu::rope::inv_freqs(&table).iter().map(|&v| v as f32 as f64).collect();
+            let t = p.num_tokens;
+            let mut pos: Vec<i32> = (0..t).map(|_| g.below(max_pos) as i32).collect();
+            if t > 1 {
+                pos[0] = 0;
+            }
+            let n = t * p.num_heads * head_size;
+            let m = ins([
+                ("input", float(p.dtype, &[t, p.num_heads, head_size], &g.normals(n, 1.0))),
+                ("pos_ids", Tensor::from_i32(vec![t], &pos)),
+                ("inv_freq", float(DType::F32, &[p.rotary_dim / 2], &inv)),
+            ]);
+            (op, m)
+        }
+        CopyPages => {
+            let p = CopyPagesParams {
+                num_pages: f.usize(&["num_pages"], 8)?,
+                page_size: f.usize(&["page_size"], 16)?,
+                num_kv_heads: f.usize(&["num_kv_heads"], 2)?,
+                head_size: f.usize(&["head_size", "head_dim"], 64)?,
+                num_copies: f.usize(&["num_copies"], 2)?,
+                dtype: dt(f, DType::F32)?,
+            };
+            let op = Op::CopyPages(p.clone());
+            op.validate()?;
+            limit(&op)?;
+            // Distinct targets, sources drawn from the other pages (one source may feed two
+            // targets, as a shared prefix page copied for two sequences).
+            let mut perm: Vec<usize> = (0..p.num_pages).collect();
+            for i in (1..perm.len()).rev() {
+                let j = g.below(i + 1);
+                perm.swap(i, j);
+            }
+            let (dst, rest) = perm.split_at(p.num_copies);
+            let src: Vec<i32> = (0..p.num_copies).map(|i| rest[if i < 2 { 0 } else { g.below(rest.len()) }] as i32).collect();
+            let dst: Vec<i32> = dst.iter().map(|&d| d as i32).collect();
+            let shape = [p.num_pages, p.page_size, p.num_kv_heads, p.head_size];
+            let n: usize = shape.iter().product();
+            let m = ins([
+                ("cache", copy_tensor(g, p.dtype, &shape, n)),
+                ("src_pages", Tensor::from_i32(vec![p.num_copies], &src)),
+                ("dst_pages", Tensor::from_i32(vec![p.num_copies], &dst)),
+            ]);
+            (op, m)
+        }
+        WriteColumns => {
+            let src_width = f.usize(&["src_width"], 32)?;
+            let dst_width = f.usize(&["dst_width"], 96)?;
+            let p = WriteColumnsParams {
+                num_rows: f.usize(&["num_rows"], 4)?,
+                src_width,
+                dst_width,
+                offset: f.usize(&["offset"], dst_width.saturating_sub(src_width))?,
+                dtype: dt(f, DType::F32)?,
+            };
+            let op = Op::WriteColumns(p.clone());
+            op.validate()?;
+            limit(&op)?;
+            let (r, d) = (p.num_rows, p.dtype);
+            let m = ins([
+                ("src", copy_tensor(g, d, &[r, p.src_width], r * p.src_width)),
+                ("dst", copy_tensor(g, d, &[r, p.dst_width], r * p.dst_width)),
+            ]);
+            (op, m)
+        }
         Cast => {
             let p = CastParams {
                 num_elements: f.usize(&["num_elements"], 1024)?,
@@ -655,6 +786,29 @@ fn build(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensors)> {
         }
     };
     Ok((op, inputs))
+}
+
+/// NaN, ±Inf and ±0 among the first values (element-wise ops must carry them through).
+fn with_specials(x: &mut [f64]) {
+    for (xi, s) in x.iter_mut().zip([f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0]) {
+        *xi = s;
+    }
+}
+
+/// Values for the copy ops: random words for i32/u32, normals for floats with a NaN, an
+/// infinity and −0 among them (copies keep their bits).
+fn copy_tensor(g: &mut Gen, dtype: DType, shape: &[usize], n: usize) -> Tensor {
+    match dtype {
+        DType::U32 => Tensor::from_u32(shape.to_vec(), &(0..n).map(|_| g.rng.gen::<u32>()).collect::<Vec<_>>()),
+        DType::I32 => Tensor::from_i32(shape.to_vec(), &(0..n).map(|_| g.rng.gen::<i32>()).collect::<Vec<_>>()),
+        _ => {
+            let mut x = g.normals(n, 1.0);
+            for (xi, s) in x.iter_mut().zip([f64::NAN, f64::NEG_INFINITY, -0.0]) {
+                *xi = s;
+            }
+            float(dtype, shape, &x)
+        }
+    }
 }
 
 /// True when no value of the row sits within a margin of top-p's or min-p's decision

@@ -71,6 +71,12 @@ pub fn standard() -> Vec<Entry> {
         e(&mut v, format!("llm_{n}"), LayerNorm, &[("num_tokens", "5"), ("hidden_size", "768")], &[dt()]);
         e(&mut v, format!("awk_{n}"), AddResidual, &[("num_tokens", "3"), ("hidden_size", "33")], &[dt()]);
         e(&mut v, format!("llm_{n}"), AddResidual, &[("num_tokens", "4"), ("hidden_size", "4096")], &[dt()]);
+        e(&mut v, format!("awk_{n}"), AddBias, &[("num_tokens", "3"), ("hidden_size", "33")], &[dt()]);
+        e(&mut v, format!("one_token_{n}"), AddBias, &[("num_tokens", "1"), ("hidden_size", "31")], &[dt()]);
+        e(&mut v, format!("qwen2_qkv_{n}"), AddBias, &[("num_tokens", "7"), ("hidden_size", "896")], &[dt()]);
+        e(&mut v, format!("awk_{n}"), Scale, &[("num_elements", "33"), ("scale", "0.1")], &[dt()]);
+        e(&mut v, format!("one_{n}"), Scale, &[("num_elements", "1"), ("scale", "-3")], &[dt()]);
+        e(&mut v, format!("gemma_embd_{n}"), Scale, &[("num_elements", "65537"), ("scale", "25.298221281347036")], &[dt()]);
         e(&mut v, format!("awk_{n}"), SiluAndMul, &[("num_tokens", "3"), ("intermediate_size", "33")], &[dt()]);
         e(&mut v, format!("llm_{n}"), SiluAndMul, &[("num_tokens", "4"), ("intermediate_size", "4864")], &[dt()]);
         e(&mut v, format!("awk_{n}"), GeluAndMul, &[("num_tokens", "3"), ("intermediate_size", "31")], &[dt()]);
@@ -147,6 +153,93 @@ pub fn standard() -> Vec<Entry> {
             &[dt()],
         );
 
+        e(&mut v, format!("awk_{n}"), RopeFreqs, &[("num_tokens", "5"), ("num_heads", "7"), ("head_size", "64")], &[dt()]);
+        e(
+            &mut v,
+            format!("one_token_gptj_{n}"),
+            RopeFreqs,
+            &[("num_tokens", "1"), ("num_heads", "3"), ("head_size", "32"), ("interleave", "true"), ("max_position", "8192")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("partial_odd_head_{n}"),
+            RopeFreqs,
+            &[("num_tokens", "4"), ("num_heads", "3"), ("head_size", "33"), ("rotary_dim", "16")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("partial_gptj_{n}"),
+            RopeFreqs,
+            &[("num_tokens", "3"), ("num_heads", "2"), ("head_size", "31"), ("rotary_dim", "30"), ("interleave", "true")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("llama3_freqs_{n}"),
+            RopeFreqs,
+            &[
+                ("num_tokens", "9"),
+                ("num_heads", "32"),
+                ("head_size", "128"),
+                ("rope_theta", "500000"),
+                ("rope_factor", "8"),
+                ("max_position", "8192"),
+            ],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("gemma3_global_{n}"),
+            RopeFreqs,
+            &[("num_tokens", "6"), ("num_heads", "4"), ("head_size", "256"), ("rope_theta", "1000000")],
+            &[dt()],
+        );
+
+        e(
+            &mut v,
+            format!("awk_{n}"),
+            CopyPages,
+            &[("num_pages", "7"), ("page_size", "3"), ("num_kv_heads", "1"), ("head_size", "33"), ("num_copies", "3")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("one_{n}"),
+            CopyPages,
+            &[("num_pages", "2"), ("page_size", "1"), ("num_kv_heads", "3"), ("head_size", "31"), ("num_copies", "1")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("llm_{n}"),
+            CopyPages,
+            &[("num_pages", "12"), ("page_size", "16"), ("num_kv_heads", "2"), ("head_size", "64"), ("num_copies", "4")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("awk_{n}"),
+            WriteColumns,
+            &[("num_rows", "3"), ("src_width", "31"), ("dst_width", "97"), ("offset", "33")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("even_{n}"),
+            WriteColumns,
+            &[("num_rows", "4"), ("src_width", "32"), ("dst_width", "96"), ("offset", "32")],
+            &[dt()],
+        );
+        e(&mut v, format!("last_part_{n}"), WriteColumns, &[("num_rows", "5"), ("src_width", "33"), ("dst_width", "100")], &[dt()]);
+        e(
+            &mut v,
+            format!("one_row_whole_{n}"),
+            WriteColumns,
+            &[("num_rows", "1"), ("src_width", "31"), ("dst_width", "31"), ("offset", "0")],
+            &[dt()],
+        );
         e(
             &mut v,
             format!("awk_{n}"),
@@ -324,6 +417,24 @@ pub fn standard() -> Vec<Entry> {
                 &[("bits", bits.to_string()), dt()],
             );
         }
+    }
+    for d in [DType::I32, DType::U32] {
+        let dt = || ("dtype", d.name().to_string());
+        let n = d.name();
+        e(
+            &mut v,
+            format!("awk_{n}"),
+            CopyPages,
+            &[("num_pages", "5"), ("page_size", "3"), ("num_kv_heads", "1"), ("head_size", "5"), ("num_copies", "2")],
+            &[dt()],
+        );
+        e(
+            &mut v,
+            format!("awk_{n}"),
+            WriteColumns,
+            &[("num_rows", "3"), ("src_width", "5"), ("dst_width", "17"), ("offset", "7")],
+            &[dt()],
+        );
     }
     e(&mut v, "awk", SampleFromProbs, &[("num_tokens", "5"), ("vocab_size", "33")], &[]);
     e(&mut v, "llm", SampleFromProbs, &[("num_tokens", "2"), ("vocab_size", "32000")], &[]);

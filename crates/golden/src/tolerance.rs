@@ -70,12 +70,11 @@ pub fn default_tolerance(op: &Op, name: &str, out: DType) -> Tolerance {
         QuantizedMatmul => nmse_of(act, 1e-5, 3e-5, 1e-4),
         Dequantize => Tolerance::AllClose { atol: 1e-5, rtol: 1e-6 },
         EmbeddingLookup if !act.is_float() => Tolerance::AllClose { atol: 1e-5, rtol: 1e-6 },
-        EmbeddingLookup | TopkMaskLogits | ExtractKValues | Argmax | TopPMask | MinPMask | SampleFromProbs | Cast | AppendPagedKvCache => {
-            Tolerance::Exact
-        }
+        EmbeddingLookup | TopkMaskLogits | ExtractKValues | Argmax | TopPMask | MinPMask | SampleFromProbs | Cast | AppendPagedKvCache
+        | CopyPages | WriteColumns => Tolerance::Exact,
         Softmax => Tolerance::AllClose { atol: 1e-7, rtol: 1e-4 },
         // f32 angles: pos·inv_freq carries a relative error of ~6e-8, so ~5e-4 rad at position 8192.
-        Rope => Tolerance::AllClose { atol: 2e-3, rtol: rtol_of(out) },
+        Rope | RopeFreqs => Tolerance::AllClose { atol: 2e-3, rtol: rtol_of(out) },
         Softcap | TemperatureScale => close(1e-5),
         _ => close(1e-6),
     }

@@ -10,10 +10,13 @@
 //! gelu needs erfc's relative accuracy for negative x. So `erfc` here is the Chebyshev
 //! fit of Numerical Recipes (`erfcc`, fractional error below 1.2e-7 for every x),
 //! evaluated in f32: checked by the golden suite against the f64 reference.
+//!
+//! `scale` is x · s in f32 with s the op's scale rounded to f32 (the reference's product
+//! is exact in f64, so f32 outputs are bit-exact; f16/bf16 round twice, within tolerance).
 
 use crate::device::{grid_1d, input, linear_pos, with_float, Device, GpuTensor, GpuTensors};
 use cubecl::prelude::*;
-use ingot_core::{GatedParams, Result, UnaryParams};
+use ingot_core::{GatedParams, Result, ScaleParams, UnaryParams};
 
 /// The element-wise activation functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +128,38 @@ fn gated_kernel<F: Float>(gate: &Array<F>, up: &Array<F>, out: &mut Array<F>, n:
     if i < n {
         out[i] = F::cast_from(act_f32(f32::cast_from(gate[i]), act) * f32::cast_from(up[i]));
     }
+}
+
+#[cube(launch_unchecked)]
+fn scale_kernel<F: Float>(x: &Array<F>, out: &mut Array<F>, n: usize, s: f32) {
+    let i = linear_pos();
+    if i < n {
+        out[i] = F::cast_from(f32::cast_from(x[i]) * s);
+    }
+}
+
+/// `scale`: input · scale (the scale as an f32).
+pub fn scale<R: Runtime>(d: &Device<R>, p: &ScaleParams, inputs: &GpuTensors) -> Result<GpuTensors> {
+    let n = p.num_elements;
+    let x = input("scale", inputs, "input")?.handle.clone();
+    let out = d.alloc(p.dtype, n);
+    let (count, dim) = grid_1d(n);
+    with_float!(p.dtype, F => {
+        // SAFETY: `x` holds n elements (`check_inputs`), `out` was allocated for n; thread
+        // i < n touches index i only.
+        unsafe {
+            scale_kernel::launch_unchecked::<F, R>(
+                &d.client,
+                count,
+                dim,
+                ArrayArg::from_raw_parts(x, n),
+                ArrayArg::from_raw_parts(out.clone(), n),
+                n,
+                p.scale as f32,
+            )
+        }
+    });
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[n]))]))
 }
 
 /// `act(input)` element-wise.

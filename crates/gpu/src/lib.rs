@@ -21,6 +21,7 @@ pub mod activation;
 pub mod attention;
 pub mod bench;
 pub mod cast;
+pub mod copy;
 #[cfg(feature = "cuda")]
 mod cublaslt;
 mod device;
@@ -48,6 +49,9 @@ pub use device::{Device, GpuTensor, GpuTensors};
 pub fn implements(op: &Op) -> bool {
     match op {
         Op::AddResidual(_)
+        | Op::AddBias(_)
+        | Op::Scale(_)
+        | Op::RopeFreqs(_)
         | Op::RmsNorm(_)
         | Op::FusedAddRmsNorm(_)
         | Op::LayerNorm(_)
@@ -64,6 +68,8 @@ pub fn implements(op: &Op) -> bool {
         | Op::Rope(_)
         | Op::Gemm(_) => op.dtype().is_float(),
         Op::Cast(_) => true,
+        // Bit copies: every dtype the params accept.
+        Op::CopyPages(_) | Op::WriteColumns(_) => true,
         // Every weight format: float tables copy bits, block tables dequantize.
         Op::EmbeddingLookup(_) | Op::Dequantize(_) => true,
         // Any weight format; x (the activations) in a float dtype.
@@ -89,6 +95,8 @@ fn needs_float_type(op: &Op) -> bool {
             | Op::EmbeddingLookup(_)
             | Op::Dequantize(_)
             | Op::AppendPagedKvCache(_)
+            | Op::CopyPages(_)
+            | Op::WriteColumns(_)
             | Op::TopkMaskLogits(_)
             | Op::ExtractKValues(_)
             | Op::Argmax(_)
@@ -183,6 +191,11 @@ impl<R: Runtime> GpuBackend<R> {
         use activation::Act;
         match op {
             Op::AddResidual(p) => norm::add_residual(d, p, inputs),
+            Op::AddBias(p) => norm::add_bias(d, p, inputs),
+            Op::Scale(p) => activation::scale(d, p, inputs),
+            Op::RopeFreqs(p) => rope::rope_freqs(d, p, inputs),
+            Op::CopyPages(p) => copy::copy_pages(d, p, inputs),
+            Op::WriteColumns(p) => copy::write_columns(d, p, inputs),
             Op::RmsNorm(p) => norm::rms_norm(d, p, inputs),
             Op::FusedAddRmsNorm(p) => norm::fused_add_rms_norm(d, p, inputs),
             Op::LayerNorm(p) => norm::layer_norm(d, p, inputs),
@@ -246,11 +259,17 @@ fn check_host_values(op: &Op, inputs: &Tensors) -> Result<()> {
                 ensure!(id >= 0 && (id as usize) < p.vocab_size, name, "ids[{i}] = {id} is outside 0..{}", p.vocab_size);
             }
         }
-        Op::Rope(_) => {
+        Op::Rope(_) | Op::RopeFreqs(_) => {
             if let Some((t, id)) = inputs["pos_ids"].to_i32()?.iter().enumerate().find(|(_, &id)| id < 0) {
                 ensure!(false, name, "pos_ids[{t}] = {id} is negative");
             }
+            if let Some(f) = inputs.get("inv_freq") {
+                if let Some((i, v)) = f.to_f32()?.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                    ensure!(false, name, "inv_freq[{i}] = {v} is not finite");
+                }
+            }
         }
+        Op::CopyPages(p) => p.check_pages(name, &inputs["src_pages"].to_i32()?, &inputs["dst_pages"].to_i32()?)?,
         // Page tables, appended rows' targets, qo_indptr, finite sources: as the CPU reference.
         Op::AppendPagedKvCache(p) => kv::check_append(p, inputs)?,
         Op::BatchPrefillWithPagedKvCache(p) => attention::check_prefill(p, inputs)?,
@@ -428,6 +447,17 @@ impl<R: Runtime> ingot_core::Device for GpuBackend<R> {
         match op {
             Op::AppendPagedKvCache(p) if outputs.contains_key("k_cache_out") && outputs.contains_key("v_cache_out") => {
                 kv::append_paged_kv_cache_in_place(&self.dev, p, inputs, &outputs["k_cache_out"], &outputs["v_cache_out"])?;
+                Ok(GpuTensors::new())
+            }
+            // Page copies inside `cache_out` (the `cache` input is not read: pass the same
+            // tensor). Ids are not read back: out-of-range copies are skipped.
+            Op::CopyPages(p) if outputs.contains_key("cache_out") => {
+                copy::copy_pages_in_place(&self.dev, p, inputs, &outputs["cache_out"])?;
+                Ok(GpuTensors::new())
+            }
+            // `src` into the columns of `output` (the `dst` input is not read).
+            Op::WriteColumns(p) if outputs.contains_key("output") => {
+                copy::write_columns_in_place(&self.dev, p, inputs, &outputs["output"])?;
                 Ok(GpuTensors::new())
             }
             _ => Err(Error::invalid(op.name(), "run_into: this op has no in-place form on the GPU backend")),

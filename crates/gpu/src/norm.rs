@@ -1,5 +1,5 @@
 //! Normalization and residuals: `rms_norm` (with Gemma's 1 + w), `fused_add_rms_norm`,
-//! `layer_norm`, `add_residual`.
+//! `layer_norm`, `add_residual`, `add_bias` (a bias [hidden_size] added to every row).
 //!
 //! Layout: rows of `hidden_size` contiguous elements. The row ops run one cube of
 //! `BLOCK` threads per row; each thread strides over the row, and the row statistics
@@ -16,6 +16,14 @@ fn add_kernel<F: Float>(a: &Array<F>, b: &Array<F>, out: &mut Array<F>, n: usize
     let i = linear_pos();
     if i < n {
         out[i] = F::cast_from(f32::cast_from(a[i]) + f32::cast_from(b[i]));
+    }
+}
+
+#[cube(launch_unchecked)]
+fn bias_kernel<F: Float>(x: &Array<F>, b: &Array<F>, out: &mut Array<F>, n: usize, h: usize) {
+    let i = linear_pos();
+    if i < n {
+        out[i] = F::cast_from(f32::cast_from(x[i]) + f32::cast_from(b[i % h]));
     }
 }
 
@@ -140,6 +148,34 @@ pub fn add_residual<R: Runtime>(d: &Device<R>, p: &RowsParams, inputs: &GpuTenso
         }
     });
     Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[p.num_tokens, p.hidden_size]))]))
+}
+
+/// `add_bias`: input + bias, the bias added to every row.
+pub fn add_bias<R: Runtime>(d: &Device<R>, p: &RowsParams, inputs: &GpuTensors) -> Result<GpuTensors> {
+    const OP: &str = "add_bias";
+    let (t, h) = (p.num_tokens, p.hidden_size);
+    let n = t * h;
+    let x = input(OP, inputs, "input")?.handle.clone();
+    let b = input(OP, inputs, "bias")?.handle.clone();
+    let out = d.alloc(p.dtype, n);
+    let (count, dim) = grid_1d(n);
+    with_float!(p.dtype, F => {
+        // SAFETY: x holds n = t·h elements and the bias h (`check_inputs`), `out` was
+        // allocated for n; thread i < n reads x[i] and b[i mod h] and writes out[i].
+        unsafe {
+            bias_kernel::launch_unchecked::<F, R>(
+                &d.client,
+                count,
+                dim,
+                ArrayArg::from_raw_parts(x, n),
+                ArrayArg::from_raw_parts(b, h),
+                ArrayArg::from_raw_parts(out.clone(), n),
+                n,
+                h,
+            )
+        }
+    });
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[t, h]))]))
 }
 
 /// `rms_norm`: x / sqrt(mean(x²) + eps) · w (w + 1 with `gemma`).

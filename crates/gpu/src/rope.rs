@@ -9,10 +9,13 @@
 //! then stored as f32. The angle pos·inv_freq is an f32 product (the protocol's tolerance
 //! allows for that); it is reduced to [−π, π] with a two-constant Cody–Waite step before
 //! the device's sin/cos, whose accuracy outside that range is not specified.
+//!
+//! `rope_freqs` is the same kernel on one tensor, with the inverse frequencies taken from
+//! its `inv_freq` input (already f32 on the device) instead of computed from the params.
 
 use crate::device::{grid_1d, input, linear_pos, with_float, Device, GpuTensor, GpuTensors};
 use cubecl::prelude::*;
-use ingot_core::{Result, RopeParams};
+use ingot_core::{Result, RopeFreqsParams, RopeParams};
 use std::f64::consts::PI;
 
 /// The r/2 inverse frequencies, with Llama 3.1 scaling when rope_factor > 1 (docs/ops.md).
@@ -127,4 +130,38 @@ pub fn rope<R: Runtime>(d: &Device<R>, p: &RopeParams, inputs: &GpuTensors) -> R
         out.insert(out_name.to_string(), GpuTensor::new(o, p.dtype, &[t, heads, hd]));
     }
     Ok(out)
+}
+
+/// `rope_freqs`: `input` rotated with the given inverse frequencies.
+pub fn rope_freqs<R: Runtime>(d: &Device<R>, p: &RopeFreqsParams, inputs: &GpuTensors) -> Result<GpuTensors> {
+    const OP: &str = "rope_freqs";
+    let (t, heads, hd, r) = (p.num_tokens, p.num_heads, p.head_size, p.rotary_dim);
+    let n = t * heads * hd;
+    let x = input(OP, inputs, "input")?.handle.clone();
+    let pos = input(OP, inputs, "pos_ids")?.handle.clone();
+    let inv = input(OP, inputs, "inv_freq")?.handle.clone();
+    let o = d.alloc(p.dtype, n);
+    let (count, dim) = grid_1d(n);
+    with_float!(p.dtype, F => {
+        // SAFETY: x holds n = t·heads·head_size elements, pos t and inv_freq r/2 (indices
+        // i < r/2 only), as `check_inputs` checked; o was allocated for n; pair indices stay
+        // inside the element's own head row; threads e >= n return.
+        unsafe {
+            rope_kernel::launch_unchecked::<F, R>(
+                &d.client,
+                count,
+                dim,
+                ArrayArg::from_raw_parts(x, n),
+                ArrayArg::from_raw_parts(pos, t),
+                ArrayArg::from_raw_parts(inv, (r / 2).max(1)),
+                ArrayArg::from_raw_parts(o.clone(), n),
+                n,
+                heads,
+                hd,
+                r,
+                p.interleave,
+            )
+        }
+    });
+    Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(o, p.dtype, &[t, heads, hd]))]))
 }
