@@ -1,6 +1,7 @@
-//! The engine on the real SmolLM2 model: concurrent requests give exactly the tokens of the
-//! single-sequence path, under page pressure too; prefix sharing; cancellation frees the
-//! pages; bad requests are refused at submit. Generations are short to keep CI fast.
+//! The engine on the real SmolLM2 model: concurrent requests give exactly the tokens of
+//! each request run alone without the engine, under page pressure too; prefix sharing;
+//! cancellation frees the pages; bad requests are refused at submit; the one-sequence
+//! engine of `ingot run` and `ingot chat`. Generations are short to keep CI fast.
 
 mod common;
 
