@@ -6,7 +6,7 @@
 
 use crate::run_cmd::{flag_error, load, SamplingArgs};
 use anyhow::Result;
-use ingot_engine::{Engine, EngineConfig, FinishReason, GenRequest};
+use ingot_engine::{Engine, EngineConfig, FinishReason, GenRequest, SamplingParams};
 use ingot_model::chat::Message;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -109,7 +109,7 @@ pub fn run(a: ChatArgs) -> Result<ExitCode> {
         }
         // Each reply samples with its own seed (the seed, plus the turn), so one seed fixes
         // the whole conversation without every reply drawing the same random numbers.
-        let params = ingot_engine::SamplingParams { seed: params.seed.wrapping_add(turn), ..params.clone() };
+        let params = SamplingParams { seed: params.seed.wrapping_add(turn), ..params.clone() };
         turn += 1;
         let mut h = engine.submit(GenRequest { prompt: ids, params }).map_err(flag_error)?;
         *intr.generating.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.cancel_flag());
