@@ -1,16 +1,18 @@
 //! `ingot chat`: an interactive conversation in the model's chat template. Each turn the
-//! whole conversation is rendered again and only the tokens after the longest prefix the
-//! KV cache already holds are run. Stdin may be a pipe: one user turn per line.
+//! whole conversation is rendered again and submitted to the engine (the one `serve`
+//! runs, sized for one sequence of the model's context), whose prefix cache holds the
+//! earlier turns: only the tokens after the longest cached run of full pages are computed.
+//! Stdin may be a pipe: one user turn per line.
 
-use crate::run_cmd::{load, SamplingArgs};
+use crate::run_cmd::{flag_error, load, SamplingArgs};
 use anyhow::Result;
-use ingot_engine::{generate, FinishReason, Sampler};
+use ingot_engine::{Engine, EngineConfig, FinishReason, GenRequest, SamplingParams};
 use ingot_model::chat::Message;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
@@ -28,18 +30,19 @@ pub struct ChatArgs {
     exec: crate::run_cmd::ExecArgs,
 }
 
-/// What Ctrl-C does: stop the reply being generated, or (pressed twice at the prompt) leave.
+/// What Ctrl-C does: cancel the request generating the reply, or (pressed twice at the
+/// prompt) leave.
 #[derive(Default)]
 struct Interrupt {
-    generating: AtomicBool,
-    cancel: AtomicBool,
+    /// The cancel flag of the request generating now.
+    generating: Mutex<Option<Arc<AtomicBool>>>,
     at_prompt: AtomicUsize,
 }
 
 impl Interrupt {
     fn on_ctrl_c(&self) {
-        if self.generating.load(Ordering::SeqCst) {
-            self.cancel.store(true, Ordering::SeqCst);
+        if let Some(cancel) = self.generating.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            cancel.store(true, Ordering::SeqCst);
         } else if self.at_prompt.fetch_add(1, Ordering::SeqCst) >= 1 {
             eprintln!();
             std::process::exit(130);
@@ -49,19 +52,14 @@ impl Interrupt {
     }
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 pub fn run(a: ChatArgs) -> Result<ExitCode> {
     let params = a.sampling.params()?;
     let max_tokens = params.max_tokens;
     a.exec.apply()?;
     let m = load(a.model.as_deref(), &a.exec)?;
     let template = m.chat_template()?;
-    let c = &m.model.config;
-    let context = c.context;
-    let mut sampler = Sampler::new(params, c.vocab)?;
+    let context = m.model.config.context;
+    let engine = Engine::start(m.model.clone(), m.tok.clone(), EngineConfig::for_one_sequence(context))?;
 
     let intr = Arc::new(Interrupt::default());
     let handler = intr.clone();
@@ -75,9 +73,7 @@ pub fn run(a: ChatArgs) -> Result<ExitCode> {
     }
     let base: Vec<Message> = a.system.iter().map(|s| Message::new("system", s.clone())).collect();
     let mut messages = base.clone();
-    let mut cache = m.model.new_cache()?;
-    // The tokens the cache holds, in order.
-    let mut cached: Vec<u32> = Vec::new();
+    let mut turn: u64 = 0;
     let stdout = std::io::stdout();
     let mut input = stdin.lock();
     loop {
@@ -111,35 +107,35 @@ pub fn run(a: ChatArgs) -> Result<ExitCode> {
             messages.pop();
             continue;
         }
-        // Keep the cached prefix this rendering shares; run at least one token.
-        let reuse = common_prefix(&cached, &ids).min(ids.len() - 1);
-        cache.truncate(reuse);
-        cached.truncate(reuse);
-        eprintln!("ingot: reused {reuse} cached tokens");
-
-        intr.cancel.store(false, Ordering::SeqCst);
-        intr.generating.store(true, Ordering::SeqCst);
-        let g = generate(&m.model, &m.tok, &mut cache, &ids[reuse..], &mut sampler, Some(&intr.cancel), |piece| {
+        // Each reply samples with its own seed (the seed, plus the turn), so one seed fixes
+        // the whole conversation without every reply drawing the same random numbers.
+        let params = SamplingParams { seed: params.seed.wrapping_add(turn), ..params.clone() };
+        turn += 1;
+        let mut h = engine.submit(GenRequest { prompt: ids, params }).map_err(flag_error)?;
+        *intr.generating.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.cancel_flag());
+        let g = h.wait(|piece| {
             let mut o = stdout.lock();
             o.write_all(piece.as_bytes())?;
             o.flush()
         });
-        intr.generating.store(false, Ordering::SeqCst);
+        *intr.generating.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let g = g?;
         println!();
-        cached = ids;
-        cached.extend_from_slice(&g.tokens[..g.cached_tokens]);
-        debug_assert_eq!(cached.len(), cache.len());
         if g.finish == FinishReason::Cancelled {
             eprintln!("ingot: reply stopped");
         }
-        let t = g.gen_time.as_secs_f64();
+        let t = g.usage.gen_time.as_secs_f64();
+        let cached = match g.usage.cached_prompt_tokens {
+            0 => String::new(),
+            n => format!("; {n} of {} prompt tokens from the cache", g.usage.prompt_tokens),
+        };
         eprintln!(
-            "ingot: generated {} tokens in {t:.2}s ({:.1} tok/s)",
+            "ingot: generated {} tokens in {t:.2}s ({:.1} tok/s){cached}",
             g.tokens.len(),
             if t > 0.0 { g.tokens.len() as f64 / t } else { 0.0 }
         );
         messages.push(Message::new("assistant", g.text));
     }
+    engine.shutdown();
     Ok(ExitCode::SUCCESS)
 }

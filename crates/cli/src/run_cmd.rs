@@ -2,13 +2,14 @@
 
 use crate::models;
 use anyhow::{bail, Context, Result};
-use ingot_engine::{generate, Sampler, SamplingParams};
+use ingot_engine::{Engine, EngineConfig, GenRequest, SamplingParams};
 use ingot_model::chat::{default_template, ChatTemplate, Message};
 use ingot_model::tokenizer::{Tokenizer, Vocab};
 use ingot_model::{BackendKind, Model};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The sampling flags shared by `run` and `chat`.
@@ -62,17 +63,25 @@ impl SamplingArgs {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
         };
-        match p.validate() {
-            Ok(()) => Ok(p),
-            Err(ingot_engine::Error::Param { param, msg }) => {
-                let flag = match param {
-                    "repetition_penalty" => "repeat-penalty".to_string(),
-                    other => other.replace('_', "-"),
-                };
-                bail!("--{flag} {msg}")
-            }
-            Err(e) => Err(e.into()),
+        if p.max_tokens == 0 {
+            bail!("--max-tokens must be at least 1");
         }
+        p.validate().map_err(flag_error)?;
+        Ok(p)
+    }
+}
+
+/// An engine error, with a sampling parameter named by its flag.
+pub fn flag_error(e: ingot_engine::Error) -> anyhow::Error {
+    match e {
+        ingot_engine::Error::Param { param, msg } => {
+            let flag = match param {
+                "repetition_penalty" => "repeat-penalty".to_string(),
+                other => other.replace('_', "-"),
+            };
+            anyhow::anyhow!("--{flag} {msg}")
+        }
+        e => e.into(),
     }
 }
 
@@ -148,8 +157,8 @@ pub struct RunArgs {
 /// A model with its tokenizer, loaded from `--model` (or the default model).
 pub struct Loaded {
     pub path: PathBuf,
-    pub model: Model,
-    pub tok: Tokenizer,
+    pub model: Arc<Model>,
+    pub tok: Arc<Tokenizer>,
 }
 
 /// Loads the model and its tokenizer, reporting the load on stderr.
@@ -166,7 +175,7 @@ pub fn load(model: Option<&Path>, exec: &ExecArgs) -> Result<Loaded> {
         model.backend(),
         t_load.elapsed().as_secs_f64()
     );
-    Ok(Loaded { path, model, tok })
+    Ok(Loaded { path, model: Arc::new(model), tok: Arc::new(tok) })
 }
 
 impl Loaded {
@@ -205,17 +214,21 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     if prompt_ids.len() + params.max_tokens > context {
         bail!("{} prompt tokens + {} new tokens exceed the model's context of {context}", prompt_ids.len(), params.max_tokens);
     }
-    let mut sampler = Sampler::new(params, m.model.config.vocab)?;
-    let mut cache = m.model.new_cache()?;
+    // The engine `serve` runs, sized for this one sequence: a request is a batch of one.
+    let engine = Engine::start(m.model.clone(), m.tok.clone(), EngineConfig::for_one_sequence(prompt_ids.len() + params.max_tokens))?;
     let stdout = std::io::stdout();
-    let g = generate(&m.model, &m.tok, &mut cache, &prompt_ids, &mut sampler, None, |piece| {
-        if !a.json {
-            let mut o = stdout.lock();
-            o.write_all(piece.as_bytes())?;
-            o.flush()?;
-        }
-        Ok(())
-    })?;
+    let g = engine.submit(GenRequest { prompt: prompt_ids.clone(), params }).map_err(flag_error).and_then(|mut h| {
+        Ok(h.wait(|piece| {
+            if !a.json {
+                let mut o = stdout.lock();
+                o.write_all(piece.as_bytes())?;
+                o.flush()?;
+            }
+            Ok(())
+        })?)
+    });
+    engine.shutdown();
+    let g = g?;
     if a.json {
         let j = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": g.tokens, "text": g.text});
         println!("{j}");
@@ -223,7 +236,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         println!();
     }
     let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-    let (tp, tg) = (g.prompt_time.as_secs_f64(), g.gen_time.as_secs_f64());
+    let (tp, tg) = (g.usage.prompt_time.as_secs_f64(), g.usage.gen_time.as_secs_f64());
     eprintln!(
         "ingot: prompt {} tokens in {tp:.2}s ({:.1} tok/s); generated {} tokens in {tg:.2}s ({:.1} tok/s)",
         prompt_ids.len(),

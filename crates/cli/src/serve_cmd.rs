@@ -219,8 +219,8 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     let piece = |id: Option<u32>| id.and_then(|i| m.tok.token_text(i)).unwrap_or("").to_string();
     let (bos, eos) = (piece(m.tok.bos()), piece(m.tok.eos()));
     let vocab = m.model.config.vocab;
-    let tok = Arc::new(m.tok);
-    let engine = Engine::start(Arc::new(m.model), tok.clone(), cfg).context("starting the engine")?;
+    let tok = m.tok;
+    let engine = Engine::start(m.model, tok.clone(), cfg).context("starting the engine")?;
     let c = engine.config();
     eprintln!(
         "ingot: engine: {} KV pages of {} tokens, {} sequences and {} tokens per step at most; {context} tokens per request",

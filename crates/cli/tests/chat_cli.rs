@@ -1,5 +1,6 @@
 //! `ingot chat` with piped stdin (one user turn per line): replies stream to stdout, the
-//! second turn reuses the KV cache of the first, /reset starts over, EOF and /exit leave.
+//! second turn finds the first in the engine's prefix cache, /reset starts over, EOF and
+//! /exit leave, Ctrl-C stops a reply.
 
 mod common;
 use common::{smollm2, text};
@@ -19,11 +20,16 @@ fn ingot(args: &[&str], stdin: &str) -> Output {
     c.wait_with_output().unwrap()
 }
 
-/// The `N` of every `ingot: reused N cached tokens` line.
+/// For every reply's `ingot: generated …` line, the prompt tokens it says came from the
+/// cache (`; N of M prompt tokens from the cache`, only there when N > 0).
 fn reused(o: &Output) -> Vec<usize> {
     String::from_utf8_lossy(&o.stderr)
         .lines()
-        .filter_map(|l| l.strip_prefix("ingot: reused ")?.strip_suffix(" cached tokens")?.parse().ok())
+        .filter(|l| l.starts_with("ingot: generated "))
+        .map(|l| match l.split_once("; ") {
+            Some((_, c)) => c.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{l}")),
+            None => 0,
+        })
         .collect()
 }
 
@@ -42,7 +48,8 @@ fn two_turns_reuse_the_cache_and_the_first_equals_run_chat() {
     let r = reused(&o);
     assert_eq!(r.len(), 2, "{}", text(&o));
     assert_eq!(r[0], 0);
-    assert!(r[1] > 0, "the second turn reused no cached tokens: {}", text(&o));
+    assert!(r[1] >= 16, "the second turn reused no cached page: {}", text(&o));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("reused"), "{}", text(&o));
     // The first turn is exactly `ingot run --chat` (same template, same greedy tokens).
     let run = Command::new(env!("CARGO_BIN_EXE_ingot"))
         .args(["run", "--model", m, "--chat", "--temperature", "0", "-n", "16", q1])
@@ -83,4 +90,40 @@ fn bad_flags_are_clear_errors() {
     assert!(!o.status.success() && text(&o).contains("no such model file"), "{}", text(&o));
     let o = ingot(&["chat", "--model", "/nonexistent/x.gguf", "--min-p", "2"], "");
     assert!(!o.status.success() && text(&o).contains("--min-p must be in [0, 1]"), "{}", text(&o));
+}
+
+/// Ctrl-C while a reply streams cancels its request: the reply stops early, chat says so
+/// and goes on to the next line. (Sampled at a high temperature with a fixed seed, the
+/// reply would run to its 400 tokens: no end-of-generation token comes that early.)
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_the_reply() {
+    use std::io::Read;
+    let Some(model) = smollm2() else { return };
+    let args = ["chat", "--model", model.to_str().unwrap(), "--temperature", "1.5", "--seed", "1", "-n", "400"];
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ingot"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ingot");
+    c.stdin.take().unwrap().write_all(b"Tell me a very long story.\n/exit\n").unwrap();
+    // Wait for the reply to start streaming, then interrupt.
+    let mut stdout = c.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    assert_eq!(stdout.read(&mut first).unwrap(), 1, "no reply");
+    let kill = Command::new("kill").args(["-INT", &c.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let o = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("ingot: reply stopped"), "{err}");
+    let n: usize = err
+        .lines()
+        .find_map(|l| l.strip_prefix("ingot: generated ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no generated line: {err}"));
+    assert!(n < 400, "the reply ran to the end: {err}");
 }

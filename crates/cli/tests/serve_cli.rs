@@ -283,6 +283,40 @@ fn completions_match_ingot_run_and_stop_strings_end_with_stop() {
     let last = chunks.last().unwrap();
     assert_eq!((&last["choices"], &last["usage"]["completion_tokens"]), (&json!([]), &json!(8)));
     assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
+
+    // Sampled with a seed, top-k/top-p and penalties: `ingot run` and the server share one
+    // generation loop, so the same settings give the same tokens.
+    let o = ingot(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "50",
+        "--top-p",
+        "0.95",
+        "--repeat-penalty",
+        "1.1",
+        "--presence-penalty",
+        "0.3",
+        "--frequency-penalty",
+        "0.2",
+        "--seed",
+        "42",
+        "--prompt",
+        prompt,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let want = serde_json::from_slice::<Value>(&o.stdout).unwrap()["text"].as_str().unwrap().to_string();
+    let body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0.9, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.1,
+                      "presence_penalty": 0.3, "frequency_penalty": 0.2, "seed": 42});
+    let (status, v) = server.post("/v1/completions", &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), want, "sampled: the server differs from `ingot run`");
 }
 
 #[test]

@@ -3,13 +3,14 @@
 //! [`crate::scheduler`]), and the handles that submit requests and receive their events.
 
 use crate::scheduler::{Request, Scheduler};
-use crate::{Error, FinishReason, Result, SamplingParams};
+use crate::{Error, Result, SamplingParams};
 use ingot_model::tokenizer::Tokenizer;
 use ingot_model::{KvPool, Model};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// Sizes of the engine.
@@ -36,6 +37,15 @@ impl Default for EngineConfig {
 const AUTO_KV_BYTES: usize = 1 << 30;
 
 impl EngineConfig {
+    /// An engine for one sequence of at most `tokens` positions (prompt and generated
+    /// tokens), as `ingot run` and `ingot chat` use: pages for exactly that many, one
+    /// sequence, and a prompt run in one forward pass however long it is.
+    pub fn for_one_sequence(tokens: usize) -> EngineConfig {
+        let tokens = tokens.max(1);
+        let page_size = EngineConfig::default().page_size;
+        EngineConfig { page_size, num_pages: tokens.div_ceil(page_size), max_batch_tokens: tokens, max_seqs: 1 }
+    }
+
     /// Checks the sizes and replaces `num_pages` = 0 by the automatic budget for `model`.
     pub fn resolve(&self, model: &Model) -> Result<EngineConfig> {
         let bad = |msg: String| Err(Error::Config(msg));
@@ -64,7 +74,20 @@ pub struct GenRequest {
     pub params: SamplingParams,
 }
 
-/// Token counts of a finished request.
+/// Why a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token (not part of the output).
+    Eog,
+    /// The text reached a stop string (not part of the text).
+    Stop,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The request was cancelled (or its receiver dropped).
+    Cancelled,
+}
+
+/// Token counts and times of a finished request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: usize,
@@ -72,6 +95,25 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Prompt tokens whose K/V came from the prefix cache instead of being computed.
     pub cached_prompt_tokens: usize,
+    /// From the step that started the prompt's prefill to the end of the forward pass
+    /// that gave its first logits (prefill chunks shared with other sequences included;
+    /// zero when the request ended first). Time spent queued is not counted.
+    pub prompt_time: Duration,
+    /// From the end of the prefill to the end of the request: sampling every token and
+    /// the forward passes of all but the last.
+    pub gen_time: Duration,
+}
+
+/// What a finished request produced, collected by [`RequestHandle::wait`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// The generated tokens (the one that completed a stop string included; never an
+    /// end-of-generation token).
+    pub tokens: Vec<u32>,
+    /// The text, without any stop string.
+    pub text: String,
+    pub finish: FinishReason,
+    pub usage: Usage,
 }
 
 /// What a request's receiver gets, in order: Text events, then exactly one Done or Error.
@@ -176,6 +218,33 @@ impl RequestHandle {
     /// (taking effect at the engine's next step).
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
         self.cancel.clone()
+    }
+
+    /// Blocks until the request ends, passing each piece of settled text to `on_text` as
+    /// it arrives, and returns what it produced. An error from `on_text` cancels the
+    /// request and is returned (`Error::Io`); an `Event::Error` is returned as
+    /// `Error::Failed`, and events ending without Done as `Error::Stopped`. Not for use
+    /// inside an async runtime (it blocks the thread).
+    pub fn wait(&mut self, mut on_text: impl FnMut(&str) -> std::io::Result<()>) -> Result<Completion> {
+        let mut tokens = Vec::new();
+        let mut text = String::new();
+        loop {
+            match self.events.blocking_recv() {
+                Some(Event::Text { text: t, token_ids }) => {
+                    tokens.extend_from_slice(&token_ids);
+                    if !t.is_empty() {
+                        if let Err(e) = on_text(&t) {
+                            self.cancel();
+                            return Err(Error::Io(e));
+                        }
+                        text.push_str(&t);
+                    }
+                }
+                Some(Event::Done { finish, usage }) => return Ok(Completion { tokens, text, finish, usage }),
+                Some(Event::Error(e)) => return Err(Error::Failed(e)),
+                None => return Err(Error::Stopped),
+            }
+        }
     }
 }
 

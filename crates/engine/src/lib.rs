@@ -1,17 +1,15 @@
 //! Ingot's engine: turning logits into tokens ([`Sampler`]), stop strings over streamed
-//! text ([`StopChecker`]), the generation loop of one sequence ([`generate`]), and the
-//! [`Engine`]: many requests at once through continuous batching over a paged KV cache
-//! ([`kv::BlockManager`], [`scheduler`]).
+//! text ([`StopChecker`]), and the [`Engine`], the one generation loop of `run`, `chat`
+//! and `serve`: requests through continuous batching over a paged KV cache with prefix
+//! sharing ([`kv::BlockManager`], [`scheduler`]); a single request is a batch of one.
 
 mod engine;
-mod generate;
 pub mod kv;
 mod sampler;
 pub mod scheduler;
 mod stop;
 
-pub use engine::{Engine, EngineConfig, Event, GenRequest, Metrics, RequestHandle, Usage};
-pub use generate::{generate, FinishReason, Generation};
+pub use engine::{Completion, Engine, EngineConfig, Event, FinishReason, GenRequest, Metrics, RequestHandle, Usage};
 pub use sampler::{Sampler, SamplingParams};
 pub use stop::{StopChecker, StopOutput};
 
@@ -34,6 +32,9 @@ pub enum Error {
     /// page budget, a token id outside the vocabulary).
     #[error("[request] {0}")]
     Request(String),
+    /// A request failed while it ran (the message of its `Event::Error`).
+    #[error("{0}")]
+    Failed(String),
     /// An engine configuration that cannot work.
     #[error("[engine config] {0}")]
     Config(String),

@@ -9,7 +9,8 @@
 //! next prefill chunk of running sequences still prefilling, then new sequences from the
 //! queue (first in, first out; each takes what the prefix cache already holds and a first
 //! chunk); (3) one batched forward pass; (4) for every sequence whose last token was run,
-//! sample, stream and check the stop conditions, as [`crate::generate`] does.
+//! sample, stream and check the stop conditions (end-of-generation token, stop string,
+//! `max_tokens`).
 //!
 //! Preemption loses nothing: the sampler (and its random stream) stays with the sequence,
 //! and the kernels compute each row on its own, so the recomputed K/V and the next logits
@@ -23,6 +24,7 @@ use ingot_model::{KvPool, Logits, Model, SeqChunk};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// A checked request, as the engine thread receives it.
@@ -54,6 +56,10 @@ struct Seq {
     unsent: Vec<u32>,
     /// Prompt tokens found in the prefix cache at the first admission.
     cached_prompt: Option<usize>,
+    /// When the first admission's step began, and when the prefill first completed
+    /// (the start of the generation).
+    started: Option<Instant>,
+    prefilled: Option<Instant>,
     events: UnboundedSender<Event>,
     cancel: Arc<AtomicBool>,
 }
@@ -79,13 +85,27 @@ pub(crate) struct Scheduler {
     /// Events of this step, sent after the metrics are published (so a client that sees
     /// Done also sees the freed pages).
     outbox: Vec<(UnboundedSender<Event>, Event)>,
+    /// When the current step began (the start of the prompt time of sequences it admits).
+    step_start: Instant,
 }
 
 impl Scheduler {
     pub fn new(model: Arc<Model>, tok: Arc<Tokenizer>, cfg: EngineConfig, pool: KvPool, shared: Arc<Mutex<Metrics>>) -> Scheduler {
         let bm = BlockManager::new(cfg.num_pages, cfg.page_size);
         let metrics = Metrics { free_pages: cfg.num_pages, total_pages: cfg.num_pages, ..Default::default() };
-        let s = Scheduler { model, tok, cfg, pool, bm, waiting: VecDeque::new(), running: Vec::new(), metrics, shared, outbox: Vec::new() };
+        let s = Scheduler {
+            model,
+            tok,
+            cfg,
+            pool,
+            bm,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            metrics,
+            shared,
+            outbox: Vec::new(),
+            step_start: Instant::now(),
+        };
         s.publish();
         s
     }
@@ -118,6 +138,8 @@ impl Scheduler {
             dec: StreamDecoder::new(true),
             unsent: Vec::new(),
             cached_prompt: None,
+            started: None,
+            prefilled: None,
             events: r.events,
             cancel: r.cancel,
         });
@@ -136,6 +158,7 @@ impl Scheduler {
 
     /// One scheduling step and forward pass (nothing when there is nothing to run).
     pub fn step(&mut self) {
+        self.step_start = Instant::now();
         self.reap();
         let plan = self.schedule();
         if !plan.is_empty() {
@@ -346,6 +369,7 @@ impl Scheduler {
         let cached = s.computed;
         self.metrics.prefix_cached_tokens += cached as u64;
         s.cached_prompt.get_or_insert(cached.min(s.prompt_len));
+        s.started.get_or_insert(self.step_start);
         let id = s.id;
         let at = self.running.partition_point(|r| r.id < id);
         self.running.insert(at, s);
@@ -370,6 +394,7 @@ impl Scheduler {
             })
             .collect();
         let result = self.model.forward_batch(&mut self.pool, &chunks, None);
+        let forward_end = Instant::now();
         drop(chunks);
         self.metrics.steps += 1;
         self.metrics.max_seqs_in_step = self.metrics.max_seqs_in_step.max(plan.len());
@@ -408,6 +433,7 @@ impl Scheduler {
                 s.idents.push(ident);
             }
             if s.computed == s.tokens.len() {
+                s.prefilled.get_or_insert(forward_end);
                 let l = &logits[row * vocab..(row + 1) * vocab];
                 row += 1;
                 let before = s.tokens.len();
@@ -454,10 +480,16 @@ impl Scheduler {
             self.outbox.push((s.events.clone(), Event::Text { text: rest, token_ids: ids }));
         }
         self.release_pages(&s.pages);
+        let now = Instant::now();
         let usage = Usage {
             prompt_tokens: s.prompt_len,
             completion_tokens: s.generated().len(),
             cached_prompt_tokens: s.cached_prompt.unwrap_or(0),
+            prompt_time: match (s.started, s.prefilled) {
+                (Some(a), Some(b)) => b.saturating_duration_since(a),
+                _ => Default::default(),
+            },
+            gen_time: s.prefilled.map(|b| now.saturating_duration_since(b)).unwrap_or_default(),
         };
         self.metrics.finished += 1;
         self.outbox.push((s.events, Event::Done { finish, usage }));
@@ -495,7 +527,7 @@ fn advance(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{generate, Sampler};
+    use crate::Sampler;
     use ingot_model::tokenizer::Vocab;
     use std::path::PathBuf;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -534,11 +566,28 @@ mod tests {
         }
     }
 
+    /// Greedy tokens of `prompt` without the scheduler: one sequence over pages 0, 1, 2, …
+    /// of its own pool, the whole prompt in one pass, then a token a pass.
     fn reference(model: &Model, tok: &Tokenizer, prompt: &[u32], max_tokens: usize) -> (Vec<u32>, FinishReason) {
         let mut sampler = Sampler::new(SamplingParams { max_tokens, ..Default::default() }, model.config.vocab).unwrap();
-        let mut cache = model.new_cache().unwrap();
-        let g = generate(model, tok, &mut cache, prompt, &mut sampler, None, |_| Ok(())).unwrap();
-        (g.tokens, g.finish)
+        let ps = 16;
+        let mut pool = model.new_pool(ps, (prompt.len() + max_tokens).div_ceil(ps)).unwrap();
+        let pages: Vec<u32> = (0..pool.num_pages() as u32).collect();
+        let (mut input, mut start, mut out) = (prompt.to_vec(), 0, Vec::new());
+        loop {
+            let chunk = SeqChunk { tokens: &input, start, pages: &pages, logits: Logits::Last };
+            let logits = model.forward_batch(&mut pool, &[chunk], None).unwrap();
+            start += input.len();
+            let next = sampler.sample(&logits, &out).unwrap();
+            if tok.is_eog(next) {
+                return (out, FinishReason::Eog);
+            }
+            out.push(next);
+            if out.len() >= max_tokens {
+                return (out, FinishReason::MaxTokens);
+            }
+            input = vec![next];
+        }
     }
 
     /// A finished request's tokens, finish reason and usage.
@@ -638,10 +687,7 @@ mod tests {
         assert!(m.preemptions > 0, "{m:?}");
         assert_eq!(m.free_pages, 12);
         for (p, rx) in [(&a, &mut rxa), (&b, &mut rxb)] {
-            let mut sampler = Sampler::new(SamplingParams { max_tokens: 24, ..Default::default() }, model.config.vocab).unwrap();
-            let mut cache = model.new_cache().unwrap();
-            let g = generate(&model, &tok, &mut cache, p, &mut sampler, None, |_| Ok(())).unwrap();
-            assert_eq!(tokens_of(rx), (g.tokens, g.finish));
+            assert_eq!(tokens_of(rx), reference(&model, &tok, p, 24));
         }
     }
 }

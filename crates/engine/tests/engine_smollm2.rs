@@ -1,6 +1,7 @@
-//! The engine on the real SmolLM2 model: concurrent requests give exactly the tokens of the
-//! single-sequence path, under page pressure too; prefix sharing; cancellation frees the
-//! pages; bad requests are refused at submit. Generations are short to keep CI fast.
+//! The engine on the real SmolLM2 model: concurrent requests give exactly the tokens of
+//! each request run alone without the engine, under page pressure too; prefix sharing;
+//! cancellation frees the pages; bad requests are refused at submit; the one-sequence
+//! engine of `ingot run` and `ingot chat`. Generations are short to keep CI fast.
 
 mod common;
 
@@ -222,4 +223,56 @@ fn bad_configs_are_refused() {
     assert!(c.num_pages * c.page_size >= model.config.context, "auto budget {c:?} holds a full context");
     assert_eq!(e.metrics().total_pages, c.num_pages);
     e.shutdown();
+}
+
+/// How `ingot run` and `ingot chat` use the engine: one sequence's pages
+/// ([`EngineConfig::for_one_sequence`]), [`RequestHandle::wait`] streaming the text, a next
+/// turn that extends the conversation finding its prefix in the cache, and an output error
+/// that cancels the request.
+#[test]
+fn a_one_sequence_engine_streams_reuses_turns_and_cancels_on_output_errors() {
+    let Some((model, tok)) = smollm2() else { return };
+    let turn1 = encode(&tok, PROMPTS[1]);
+    let params = SamplingParams { temperature: 0.7, seed: 7, repetition_penalty: 1.2, max_tokens: 12, ..Default::default() };
+    let engine = Engine::start(model.clone(), tok.clone(), EngineConfig::for_one_sequence(turn1.len() + 64)).unwrap();
+    let c = engine.config().clone();
+    assert_eq!((c.max_seqs, c.num_pages * c.page_size >= turn1.len() + 64, c.max_batch_tokens), (1, true, turn1.len() + 64));
+    assert!((c.num_pages - 1) * c.page_size < turn1.len() + 64, "more pages than one sequence needs: {c:?}");
+    let mut streamed = String::new();
+    let done = engine
+        .submit(GenRequest { prompt: turn1.clone(), params: params.clone() })
+        .unwrap()
+        .wait(|t| {
+            streamed.push_str(t);
+            Ok(())
+        })
+        .unwrap();
+    let want = alone(&model, &tok, &turn1, &params);
+    assert_eq!((&done.tokens, &done.text, done.finish), (&want.tokens, &want.text, want.finish));
+    assert_eq!(streamed, done.text);
+    let u = done.usage;
+    assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens), (turn1.len(), want.tokens.len(), 0));
+    assert!(u.prompt_time > Duration::ZERO && u.gen_time > Duration::ZERO, "{u:?}");
+    // The next turn: the conversation so far plus more text; its full pages come from the cache.
+    let mut turn2 = turn1.clone();
+    turn2.extend_from_slice(&done.tokens);
+    turn2.extend(tok.encode(" Then", false, false).unwrap());
+    let done2 = engine.submit(GenRequest { prompt: turn2.clone(), params: greedy(8) }).unwrap().wait(|_| Ok(())).unwrap();
+    // Every generated token but the last ran (the last one too after an end-of-generation token).
+    let ran = turn1.len() + done.tokens.len() - usize::from(done.finish != FinishReason::Eog);
+    assert_eq!(done2.usage.cached_prompt_tokens, ran / c.page_size * c.page_size, "{:?}", done2.usage);
+    let want2 = alone(&model, &tok, &turn2, &greedy(8));
+    assert_eq!((done2.tokens, done2.text, done2.finish), (want2.tokens, want2.text, want2.finish));
+    // A failing writer cancels the request and frees its pages.
+    let mut h = engine.submit(GenRequest { prompt: turn1, params: greedy(40) }).unwrap();
+    match h.wait(|_| Err(std::io::ErrorKind::BrokenPipe.into())) {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe),
+        other => panic!("{other:?}"),
+    }
+    let m = wait_idle(&engine);
+    assert!(m.generated_tokens < (want.tokens.len() + 8 + 40) as u64, "the cancelled request ran to the end: {m:?}");
+    assert_eq!(m.free_pages, m.total_pages, "{m:?}");
+    // A request longer than the one sequence is refused at submit.
+    let e = engine.submit(GenRequest { prompt: vec![1; c.num_pages * c.page_size], params: greedy(2) }).unwrap_err();
+    assert!(e.to_string().contains("KV pages"), "{e}");
 }

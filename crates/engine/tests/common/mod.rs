@@ -1,11 +1,11 @@
 //! Helpers of the engine tests: the SmolLM2 model (skipping with a printed reason when it
-//! is absent, failing when INGOT_REQUIRE_MODELS=1), reference generations through the
-//! single-sequence path, and draining a request's events.
+//! is absent, failing when INGOT_REQUIRE_MODELS=1), reference generations without the
+//! engine (one sequence, a plain loop over the model), and draining a request's events.
 #![allow(dead_code)]
 
-use ingot_engine::{generate, Event, FinishReason, RequestHandle, Sampler, SamplingParams, Usage};
-use ingot_model::tokenizer::{Tokenizer, Vocab};
-use ingot_model::Model;
+use ingot_engine::{Event, FinishReason, RequestHandle, Sampler, SamplingParams, StopChecker, Usage};
+use ingot_model::tokenizer::{StreamDecoder, Tokenizer, Vocab};
+use ingot_model::{Logits, Model, SeqChunk};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -44,12 +44,50 @@ pub struct Outcome {
     pub finish: FinishReason,
 }
 
-/// The single-sequence path (`ingot run`): a fresh cache, [`generate`].
+/// The reference generation of one request without the engine: its own pool with pages
+/// 0, 1, 2, … in order, the whole prompt in one forward pass, then one token a pass;
+/// sampling, streamed decoding and stop strings as the engine documents them.
 pub fn alone(model: &Model, tok: &Tokenizer, prompt: &[u32], params: &SamplingParams) -> Outcome {
     let mut sampler = Sampler::new(params.clone(), model.config.vocab).expect("params");
-    let mut cache = model.new_cache().unwrap();
-    let g = generate(model, tok, &mut cache, prompt, &mut sampler, None, |_| Ok(())).expect("generate");
-    Outcome { tokens: g.tokens, text: g.text, finish: g.finish }
+    let mut stop = StopChecker::new(&params.stop);
+    let mut dec = StreamDecoder::new(true);
+    let ps = 16;
+    let mut pool = model.new_pool(ps, (prompt.len() + params.max_tokens).div_ceil(ps)).expect("pool");
+    let pages: Vec<u32> = (0..pool.num_pages() as u32).collect();
+    let (mut input, mut start) = (prompt.to_vec(), 0);
+    let (mut tokens, mut text) = (Vec::new(), String::new());
+    let mut finish = loop {
+        let chunk = SeqChunk { tokens: &input, start, pages: &pages, logits: Logits::Last };
+        let logits = model.forward_batch(&mut pool, &[chunk], None).expect("forward");
+        start += input.len();
+        let next = sampler.sample(&logits, &tokens).expect("sample");
+        if tok.is_eog(next) {
+            break FinishReason::Eog;
+        }
+        tokens.push(next);
+        let out = stop.push(&dec.push(tok, next).expect("decode"));
+        text.push_str(&out.text);
+        if out.stopped {
+            break FinishReason::Stop;
+        }
+        if tokens.len() >= params.max_tokens {
+            break FinishReason::MaxTokens;
+        }
+        input = vec![next];
+    };
+    if finish != FinishReason::Stop {
+        let mut out = stop.push(&dec.finish());
+        if !out.stopped {
+            let end = stop.finish();
+            out.text.push_str(&end.text);
+            out.stopped = end.stopped;
+        }
+        if out.stopped {
+            finish = FinishReason::Stop;
+        }
+        text.push_str(&out.text);
+    }
+    Outcome { tokens, text, finish }
 }
 
 /// Reads a request's events to the end; panics on an Error event or a channel closed early.
