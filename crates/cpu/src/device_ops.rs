@@ -47,6 +47,9 @@ fn fast_path(op: &Op) -> Option<Kernel<'_>> {
         Op::SiluAndMul(p) if p.dtype == F32 => Box::new(move |i, a| gated("silu_and_mul", p, fast::silu, i, a)),
         Op::GeluAndMul(p) if p.dtype == F32 => Box::new(move |i, a| gated("gelu_and_mul", p, fast::gelu_tanh, i, a)),
         Op::Rope(p) if p.dtype == F32 => Box::new(move |i, a| rope(p, i, a)),
+        Op::RopeFreqs(p) if p.dtype == F32 => Box::new(move |i, a| rope_freqs(p, i, a)),
+        Op::AddBias(p) if p.dtype == F32 => Box::new(move |i, a| add_bias(p, i, a)),
+        Op::Scale(p) if p.dtype == F32 => Box::new(move |i, a| scale(p, i, a)),
         Op::Softmax(p) => Box::new(move |i, a| softmax(p, i, a)),
         Op::Argmax(p) => Box::new(move |i, a| argmax(p, i, a)),
         Op::Cast(p) => Box::new(move |i, a| cast(p, i, a)),
@@ -316,6 +319,64 @@ fn add_residual(p: &ingot_core::RowsParams, ins: &Tens, alloc: Alloc) -> Result<
     let r = input(op, ins, "residual")?.view::<f32>()?;
     let out = alloc.zeros(DType::F32, &[p.num_tokens, p.hidden_size])?;
     fast::zip_into(&x, &r, out.write()?.f32(), |a, b| a + b);
+    Ok(outs([("output", out)]))
+}
+
+/// input + bias on every row, in f32.
+fn add_bias(p: &ingot_core::RowsParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "add_bias";
+    let x = input(op, ins, "input")?.view::<f32>()?;
+    let b = input(op, ins, "bias")?.view::<f32>()?;
+    let out = alloc.zeros(DType::F32, &[p.num_tokens, p.hidden_size])?;
+    let mut w = out.write()?;
+    for (o, x) in w.f32().chunks_exact_mut(p.hidden_size).zip(x.chunks_exact(p.hidden_size)) {
+        for ((o, &x), &b) in o.iter_mut().zip(x).zip(b.iter()) {
+            *o = x + b;
+        }
+    }
+    drop(w);
+    Ok(outs([("output", out)]))
+}
+
+/// input · scale, the scale rounded to f32 first (one f32 product: the reference's f64
+/// product of two f32 values rounded once is the same number).
+fn scale(p: &ingot_core::ScaleParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let x = input("scale", ins, "input")?.view::<f32>()?;
+    let s = p.scale as f32;
+    let out = alloc.zeros(DType::F32, &[p.num_elements])?;
+    out.write()?.f32().iter_mut().zip(x.iter()).for_each(|(o, &x)| *o = x * s);
+    Ok(outs([("output", out)]))
+}
+
+/// Rotary embedding with the caller's inverse frequencies: each angle pos·f in f64, its cos
+/// and sin rounded to f32, the rotation in f32 (as [`rope`]).
+fn rope_freqs(p: &ingot_core::RopeFreqsParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "rope_freqs";
+    let pos = input(op, ins, "pos_ids")?.view::<i32>()?;
+    if let Some((t, id)) = pos.iter().enumerate().find(|(_, &id)| id < 0) {
+        return Err(Error::invalid(op, format!("pos_ids[{t}] = {id} is negative")));
+    }
+    let inv = input(op, ins, "inv_freq")?.view::<f32>()?;
+    if let Some((i, f)) = inv.iter().enumerate().find(|(_, f)| !f.is_finite()) {
+        return Err(Error::invalid(op, format!("inv_freq[{i}] = {f} is not finite")));
+    }
+    let (heads, d) = (p.num_heads, p.head_size);
+    let x = input(op, ins, "input")?.view::<f32>()?;
+    let out = alloc.zeros(DType::F32, &[p.num_tokens, heads, d])?;
+    let mut w = out.write()?;
+    let o = w.f32();
+    o.copy_from_slice(&x);
+    let token = |cs: &mut Vec<(f32, f32)>, (row, &pos): (&mut [f32], &i32)| {
+        fast::rope_angles(pos as usize, inv.iter().map(|&f| f as f64), cs);
+        fast::rope_rotate(row, d, cs, !p.interleave);
+    };
+    if o.len() >= 1 << 15 {
+        o.par_chunks_mut(heads * d).zip(pos.par_iter()).for_each_init(Vec::new, token);
+    } else {
+        let mut cs = Vec::with_capacity(inv.len());
+        o.chunks_mut(heads * d).zip(pos.iter()).for_each(|r| token(&mut cs, r));
+    }
+    drop(w);
     Ok(outs([("output", out)]))
 }
 

@@ -15,9 +15,8 @@ use crate::config::{Arch, Config};
 use crate::kv::{Pages, PoolPages};
 use crate::{Error, Result};
 use ingot_core::{
-    AppendKvParams, CastParams, DType, DecodeParams, Device, DeviceTensor, DeviceTensors, EmbeddingParams, GatedParams,
-    HostBytes, Op, PrefillParams, QuantizedMatmulParams, RmsNormParams, RopeFreqsParams, RowsParams, ScaleParams, Tensor,
-    WriteColumnsParams,
+    AppendKvParams, CastParams, DType, DecodeParams, Device, DeviceTensor, DeviceTensors, EmbeddingParams, GatedParams, HostBytes, Op,
+    PrefillParams, QuantizedMatmulParams, RmsNormParams, RopeFreqsParams, RowsParams, ScaleParams, Tensor, WriteColumnsParams,
 };
 use ingot_gguf::GgufFile;
 use std::sync::Arc;
