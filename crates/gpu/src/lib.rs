@@ -29,7 +29,6 @@ pub mod embedding;
 pub mod gemm;
 pub mod kv;
 pub mod matmul;
-pub mod model_ops;
 pub mod norm;
 pub mod quant;
 pub mod rope;
