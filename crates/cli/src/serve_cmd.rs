@@ -5,7 +5,9 @@
 
 use crate::run_cmd::load;
 use crate::serve_api::Usage;
-use crate::serve_http::{self, Access, AppState, ConnLimits, EncodeError, EventStream, GenEvent, Generator, Limits, Metric, MetricKind, SubmitError};
+use crate::serve_http::{
+    self, Access, AppState, ConnLimits, EncodeError, EventStream, GenEvent, Generator, Limits, Metric, MetricKind, SubmitError,
+};
 use anyhow::{bail, Context, Result};
 use futures_util::stream::{self, StreamExt};
 use ingot_engine::{Engine, EngineConfig, Event, GenRequest, RequestHandle, SamplingParams};
@@ -127,10 +129,10 @@ fn exposure_warning(host: &str, port: u16, access: &Access) -> Option<String> {
     if access.api_key.is_some() {
         return None;
     }
-    let addr = (host, port).to_socket_addrs().ok()?.find(|a| !a.ip().is_loopback())?;
+    let ip = (host, port).to_socket_addrs().ok()?.find(|a| !a.ip().is_loopback())?.ip();
+    let shown = if ip.to_string() == host { host.to_string() } else { format!("{host} ({ip})") };
     Some(format!(
-        "ingot: warning: --host {host} ({}) is not a loopback address and there is no --api-key: anyone who can reach it can use this server",
-        addr.ip()
+        "ingot: warning: --host {shown} is not a loopback address and there is no --api-key: anyone who can reach it can use this server"
     ))
 }
 

@@ -122,19 +122,20 @@ pub struct Limits {
     /// A body must have arrived whole this long after its request's headers (else 408 and
     /// the connection is closed).
     pub body_timeout: Duration,
-    /// Bodies parsed, checked and tokenized at once, each on a blocking thread.
+    /// Bodies parsed, checked and tokenized at once, each on a blocking thread (by default
+    /// half the cores, so that this work leaves the threads serving connections room).
     pub workers: usize,
     /// Requests that may wait for one of the workers; more are refused at once (503).
     pub queue: usize,
 }
 
 impl Default for Limits {
-    /// 8 MiB bodies within 20 s; one worker per core, 64 requests waiting.
+    /// 8 MiB bodies within 20 s; a worker per two cores (at least one), 64 requests waiting.
     fn default() -> Limits {
         Limits {
             body_bytes: 8 << 20,
             body_timeout: Duration::from_secs(20),
-            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            workers: (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / 2).max(1),
             queue: 64,
         }
     }
@@ -164,8 +165,7 @@ impl Access {
                         && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
                         && !rest.is_empty()
                         && !rest.contains(['/', '?', '#', ' '])
-                })
-                    && HeaderValue::from_str(o).is_ok();
+                }) && HeaderValue::from_str(o).is_ok();
             if !ok {
                 return Err(format!(
                     "--cors-origin {o:?} is not an origin: give scheme://host[:port] as browsers send it (no path, no trailing /), or *"
@@ -394,7 +394,10 @@ async fn json_body(limits: &Limits, headers: &HeaderMap, body: Body) -> Result<B
         Ok(Err(e)) => {
             let inner = e.into_inner();
             if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                Err(ApiError::status(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is too large (over {} bytes)", limits.body_bytes)))
+                Err(ApiError::status(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is too large (over {} bytes)", limits.body_bytes),
+                ))
             } else {
                 Err(ApiError::status(StatusCode::BAD_REQUEST, format!("the request body could not be read: {inner}")))
             }
@@ -431,7 +434,9 @@ fn prepare_chat(st: &AppState, body: &[u8]) -> Result<(Vec<u32>, GenOptions), Ap
         EncodeError::TooLong(bytes) => match serve_api::check_prompt_bytes("messages", bytes, context, token_bytes) {
             Err(e) => e,
             // The generator's bound was tighter than this one: the same refusal.
-            Ok(()) => ApiError { code: Some("context_length_exceeded"), ..ApiError::invalid(Some("messages"), "the messages are too long") },
+            Ok(()) => {
+                ApiError { code: Some("context_length_exceeded"), ..ApiError::invalid(Some("messages"), "the messages are too long") }
+            }
         },
         EncodeError::Invalid(m) => ApiError::invalid(Some("messages"), m),
     })?;
@@ -502,7 +507,9 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: ConnL
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    // Reads of at most 64 KiB: hyper yields after a fixed number of reads, so a connection
+    // pouring in a large body gives the others (and /health) a turn every 1 MiB or so.
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(64 << 10);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -976,6 +983,7 @@ mod tests {
         let req = Request::builder()
             .method("POST")
             .uri("/v1/chat/completions")
+            .header("content-type", "application/json")
             .body(Body::from(json!({"messages": [{"role": "user", "content": "x"}], "stream": true}).to_string()));
         let resp = app.clone().oneshot(req.unwrap()).await.unwrap();
         assert_eq!(s.live.load(Ordering::SeqCst), 1);
@@ -989,7 +997,11 @@ mod tests {
         drop(body);
         assert_eq!(s.live.load(Ordering::SeqCst), 0);
         // A whole-reply request whose handler future is dropped (the client went away) too.
-        let req = Request::builder().method("POST").uri("/v1/completions").body(Body::from(json!({"prompt": "x"}).to_string()));
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/completions")
+            .header("content-type", "application/json")
+            .body(Body::from(json!({"prompt": "x"}).to_string()));
         let fut = app.clone().oneshot(req.unwrap());
         let timed_out = tokio::time::timeout(std::time::Duration::from_millis(50), fut).await;
         assert!(timed_out.is_err(), "the gated request cannot finish");
@@ -1072,7 +1084,14 @@ mod tests {
         let (app, s) = app(Script::new(&["a"]));
         let body = json!({"prompt": "x", "max_tokens": 1}).to_string();
         // What a web page can send without a CORS preflight, and no type at all: 415.
-        for ct in [Some("text/plain"), Some("text/plain;charset=UTF-8"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data; boundary=x"), Some("application/jsonp"), None] {
+        for ct in [
+            Some("text/plain"),
+            Some("text/plain;charset=UTF-8"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/jsonp"),
+            None,
+        ] {
             let headers: Vec<(&str, &str)> = ct.map(|c| ("content-type", c)).into_iter().collect();
             for uri in ["/v1/completions", "/v1/chat/completions"] {
                 let (st, _, b) = request(&app, "POST", uri, &headers, &body).await;
@@ -1115,14 +1134,18 @@ mod tests {
             assert_eq!(st, StatusCode::OK);
         }
         // Without a key, no header is needed.
-        let (app, _) = app(Script::new(&["a"]));
-        assert_eq!(request(&app, "GET", "/v1/models", &[], "").await.0, StatusCode::OK);
+        let (open, _) = super::tests::app(Script::new(&["a"]));
+        assert_eq!(request(&open, "GET", "/v1/models", &[], "").await.0, StatusCode::OK);
     }
 
     #[tokio::test]
     async fn cors_answers_only_the_listed_origins() {
         let preflight = |origin: &'static str| {
-            vec![("origin", origin), ("access-control-request-method", "POST"), ("access-control-request-headers", "content-type,authorization")]
+            vec![
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type,authorization"),
+            ]
         };
         let acao = |h: &HeaderMap| h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).map(|v| v.to_str().unwrap().to_string());
         let chat = "/v1/chat/completions";
@@ -1132,7 +1155,8 @@ mod tests {
         let (app, _) = app(Script::new(&["a"]));
         let (st, h, _) = request(&app, "OPTIONS", chat, &preflight("http://localhost:3000"), "").await;
         assert_eq!((st, acao(&h)), (StatusCode::METHOD_NOT_ALLOWED, None));
-        let (st, h, _) = request(&app, "POST", chat, &[("content-type", "application/json"), ("origin", "http://localhost:3000")], &body).await;
+        let (st, h, _) =
+            request(&app, "POST", chat, &[("content-type", "application/json"), ("origin", "http://localhost:3000")], &body).await;
         assert_eq!((st, acao(&h)), (StatusCode::OK, None));
 
         // One allowed origin, with an API key.
@@ -1160,8 +1184,8 @@ mod tests {
         assert_eq!((st, acao(&h)), (StatusCode::OK, None));
 
         // `*`: any origin.
-        let (app, _) = app_with(Script::new(&["a"]), limits(), &Access::new(None, vec!["*".into()]).unwrap());
-        let (st, h, _) = request(&app, "OPTIONS", chat, &preflight("http://anything.example"), "").await;
+        let (app_any, _) = app_with(Script::new(&["a"]), limits(), &Access::new(None, vec!["*".into()]).unwrap());
+        let (st, h, _) = request(&app_any, "OPTIONS", chat, &preflight("http://anything.example"), "").await;
         assert_eq!((st, acao(&h).as_deref()), (StatusCode::OK, Some("*")));
     }
 
@@ -1214,7 +1238,11 @@ mod tests {
         ];
         for (uri, body, param) in cases {
             let (st, v) = post_json(&app, uri, body).await;
-            assert_eq!((st, &v["error"]["param"], &v["error"]["code"]), (StatusCode::BAD_REQUEST, &json!(param), &json!("context_length_exceeded")), "{v}");
+            assert_eq!(
+                (st, &v["error"]["param"], &v["error"]["code"]),
+                (StatusCode::BAD_REQUEST, &json!(param), &json!("context_length_exceeded")),
+                "{v}"
+            );
             assert!(v["error"]["message"].as_str().unwrap().contains("the context is 64 tokens per request"), "{v}");
         }
         assert_eq!(s.encoded.load(Ordering::SeqCst), 0, "an oversized prompt was tokenized");
@@ -1330,7 +1358,8 @@ mod tests {
         use std::io::Write;
         let addr = serve_script(limits(), ConnLimits { max_connections: 2, header_timeout: Duration::from_secs(30) }).await;
         let result = tokio::task::spawn_blocking(move || {
-            let health = |c: &mut std::net::TcpStream| c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let health =
+                |c: &mut std::net::TcpStream| c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
             let idle: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
             // The kernel completes the handshake, but the server does not take the third
             // connection while two are open.
