@@ -509,7 +509,8 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: ConnL
     let mut http = hyper::server::conn::http1::Builder::new();
     // Reads of at most 64 KiB: hyper yields after a fixed number of reads, so a connection
     // pouring in a large body gives the others (and /health) a turn every 1 MiB or so.
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(64 << 10);
+    // Request heads over 64 KiB get a 431.
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(64 << 10).max_header_size(64 << 10);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -1344,6 +1345,11 @@ mod tests {
             assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
             assert!(got.contains("did not arrive within 0.3 s"), "{got:?}");
             assert!(took >= Duration::from_millis(250), "{took:?}");
+            // Headers over 64 KiB: 431.
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            let _ = c.write_all(format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000)).as_bytes());
+            let (got, _) = read_until_closed(&mut c, Duration::from_secs(5));
+            assert!(got.starts_with("HTTP/1.1 431"), "{got:?}");
             // A whole request on a fresh connection is still served.
             let mut c = std::net::TcpStream::connect(addr).unwrap();
             c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
