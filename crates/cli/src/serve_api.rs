@@ -194,7 +194,8 @@ pub struct GenOptions {
 
 impl GenOptions {
     /// Sets `params.max_tokens` for a prompt of `prompt_len` tokens in a context of
-    /// `context` tokens; a 400 when they do not fit.
+    /// `context` tokens; a 400 when they do not fit. `max_tokens: 0` leaves it 0: the
+    /// caller answers without generating.
     pub fn fit(&mut self, prompt_len: usize, context: usize) -> Result<()> {
         if prompt_len == 0 {
             return Err(ApiError::invalid(Some("prompt"), "the prompt encodes to no tokens"));
@@ -220,6 +221,29 @@ impl GenOptions {
     }
 }
 
+/// Refuses, without tokenizing it, a prompt text of `bytes` bytes that cannot fit a context
+/// of `context` tokens when one token stands for at most `max_token_bytes` bytes of text: it
+/// encodes to at least `bytes / max_token_bytes` tokens. Tokenizing is the costly step (a
+/// few MB of text take seconds), so a body of a few MB is refused in the time it takes to
+/// parse it.
+pub fn check_prompt_bytes(param: &str, bytes: usize, context: usize, max_token_bytes: usize) -> Result<()> {
+    let most = context.saturating_mul(max_token_bytes.max(1));
+    if bytes > most {
+        return Err(ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::invalid(
+                Some(param),
+                format!(
+                    "the context is {context} tokens per request, but the prompt is {bytes} bytes of text, more than {context} \
+                     tokens can hold ({most} bytes: no token is longer than {} bytes)",
+                    max_token_bytes.max(1)
+                ),
+            )
+        });
+    }
+    Ok(())
+}
+
 /// Reads the generation fields both endpoints share. `max_names` are the names of the
 /// token budget, first match wins (chat: `max_completion_tokens`, then `max_tokens`).
 fn gen_options(f: &Fields, max_names: &[&str], default_max: MaxTokens, vocab: usize) -> Result<GenOptions> {
@@ -236,8 +260,10 @@ fn gen_options(f: &Fields, max_names: &[&str], default_max: MaxTokens, vocab: us
     let mut max_tokens = default_max;
     for &name in max_names {
         if let Some(m) = f.integer(name)? {
-            if m < 1 {
-                return Err(ApiError::invalid(Some(name), format!("'{name}' must be at least 1, got {m}")));
+            // 0 asks for nothing to be generated: an empty reply that ends with "length", as
+            // OpenAI's API and llama-server answer it (and as `ingot run --max-tokens 0`).
+            if m < 0 {
+                return Err(ApiError::invalid(Some(name), format!("'{name}' must be at least 0, got {m}")));
             }
             max_tokens = MaxTokens::Given(usize::try_from(m).unwrap_or(usize::MAX));
             break;
@@ -717,7 +743,7 @@ mod tests {
         let cases = [
             (json!({"max_tokens": "16"}), "max_tokens", "must be an integer, got a string"),
             (json!({"max_tokens": 1.5}), "max_tokens", "must be an integer"),
-            (json!({"max_tokens": 0}), "max_tokens", "at least 1"),
+            (json!({"max_tokens": -1}), "max_tokens", "at least 0"),
             (json!({"temperature": "hot"}), "temperature", "must be a number"),
             (json!({"temperature": -1}), "temperature", "must be in [0, inf]"),
             (json!({"top_p": 0}), "top_p", "(0, 1]"),
@@ -800,7 +826,7 @@ mod tests {
                 "response_format",
                 "not supported",
             ),
-            (json!({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": -1}), "max_completion_tokens", "at least 1"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": -1}), "max_completion_tokens", "at least 0"),
             (json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": 1}), "tool_choice", "a string or an object"),
         ];
         for (b, param, want) in cases {
@@ -832,6 +858,26 @@ mod tests {
         let mut c = chat(json!({"messages": [{"role": "user", "content": "x"}]})).unwrap().opts;
         c.fit(40, 100).unwrap();
         assert_eq!(c.params.max_tokens, 60);
+        // max_tokens 0: nothing to generate, so a prompt that fills the context fits.
+        for name in ["max_tokens", "max_completion_tokens"] {
+            let mut z = chat(json!({"messages": [{"role": "user", "content": "x"}], name: 0})).unwrap().opts;
+            assert_eq!(z.max_tokens, MaxTokens::Given(0));
+            z.fit(100, 100).unwrap();
+            assert_eq!(z.params.max_tokens, 0);
+            assert_eq!(z.fit(101, 100).unwrap_err().code, Some("context_length_exceeded"));
+        }
+    }
+
+    #[test]
+    fn prompt_text_over_the_byte_bound_is_refused_untokenized() {
+        // 100 tokens of at most 4 bytes: 400 bytes fit, 401 cannot.
+        check_prompt_bytes("prompt", 400, 100, 4).unwrap();
+        let e = check_prompt_bytes("messages", 401, 100, 4).unwrap_err();
+        assert_eq!((e.status, e.param.as_deref(), e.code), (StatusCode::BAD_REQUEST, Some("messages"), Some("context_length_exceeded")));
+        assert!(e.message.contains("the context is 100 tokens per request") && e.message.contains("401 bytes"), "{}", e.message);
+        // No overflow at the extremes; a bound of 0 bytes per token counts as 1.
+        check_prompt_bytes("prompt", usize::MAX, usize::MAX, usize::MAX).unwrap();
+        assert!(check_prompt_bytes("prompt", 2, 1, 0).is_err());
     }
 
     #[test]

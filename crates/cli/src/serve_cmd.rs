@@ -5,19 +5,19 @@
 
 use crate::run_cmd::load;
 use crate::serve_api::Usage;
-use crate::serve_http::{self, AppState, EventStream, GenEvent, Generator, Metric, MetricKind, SubmitError};
+use crate::serve_http::{
+    self, Access, AppState, ConnLimits, EncodeError, EventStream, GenEvent, Generator, Limits, Metric, MetricKind, SubmitError,
+};
 use anyhow::{bail, Context, Result};
 use futures_util::stream::{self, StreamExt};
 use ingot_engine::{Engine, EngineConfig, Event, GenRequest, RequestHandle, SamplingParams};
 use ingot_model::chat::{ChatTemplate, Message};
 use ingot_model::tokenizer::Tokenizer;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-
-/// Request bodies larger than this are refused with a 413.
-const MAX_BODY_BYTES: usize = 8 << 20;
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -52,6 +52,88 @@ pub struct ServeArgs {
     /// Most requests running at once (more wait in a queue).
     #[arg(long = "max-seqs", default_value_t = EngineConfig::default().max_seqs)]
     max_seqs: usize,
+    /// Seconds a client has to send a request's headers; after that the connection is closed
+    /// (idle keep-alive connections too).
+    #[arg(long = "header-timeout", value_name = "SECS", default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds a client has to send a request's body once its headers have arrived; after
+    /// that the request is answered with a 408 and the connection is closed.
+    #[arg(long = "body-timeout", value_name = "SECS", default_value_t = 20.0)]
+    body_timeout: f64,
+    /// Most connections open at once; more wait in the listen queue until one closes. Keep
+    /// it below the open-file limit (`ulimit -n`).
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 512)]
+    max_connections: usize,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health (401 otherwise).
+    #[arg(long = "api-key", value_name = "KEY", env = "INGOT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Let web pages from ORIGIN (scheme://host[:port], or * for any) call the server: CORS
+    /// preflights are answered and CORS headers added for it. Repeatable; default: none.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
+}
+
+/// Most seconds a timeout flag may be (a day).
+const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// What the flags ask for, checked before anything is loaded.
+struct Checked {
+    cfg: EngineConfig,
+    access: Access,
+    conn: ConnLimits,
+    body_timeout: Duration,
+}
+
+/// A timeout flag as a duration: more than 0 s, at most a day.
+fn timeout(flag: &str, secs: f64) -> Result<Duration> {
+    if !(secs > 0.0 && secs <= MAX_TIMEOUT_SECS) {
+        bail!("--{flag} must be more than 0 and at most {MAX_TIMEOUT_SECS} seconds, got {secs}");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Checks every flag that does not need the model, so a wrong value fails at once with a
+/// message that names the flag (not after loading or downloading a model).
+fn check_flags(a: &ServeArgs) -> Result<Checked> {
+    let at_least_1 = |flag: &str, v: Option<usize>| match v {
+        Some(0) => bail!("--{flag} must be at least 1"),
+        _ => Ok(()),
+    };
+    at_least_1("ctx-size", a.ctx_size)?;
+    at_least_1("page-size", Some(a.page_size))?;
+    at_least_1("kv-pages", a.kv_pages)?;
+    at_least_1("max-seqs", Some(a.max_seqs))?;
+    at_least_1("max-batch-tokens", Some(a.max_batch_tokens))?;
+    at_least_1("max-connections", Some(a.max_connections))?;
+    if a.max_batch_tokens < a.max_seqs {
+        bail!("--max-batch-tokens ({}) must be at least --max-seqs ({})", a.max_batch_tokens, a.max_seqs);
+    }
+    if a.alias.as_deref() == Some("") {
+        bail!("--alias must not be empty");
+    }
+    let conn = ConnLimits { max_connections: a.max_connections, header_timeout: timeout("header-timeout", a.header_timeout)? };
+    let body_timeout = timeout("body-timeout", a.body_timeout)?;
+    let access = Access::new(a.api_key.clone(), a.cors_origins.clone()).map_err(anyhow::Error::msg)?;
+    let cfg = EngineConfig {
+        page_size: a.page_size,
+        num_pages: a.kv_pages.unwrap_or(0),
+        max_batch_tokens: a.max_batch_tokens,
+        max_seqs: a.max_seqs,
+    };
+    Ok(Checked { cfg, access, conn, body_timeout })
+}
+
+/// A warning line when the server would listen on an address other machines can reach
+/// (any that `--host` resolves to is not loopback) with no API key.
+fn exposure_warning(host: &str, port: u16, access: &Access) -> Option<String> {
+    if access.api_key.is_some() {
+        return None;
+    }
+    let ip = (host, port).to_socket_addrs().ok()?.find(|a| !a.ip().is_loopback())?.ip();
+    let shown = if ip.to_string() == host { host.to_string() } else { format!("{host} ({ip})") };
+    Some(format!(
+        "ingot: warning: --host {shown} is not a loopback address and there is no --api-key: anyone who can reach it can use this server"
+    ))
 }
 
 /// The model and its engine, as the router sees them.
@@ -64,6 +146,8 @@ struct EngineGenerator {
     eos: String,
     context: usize,
     vocab: usize,
+    /// The longest token's bytes ([`Generator::max_token_bytes`]).
+    max_token_bytes: usize,
 }
 
 /// A request handle that cancels its request when dropped before the last event (the
@@ -94,18 +178,25 @@ impl Generator for EngineGenerator {
         self.vocab
     }
 
+    fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
+    }
+
     fn encode_text(&self, text: &str) -> Result<Vec<u32>, String> {
         // llama-server's tokenization of completion prompts: BOS as the model wants it,
         // special tokens written in the text parsed.
         self.tok.encode(text, true, true).map_err(|e| e.to_string())
     }
 
-    fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>, String> {
+    fn encode_chat(&self, messages: &[Message], max_bytes: usize) -> Result<Vec<u32>, EncodeError> {
         // As `ingot run --chat` and `ingot chat` (run_cmd.rs, Loaded::encode_chat): the
         // template writes any BOS itself; special tokens are parsed.
-        let template = self.template.as_ref().map_err(Clone::clone)?;
-        let text = template.render(messages, true, &self.bos, &self.eos).map_err(|e| e.to_string())?;
-        self.tok.encode(&text, false, true).map_err(|e| e.to_string())
+        let template = self.template.as_ref().map_err(|e| EncodeError::Invalid(e.clone()))?;
+        let text = template.render(messages, true, &self.bos, &self.eos).map_err(|e| EncodeError::Invalid(e.to_string()))?;
+        if text.len() > max_bytes {
+            return Err(EncodeError::TooLong(text.len()));
+        }
+        self.tok.encode(&text, false, true).map_err(|e| EncodeError::Invalid(e.to_string()))
     }
 
     fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<EventStream, SubmitError> {
@@ -189,26 +280,19 @@ async fn shutdown_signal() {
 }
 
 pub fn run(a: ServeArgs) -> Result<ExitCode> {
-    let cfg = EngineConfig {
-        page_size: a.page_size,
-        num_pages: a.kv_pages.unwrap_or(0),
-        max_batch_tokens: a.max_batch_tokens,
-        max_seqs: a.max_seqs,
-    };
-    if a.kv_pages == Some(0) {
-        bail!("--kv-pages must be at least 1");
+    let Checked { cfg, access, conn, body_timeout } = check_flags(&a)?;
+    if let Some(w) = exposure_warning(&a.host, a.port, &access) {
+        eprintln!("{w}");
     }
     a.exec.apply()?;
     let m = load(a.model.as_deref(), &a.exec)?;
     let model_context = m.model.config.context;
     let context = match a.ctx_size {
         None => model_context,
-        Some(0) => bail!("--ctx-size must be at least 1"),
         Some(c) if c > model_context => bail!("--ctx-size {c} exceeds the model's context of {model_context}"),
         Some(c) => c,
     };
     let model_id = match a.alias {
-        Some(s) if s.is_empty() => bail!("--alias must not be empty"),
         Some(s) => s,
         None => m.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()),
     };
@@ -219,6 +303,9 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     let piece = |id: Option<u32>| id.and_then(|i| m.tok.token_text(i)).unwrap_or("").to_string();
     let (bos, eos) = (piece(m.tok.bos()), piece(m.tok.eos()));
     let vocab = m.model.config.vocab;
+    // Each token of an encoding stands for at most its piece's bytes of the text (a byte
+    // token for one byte, a special token for its text), so the longest piece bounds them.
+    let max_token_bytes = (0..m.tok.n_tokens()).filter_map(|i| m.tok.token_piece(i as u32).ok()).map(|p| p.len()).max().unwrap_or(1).max(1);
     let tok = m.tok;
     let engine = Engine::start(m.model, tok.clone(), cfg).context("starting the engine")?;
     let c = engine.config();
@@ -234,10 +321,11 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         }
         _ => context,
     };
-    let gen = EngineGenerator { engine: engine.clone(), tok, template, bos, eos, context, vocab };
+    let gen = EngineGenerator { engine: engine.clone(), tok, template, bos, eos, context, vocab, max_token_bytes };
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let state = Arc::new(AppState { gen: Arc::new(gen), model_id, created });
-    let app = serve_http::router(state, MAX_BODY_BYTES);
+    let limits = Limits { body_timeout, ..Limits::default() };
+    let state = Arc::new(AppState::new(Arc::new(gen), model_id, created, limits));
+    let app = serve_http::router(state, &access);
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
     let result = rt.block_on(async {
@@ -253,7 +341,8 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
             // the server can finish.
             let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
         };
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving")
+        serve_http::serve(listener, app, conn, shutdown).await;
+        anyhow::Ok(())
     });
     engine.shutdown();
     result?;

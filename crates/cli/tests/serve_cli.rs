@@ -99,7 +99,7 @@ impl Server {
     /// POST a streaming request: every SSE data payload up to and including `[DONE]`
     /// (comment lines skipped, any other line that is not `data: …` fails the test).
     fn stream(&self, path: &str, body: &Value) -> Vec<String> {
-        let r = self.agent.post(self.url(path)).send(body.to_string()).expect("POST");
+        let r = self.agent.post(self.url(path)).header("content-type", "application/json").send(body.to_string()).expect("POST");
         assert_eq!(r.status().as_u16(), 200);
         let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
         assert_eq!(ct.as_deref(), Some("text/event-stream"));
@@ -366,7 +366,7 @@ fn bad_requests_get_openai_errors() {
         (comp, json!({"prompt": "Hi", "top_p": 1.5}).to_string(), 400, Some("top_p"), "(0, 1]"),
         (chat, json!({"messages": user, "temperature": -1}).to_string(), 400, Some("temperature"), "[0, inf]"),
         (chat, json!({"messages": user, "presence_penalty": 5}).to_string(), 400, Some("presence_penalty"), "[-2, 2]"),
-        (chat, json!({"messages": user, "max_tokens": 0}).to_string(), 400, Some("max_tokens"), "at least 1"),
+        (chat, json!({"messages": user, "max_tokens": -1}).to_string(), 400, Some("max_tokens"), "at least 0"),
         (comp, json!({"prompt": "Hi", "logit_bias": {"99999999": 1}}).to_string(), 400, Some("logit_bias.99999999"), "vocabulary"),
         (comp, json!({"prompt": ""}).to_string(), 400, Some("prompt"), "empty"),
         (comp, json!({"max_tokens": 5}).to_string(), 400, Some("prompt"), "required"),
@@ -435,7 +435,12 @@ fn a_client_that_disconnects_frees_its_sequence() {
     let total = server.metrics()["ingot_kv_pages_total"];
 
     // Streaming: read up to the first text chunk, then drop the connection.
-    let r = server.agent.post(server.url("/v1/completions")).send(long_request(true).to_string()).unwrap();
+    let r = server
+        .agent
+        .post(server.url("/v1/completions"))
+        .header("content-type", "application/json")
+        .send(long_request(true).to_string())
+        .unwrap();
     let mut reader = BufReader::new(r.into_body().into_reader());
     let mut line = String::new();
     while !line.starts_with("data: {") {
@@ -479,7 +484,12 @@ fn a_client_that_disconnects_frees_its_sequence() {
 fn ctrl_c_ends_streams_and_exits() {
     let Some(model) = smollm2() else { return };
     let mut server = Server::start(&model, &[]);
-    let r = server.agent.post(server.url("/v1/completions")).send(long_request(true).to_string()).unwrap();
+    let r = server
+        .agent
+        .post(server.url("/v1/completions"))
+        .header("content-type", "application/json")
+        .send(long_request(true).to_string())
+        .unwrap();
     let mut lines = BufReader::new(r.into_body().into_reader()).lines().map_while(Result::ok).filter(|l| !l.is_empty());
     assert!(lines.next().unwrap().starts_with("data: {"));
     let kill = Command::new("kill").args(["-INT", &server.child.id().to_string()]).status().unwrap();
@@ -508,7 +518,7 @@ fn flags_ctx_size_alias_and_bad_values() {
         (vec!["--ctx-size", "100000"], "exceeds the model's context of 8192"),
         (vec!["--ctx-size", "0"], "--ctx-size must be at least 1"),
         (vec!["--kv-pages", "0"], "--kv-pages must be at least 1"),
-        (vec!["--max-seqs", "0"], "max_seqs must be at least 1"),
+        (vec!["--max-seqs", "0"], "--max-seqs must be at least 1"),
         (vec!["--alias", ""], "--alias must not be empty"),
         (vec!["--host", "not a host"], "binding not a host:0"),
     ] {
@@ -531,4 +541,306 @@ fn flags_ctx_size_alias_and_bad_values() {
     let (status, v) = server.post("/v1/chat/completions", &json!({"messages": body["messages"], "max_tokens": 40}).to_string());
     assert_eq!(status, 400, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("the context is 48 tokens per request"), "{v}");
+}
+
+/// `host:port` of a running server.
+fn addr_of(server: &Server) -> String {
+    server.base.strip_prefix("http://").unwrap().to_string()
+}
+
+/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`): the status (0 when
+/// no answer came) and the body. A server may answer before the body is all sent and close
+/// the connection: write errors are ignored and what was answered is read.
+fn raw_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = c.write_all(head.as_bytes()).and_then(|_| c.write_all(body));
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// `GET /health` on a fresh connection: the status and how long the whole exchange took.
+fn timed_health(addr: &str) -> (u16, Duration) {
+    let t = Instant::now();
+    let (status, _) = raw_request(addr, "GET", "/health", &[], b"");
+    (status, t.elapsed())
+}
+
+/// Issue 12's abuse test: while 16 clients send 7 MB chat bodies (each refused as too long
+/// for the context) over and over and 200 connections sit on half-sent request heads,
+/// `/health` answers within 200 ms every time and a normal streaming request completes.
+#[test]
+fn oversized_bodies_and_half_open_connections_do_not_stall_the_server() {
+    let Some(model) = smollm2() else { return };
+    // A long header timeout keeps the half-open connections for the whole test.
+    let server = Server::start(&model, &["--header-timeout", "120"]);
+    let addr = addr_of(&server);
+    let mut half_open: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-").unwrap();
+            c
+        })
+        .collect();
+    let big = json!({"messages": [{"role": "user", "content": "hello ".repeat((7 << 20) / 6)}], "max_tokens": 8}).to_string();
+    assert!(big.len() > 7_000_000 && big.len() < 8 << 20);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let json_ct = [("content-type", "application/json")];
+    let (worst, checks, refused, normal) = std::thread::scope(|s| {
+        let senders: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut answers = Vec::new();
+                    while answers.is_empty() || !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        answers.push(raw_request(&addr, "POST", "/v1/chat/completions", &json_ct, big.as_bytes()));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let normal = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            server.stream("/v1/chat/completions", &chat_body(PROMPTS[0], true))
+        });
+        // /health every 20 ms for at least 3 s and until the normal request is done.
+        let t0 = Instant::now();
+        let (mut worst, mut checks) = (Duration::ZERO, 0);
+        while t0.elapsed() < Duration::from_secs(3) || !normal.is_finished() {
+            let (status, took) = timed_health(&addr);
+            assert_eq!(status, 200, "/health failed after {:?}", t0.elapsed());
+            worst = worst.max(took);
+            checks += 1;
+            assert!(t0.elapsed() < Duration::from_secs(120), "the normal request did not finish in 120 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let refused: Vec<(u16, String)> = senders.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        (worst, checks, refused, normal.join().unwrap())
+    });
+    eprintln!("{checks} /health checks, slowest {worst:?}; {} oversized bodies refused", refused.len());
+    assert!(worst < Duration::from_millis(200), "/health took {worst:?} while the server was under load");
+    let (text, finish) = chat_stream_text(&normal);
+    assert!(!text.is_empty() && (finish == "stop" || finish == "length"), "{normal:?}");
+    assert!(refused.len() >= 16);
+    for (status, body) in &refused {
+        assert_eq!(*status, 400, "{body:.300}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:.300}"));
+        assert_eq!((&v["error"]["code"], &v["error"]["param"]), (&json!("context_length_exceeded"), &json!("messages")), "{v}");
+    }
+    // The half-open connections were held (not refused) all along.
+    for c in &mut half_open[..5] {
+        c.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 16];
+        let r = std::io::Read::read(c, &mut buf);
+        assert!(matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "a half-open connection was closed: {r:?}");
+    }
+}
+
+/// `--header-timeout`, `--body-timeout` and `--max-connections` through the binary: idle and
+/// half-sent heads are dropped after the header timeout, a half-sent body is answered 408
+/// after the body timeout, and connections over the limit wait until one closes.
+#[test]
+fn half_sent_requests_time_out_and_connections_are_limited() {
+    use std::io::Read;
+    let Some(model) = smollm2() else { return };
+    let server = Server::start(&model, &["--header-timeout", "2", "--body-timeout", "1", "--max-connections", "3"]);
+    let addr = addr_of(&server);
+    let t0 = Instant::now();
+    // Three connections take every slot: nothing sent, a partial request line, partial headers.
+    let mut held: Vec<std::net::TcpStream> = ["", "GET /hea", "GET /health HTTP/1.1\r\nHost: x\r\n"]
+        .iter()
+        .map(|p| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(p.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    // A fourth is not served while they are open ...
+    let fourth = std::thread::spawn({
+        let addr = addr.clone();
+        move || {
+            let (status, _) = raw_request(&addr, "GET", "/health", &[], b"");
+            (status, Instant::now())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!fourth.is_finished(), "a fourth connection was served while --max-connections 3 were open");
+    // ... and is once the header timeout has closed them (without an answer).
+    for c in &mut held {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "expected the connection to be closed: {:?}", String::from_utf8_lossy(&buf[..n]));
+    }
+    let closed = t0.elapsed();
+    assert!(closed >= Duration::from_millis(1500), "closed before the 2 s header timeout: {closed:?}");
+    let (status, served) = fourth.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(served.duration_since(t0) >= Duration::from_millis(1500));
+    // Headers sent, the body half sent: 408 after the body timeout.
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    let t = Instant::now();
+    c.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"prompt\"")
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(got.contains("did not arrive within 1 s"), "{got:?}");
+    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+    // Whole requests are still served.
+    let (s, v) = server.post("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 1}).to_string());
+    assert_eq!(s, 200, "{v}");
+}
+
+/// A page on another site can send a `text/plain` or form POST to a local server without a
+/// CORS preflight: such bodies get a 415. `--cors-origin` answers preflights for the origins
+/// listed only; `--api-key` (or INGOT_API_KEY) requires the Bearer key everywhere but
+/// /health.
+#[test]
+fn json_only_cors_and_api_key() {
+    let Some(model) = smollm2() else { return };
+    let server = Server::start(&model, &["--api-key", "k3y", "--cors-origin", "http://localhost:5173"]);
+    let addr = addr_of(&server);
+    let comp = "/v1/completions";
+    let body = json!({"prompt": "Hi", "max_tokens": 1}).to_string();
+    let key = ("authorization", "Bearer k3y");
+    for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=b"] {
+        let (status, b) = raw_request(&addr, "POST", comp, &[("content-type", ct), key], body.as_bytes());
+        assert_eq!(status, 415, "{ct}: {b}");
+        assert!(b.contains("Content-Type: application/json"), "{b}");
+    }
+    let json_ct = ("content-type", "application/json");
+    for auth in [None, Some("Bearer nope")] {
+        let mut h = vec![json_ct];
+        h.extend(auth.map(|a| ("authorization", a)));
+        let (status, b) = raw_request(&addr, "POST", comp, &h, body.as_bytes());
+        assert_eq!(status, 401, "{auth:?}: {b}");
+        assert!(b.contains("invalid_api_key"), "{b}");
+        assert_eq!(raw_request(&addr, "GET", "/v1/models", &h, b"").0, 401);
+    }
+    let (status, b) = raw_request(&addr, "POST", comp, &[json_ct, key], body.as_bytes());
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(raw_request(&addr, "GET", "/health", &[], b"").0, 200);
+    // Preflights: the listed origin gets the CORS headers, another does not.
+    let preflight = |addr: &str, origin: &str| {
+        use std::io::Read;
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            c,
+            "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nOrigin: {origin}\r\n\
+             Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        got.to_lowercase()
+    };
+    let ok = preflight(&addr, "http://localhost:5173");
+    assert!(ok.starts_with("http/1.1 200"), "{ok}");
+    assert!(ok.contains("access-control-allow-origin: http://localhost:5173"), "{ok}");
+    assert!(ok.contains("access-control-allow-headers") && ok.contains("authorization"), "{ok}");
+    let other = preflight(&addr, "http://evil.example");
+    assert!(!other.contains("access-control-allow-origin"), "{other}");
+    drop(server);
+
+    // The key from the environment; no CORS without --cors-origin.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ingot"))
+        .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
+        .env("INGOT_API_KEY", "envkey")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("no 'listening on' line").unwrap();
+        assert!(!line.contains("warning"), "{line}");
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            break a.to_string();
+        }
+    };
+    let h = |k: &'static str| [json_ct, ("authorization", k)];
+    assert_eq!(raw_request(&addr, "POST", comp, &h("Bearer k3y"), body.as_bytes()).0, 401);
+    assert_eq!(raw_request(&addr, "POST", comp, &h("Bearer envkey"), body.as_bytes()).0, 200);
+    // No --cors-origin: a preflight gets no CORS headers (here a 401: it has no key).
+    let none = preflight(&addr, "http://localhost:5173");
+    assert!(none.starts_with("http/1.1 401") && !none.contains("access-control-allow-origin"), "{none}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `--max-tokens 0` / `max_tokens: 0` mean the same in `run` and `serve`: nothing generated.
+#[test]
+fn max_tokens_0_generates_nothing_in_run_and_serve() {
+    let Some(model) = smollm2() else { return };
+    let m = model.to_str().unwrap();
+    let o = ingot(&["run", "--model", m, "--json", "--max-tokens", "0", "--prompt", "Hello"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((&v["generated_ids"], &v["text"]), (&json!([]), &json!("")));
+    let server = Server::start(&model, &[]);
+    let (status, v) = server.post("/v1/completions", &json!({"prompt": "Hello", "max_tokens": 0}).to_string());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((&v["choices"][0]["text"], &v["choices"][0]["finish_reason"]), (&json!(""), &json!("length")));
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{v}");
+    let data =
+        server.stream("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 0, "stream": true}));
+    assert_eq!(chat_stream_text(&data), (String::new(), "length".to_string()));
+    assert_eq!(server.metrics()["ingot_prompt_tokens_total"], 0.0, "the engine ran a max_tokens 0 request");
+}
+
+/// Flags that do not need the model are checked before it is loaded (here: a model path that
+/// does not exist, which would be the error otherwise): one line naming the flag, exit 2.
+#[test]
+fn serve_flags_are_checked_before_loading_the_model() {
+    let missing = "/nonexistent/ingot-test-model.gguf";
+    for (args, want) in [
+        (vec!["--ctx-size", "0"], "--ctx-size must be at least 1"),
+        (vec!["--page-size", "0"], "--page-size must be at least 1"),
+        (vec!["--max-seqs", "0"], "--max-seqs must be at least 1"),
+        (vec!["--max-batch-tokens", "0"], "--max-batch-tokens must be at least 1"),
+        (vec!["--max-batch-tokens", "8", "--max-seqs", "16"], "--max-batch-tokens (8) must be at least --max-seqs (16)"),
+        (vec!["--kv-pages", "0"], "--kv-pages must be at least 1"),
+        (vec!["--alias", ""], "--alias must not be empty"),
+        (vec!["--max-connections", "0"], "--max-connections must be at least 1"),
+        (vec!["--header-timeout", "0"], "--header-timeout must be more than 0"),
+        (vec!["--body-timeout", "NaN"], "--body-timeout must be more than 0"),
+        (vec!["--body-timeout", "1e9"], "--body-timeout must be more than 0 and at most 86400"),
+        (vec!["--api-key", ""], "--api-key must not be empty"),
+        (vec!["--cors-origin", "http://localhost:3000/"], "--cors-origin \"http://localhost:3000/\" is not an origin"),
+    ] {
+        let mut a = vec!["serve", "--model", missing, "--port", "0"];
+        a.extend(&args);
+        let o = ingot(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with(&format!("error: {want}")) && err.lines().count() == 1, "{args:?}: {err}");
+        assert!(!err.contains("nonexistent") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    // A non-loopback address without an API key: a warning first (then the missing model).
+    let o = ingot(&["serve", "--model", missing, "--host", "0.0.0.0", "--port", "0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let first = err.lines().next().unwrap_or("");
+    assert!(first.starts_with("ingot: warning: --host 0.0.0.0 is not a loopback address") && first.contains("--api-key"), "{err}");
+    assert!(err.contains("no such model file"), "{err}");
+    for args in
+        [vec!["--host", "0.0.0.0", "--api-key", "k"], vec!["--host", "127.0.0.1"], vec!["--host", "::1"], vec!["--host", "localhost"]]
+    {
+        let mut a = vec!["serve", "--model", missing, "--port", "0"];
+        a.extend(&args);
+        let o = ingot(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("warning") && err.contains("no such model file"), "{args:?}: {err}");
+    }
 }
