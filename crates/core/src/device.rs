@@ -39,6 +39,38 @@ pub trait DeviceTensor: Clone + Send + Sync {
     }
 }
 
+/// Checks that `shape` keeps `from`'s element count (for [`DeviceTensor::reshape`]).
+pub fn check_reshape(from: &[usize], shape: &[usize]) -> Result<()> {
+    crate::ensure!(
+        shape.iter().product::<usize>() == from.iter().product::<usize>(),
+        "reshape",
+        "shape {shape:?} has another element count than {from:?}"
+    );
+    Ok(())
+}
+
+/// Checks the tensors given to [`Device::run_into`]: each names an output of `op` and has
+/// that output's dtype and shape.
+pub fn check_into_outputs<T: DeviceTensor>(op: &Op, outputs: &DeviceTensors<T>) -> Result<()> {
+    let specs = op.outputs();
+    for (name, t) in outputs {
+        let s = specs
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| crate::Error::invalid(op.name(), format!("run_into: the op has no output '{name}'")))?;
+        crate::ensure!(
+            t.dtype() == s.dtype && t.shape() == s.shape.as_slice(),
+            op.name(),
+            "run_into: output '{name}' is {} {:?}, the op writes {} {:?}",
+            t.dtype(),
+            t.shape(),
+            s.dtype,
+            s.shape
+        );
+    }
+    Ok(())
+}
+
 /// Named device tensors: the inputs or outputs of one op, as [`Tensors`] names host ones.
 pub type DeviceTensors<T> = BTreeMap<String, T>;
 

@@ -10,7 +10,7 @@ pub mod ops;
 mod tensor;
 
 pub use backend::{Backend, Precision};
-pub use device::{run_on_host, run_on_host_guarded, Device, DeviceTensor, DeviceTensors, HostBytes};
+pub use device::{check_into_outputs, check_reshape, run_on_host, run_on_host_guarded, Device, DeviceTensor, DeviceTensors, HostBytes};
 pub use dtype::{DType, UnknownDType};
 pub use error::{Error, Result};
 pub use ops::*;

@@ -247,12 +247,7 @@ impl DeviceTensor for CpuTensor {
         &self.shape
     }
     fn reshape(&self, shape: &[usize]) -> Result<Self> {
-        ensure!(
-            shape.iter().product::<usize>() == self.numel(),
-            "reshape",
-            "shape {shape:?} has another element count than {:?}",
-            self.shape
-        );
+        ingot_core::check_reshape(&self.shape, shape)?;
         Ok(CpuTensor { dtype: self.dtype, shape: shape.to_vec(), storage: self.storage.clone() })
     }
 }

@@ -127,22 +127,7 @@ fn run_kernel(op: &Op, inputs: &Tens, alloc: Alloc, kernel: Option<Kernel>) -> R
 pub fn run_into(op: &Op, inputs: &Tens, outputs: &mut Tens) -> Result<Tens> {
     op.validate()?;
     check_inputs(op, inputs)?;
-    let specs = op.outputs();
-    for (name, t) in outputs.iter() {
-        let s = specs
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| Error::invalid(op.name(), format!("run_into: the op has no output '{name}'")))?;
-        ingot_core::ensure!(
-            t.dtype() == s.dtype && t.shape() == s.shape.as_slice(),
-            op.name(),
-            "run_into: output '{name}' is {} {:?}, the op writes {} {:?}",
-            t.dtype(),
-            t.shape(),
-            s.dtype,
-            s.shape
-        );
-    }
+    ingot_core::check_into_outputs(op, outputs)?;
     match op {
         Op::AppendPagedKvCache(p) if outputs.contains_key("k_cache_out") && outputs.contains_key("v_cache_out") => {
             append_in_place(p, inputs, &outputs["k_cache_out"], &outputs["v_cache_out"])?;
