@@ -19,6 +19,8 @@ pub enum GoldenCmd {
     Check(CheckArgs),
     /// Print the op × backend support table (Markdown) from the op registry.
     Support,
+    /// Print docs/ops.md (what every op computes) from the op list's spec text.
+    OpsDoc,
 }
 
 #[derive(clap::Args)]
@@ -102,6 +104,10 @@ pub fn run(cmd: GoldenCmd) -> Result<ExitCode> {
         GoldenCmd::Check(a) => check(a),
         GoldenCmd::Support => {
             print!("{}", support_table());
+            Ok(ExitCode::SUCCESS)
+        }
+        GoldenCmd::OpsDoc => {
+            print!("{}", ingot_core::ops_doc());
             Ok(ExitCode::SUCCESS)
         }
     }

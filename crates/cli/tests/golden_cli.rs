@@ -140,6 +140,19 @@ fn bad_input_is_a_clear_error() {
 }
 
 #[test]
+fn ops_doc_is_current() {
+    let o = ingot(&["golden", "ops-doc"], Path::new(env!("CARGO_MANIFEST_DIR")));
+    assert!(ok(&o));
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ops.md");
+    let have = std::fs::read_to_string(&doc).unwrap_or_default();
+    assert_eq!(
+        have,
+        String::from_utf8_lossy(&o.stdout),
+        "docs/ops.md is stale: regenerate with `cargo run -p ingot-cli -- golden ops-doc > docs/ops.md`"
+    );
+}
+
+#[test]
 fn support_doc_is_current() {
     let o = ingot(&["golden", "support"], Path::new(env!("CARGO_MANIFEST_DIR")));
     assert!(ok(&o));

@@ -7,6 +7,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod ops;
+mod ops_doc;
 mod tensor;
 
 pub use backend::{Backend, Precision};
@@ -14,4 +15,5 @@ pub use device::{check_into_outputs, check_reshape, run_on_host, run_on_host_gua
 pub use dtype::{DType, UnknownDType};
 pub use error::{Error, Result};
 pub use ops::*;
+pub use ops_doc::{ops_doc, DocSection};
 pub use tensor::{round_to, Tensor, Tensors};

@@ -4,7 +4,10 @@
 //! gelu(+Inf) = +Inf, sigmoid(−Inf) = 0, ...); NaN stays NaN. Also `scale`: x · s with s
 //! rounded to f32 first (as kernels hold it), the product exact in f64, rounded once.
 
+use crate::device_ops::{input, outs, Alloc, Kernel, Tens};
+use crate::fast;
 use crate::util::{f64_in, float_out, outputs};
+use ingot_core::{DType, Op};
 use ingot_core::{GatedParams, Result, ScaleParams, Tensors, UnaryParams};
 
 /// The element-wise activation functions.
@@ -31,8 +34,8 @@ impl Act {
             };
         }
         match self {
-            Act::Sigmoid => sigmoid(x),
-            Act::Silu => x * sigmoid(x),
+            Act::Sigmoid => logistic(x),
+            Act::Silu => x * logistic(x),
             Act::Relu => {
                 if x > 0.0 {
                     x
@@ -45,7 +48,7 @@ impl Act {
             // 0.5·(1 + tanh(u)) = σ(2u): no cancellation for negative x.
             Act::GeluTanh => {
                 let c = (2.0 / std::f64::consts::PI).sqrt();
-                x * sigmoid(2.0 * c * (x + 0.044715 * x * x * x))
+                x * logistic(2.0 * c * (x + 0.044715 * x * x * x))
             }
         }
     }
@@ -63,7 +66,7 @@ impl Act {
     }
 }
 
-fn sigmoid(x: f64) -> f64 {
+fn logistic(x: f64) -> f64 {
     // Stable in both tails.
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
@@ -89,6 +92,41 @@ pub fn gated(act: Act, p: &GatedParams, inputs: &Tensors) -> Result<Tensors> {
     Ok(outputs([("output", float_out(p.dtype, &[p.num_tokens, p.intermediate_size], &y))]))
 }
 
+/// `silu_and_mul`: silu(gate) · up.
+pub fn silu_and_mul(p: &GatedParams, inputs: &Tensors) -> Result<Tensors> {
+    gated(Act::Silu, p, inputs)
+}
+
+/// `gelu_and_mul`: gelu_tanh(gate) · up.
+pub fn gelu_and_mul(p: &GatedParams, inputs: &Tensors) -> Result<Tensors> {
+    gated(Act::GeluTanh, p, inputs)
+}
+
+/// `gelu`: exact (erf) GELU.
+pub fn gelu(p: &UnaryParams, inputs: &Tensors) -> Result<Tensors> {
+    unary(Act::Gelu, p, inputs)
+}
+
+/// `gelu_tanh`: GELU, tanh approximation.
+pub fn gelu_tanh(p: &UnaryParams, inputs: &Tensors) -> Result<Tensors> {
+    unary(Act::GeluTanh, p, inputs)
+}
+
+/// `silu`: x · σ(x).
+pub fn silu(p: &UnaryParams, inputs: &Tensors) -> Result<Tensors> {
+    unary(Act::Silu, p, inputs)
+}
+
+/// `relu`: max(x, 0).
+pub fn relu(p: &UnaryParams, inputs: &Tensors) -> Result<Tensors> {
+    unary(Act::Relu, p, inputs)
+}
+
+/// `sigmoid`: 1 / (1 + e^−x).
+pub fn sigmoid(p: &UnaryParams, inputs: &Tensors) -> Result<Tensors> {
+    unary(Act::Sigmoid, p, inputs)
+}
+
 /// `scale`: input · scale, the scale rounded to f32 first. A float input (at most 24
 /// significant bits) times an f32 has at most 48, so the f64 product is exact and the
 /// output is the product rounded once.
@@ -97,6 +135,38 @@ pub fn scale(p: &ScaleParams, inputs: &Tensors) -> Result<Tensors> {
     let s = f64::from(p.scale as f32);
     let y: Vec<f64> = x.iter().map(|&v| v * s).collect();
     Ok(outputs([("output", float_out(p.dtype, &[p.num_elements], &y))]))
+}
+
+// ---------------------------------------------------------------- fast kernels (`cpu`)
+
+/// The fast kernels of this family's ops on the [`crate::CpuDevice`] ([`crate::device_ops`]): f32 only.
+pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
+    use DType::F32;
+    Some(match op {
+        Op::SiluAndMul(p) if p.dtype == F32 => Box::new(move |i, a| gated_fast("silu_and_mul", p, fast::silu, i, a)),
+        Op::GeluAndMul(p) if p.dtype == F32 => Box::new(move |i, a| gated_fast("gelu_and_mul", p, fast::gelu_tanh, i, a)),
+        Op::Scale(p) if p.dtype == F32 => Box::new(move |i, a| scale_fast(p, i, a)),
+        _ => return None,
+    })
+}
+
+/// input · scale, the scale rounded to f32 first (one f32 product: the reference's f64
+/// product of two f32 values rounded once is the same number).
+fn scale_fast(p: &ingot_core::ScaleParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let x = input("scale", ins, "input")?.view::<f32>()?;
+    let s = p.scale as f32;
+    let out = alloc.zeros(DType::F32, &[p.num_elements])?;
+    out.write()?.f32().iter_mut().zip(x.iter()).for_each(|(o, &x)| *o = x * s);
+    Ok(outs([("output", out)]))
+}
+
+/// act(gate)·up in f32 ([`fast::silu`], [`fast::gelu_tanh`]).
+fn gated_fast(op: &'static str, p: &ingot_core::GatedParams, act: fn(f32) -> f32, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let g = input(op, ins, "gate")?.view::<f32>()?;
+    let u = input(op, ins, "up")?.view::<f32>()?;
+    let out = alloc.zeros(DType::F32, &[p.num_tokens, p.intermediate_size])?;
+    fast::zip_into(&g, &u, out.write()?.f32(), |g, u| act(g) * u);
+    Ok(outs([("output", out)]))
 }
 
 #[cfg(test)]

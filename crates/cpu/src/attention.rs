@@ -1,5 +1,6 @@
-//! Paged KV-cache references: `append_paged_kv_cache`, `batch_prefill_with_paged_kv_cache`
-//! and `batch_decode_with_paged_kv_cache`, in FlashInfer's NHD page layout.
+//! Paged KV-cache attention references: `batch_prefill_with_paged_kv_cache` and
+//! `batch_decode_with_paged_kv_cache`, in FlashInfer's NHD page layout (which
+//! `append_paged_kv_cache`, in [`crate::kv`], writes).
 //!
 //! A cache is [num_pages, page_size, num_kv_heads, head_size]. Sequence b owns the pages
 //! kv_indices[kv_indptr[b] .. kv_indptr[b+1]] in order; its length is
@@ -14,26 +15,26 @@
 //! log). A row that sees no key gets output 0 and lse −inf. Prefill and decode share
 //! [`Attention::row`], the one routine that attends one query row.
 
-use crate::util::{f64_in, float_out, get, i32_in, outputs};
-use ingot_core::{AppendKvParams, DType, DecodeParams, Error, Op, PrefillParams, Result, Tensor, Tensors};
-use std::collections::HashMap;
+use crate::device_ops::{input, outs, Alloc, Kernel, Tens};
+use crate::paged::{self, PagedKv, QueryRow};
+use crate::util::{f64_in, float_out, i32_in, outputs};
+use ingot_core::{DType, DecodeParams, Error, Op, PrefillParams, Result, Tensors};
 
-const APPEND: &str = "append_paged_kv_cache";
 const PREFILL: &str = "batch_prefill_with_paged_kv_cache";
 const DECODE: &str = "batch_decode_with_paged_kv_cache";
 
 // ---------------------------------------------------------------- paged layout
 
 /// One sequence of the batch: its physical pages in order and its length in positions.
-struct Sequence {
+pub(crate) struct Sequence {
     pages: Vec<usize>,
-    kv_len: usize,
+    pub(crate) kv_len: usize,
 }
 
 /// The checked page table of a batch.
-struct PagedLayout {
+pub(crate) struct PagedLayout {
     page_size: usize,
-    seqs: Vec<Sequence>,
+    pub(crate) seqs: Vec<Sequence>,
 }
 
 /// One sequence of a checked page table: its pages are `kv_indices[pages]`, in order.
@@ -95,7 +96,7 @@ pub(crate) fn page_table(
 
 impl PagedLayout {
     /// Read and check `kv_indptr`, `kv_indices` and `kv_last_page_len` (shapes already checked).
-    fn read(op: &'static str, inputs: &Tensors, batch: usize, page_size: usize, num_pages: usize) -> Result<Self> {
+    pub(crate) fn read(op: &'static str, inputs: &Tensors, batch: usize, page_size: usize, num_pages: usize) -> Result<Self> {
         let indptr = i32_in(op, inputs, "kv_indptr")?;
         let indices = i32_in(op, inputs, "kv_indices")?;
         let last = i32_in(op, inputs, "kv_last_page_len")?;
@@ -108,74 +109,9 @@ impl PagedLayout {
     }
 
     /// Physical (page, slot) of position `j` of sequence `b` (`j < kv_len`).
-    fn locate(&self, b: usize, j: usize) -> (usize, usize) {
+    pub(crate) fn locate(&self, b: usize, j: usize) -> (usize, usize) {
         (self.seqs[b].pages[j / self.page_size], j % self.page_size)
     }
-}
-
-// ---------------------------------------------------------------- append
-
-/// `append_paged_kv_cache`: row i of append_k/append_v goes to sequence batch_indices[i]
-/// at position positions[i] (which must lie inside the sequence's length, i.e. the page
-/// table already counts the new tokens). Everything else is copied through bit for bit;
-/// the written rows are copied bit for bit too (a copy needs no arithmetic). Two rows
-/// that land on the same physical (page, slot) are an error, whichever sequences they
-/// belong to.
-pub fn append_paged_kv_cache(p: &AppendKvParams, inputs: &Tensors) -> Result<Tensors> {
-    // CpuBackend::run checked already; checking again keeps direct callers from panicking.
-    Op::AppendPagedKvCache(p.clone()).check_inputs(inputs)?;
-    let targets = append_targets(p, inputs)?;
-    let copy_rows = |cache: &str, rows: &str| -> Result<Tensor> {
-        let src = get(APPEND, inputs, rows)?;
-        let mut out = get(APPEND, inputs, cache)?.clone();
-        // One row is [num_kv_heads, head_size], contiguous both in `src` and in a cache slot.
-        let row_bytes = src.data.len() / p.num_tokens;
-        for (row, &(page, slot)) in src.data.chunks_exact(row_bytes).zip(&targets) {
-            let at = (page * p.page_size + slot) * row_bytes;
-            out.data[at..at + row_bytes].copy_from_slice(row);
-        }
-        Ok(out)
-    };
-    let k_out = copy_rows("k_cache", "append_k")?;
-    let v_out = copy_rows("v_cache", "append_v")?;
-    Ok(outputs([("k_cache_out", k_out), ("v_cache_out", v_out)]))
-}
-
-/// The (page, slot) each appended row of `append_paged_kv_cache` writes, every value
-/// checked; `inputs` needs only the index tensors (`batch_indices`, `positions` and the
-/// page table).
-pub fn append_targets(p: &AppendKvParams, inputs: &Tensors) -> Result<Vec<(usize, usize)>> {
-    let layout = PagedLayout::read(APPEND, inputs, p.batch_size, p.page_size, p.num_pages)?;
-    let batch_indices = i32_in(APPEND, inputs, "batch_indices")?;
-    let positions = i32_in(APPEND, inputs, "positions")?;
-
-    // Resolve every row to its physical slot before writing anything.
-    let mut targets = Vec::with_capacity(p.num_tokens);
-    let mut written: HashMap<(usize, usize), usize> = HashMap::new();
-    for (i, (&b, &pos)) in batch_indices.iter().zip(&positions).enumerate() {
-        if b < 0 || b as usize >= p.batch_size {
-            return Err(Error::invalid(APPEND, format!("batch_indices[{i}] = {b} is outside 0..{} sequences", p.batch_size)));
-        }
-        let kv_len = layout.seqs[b as usize].kv_len;
-        if pos < 0 || pos as usize >= kv_len {
-            return Err(Error::invalid(APPEND, format!("positions[{i}] = {pos} is outside 0..{kv_len} (the length of sequence {b})")));
-        }
-        let (page, slot) = layout.locate(b as usize, pos as usize);
-        if let Some(prev) = written.insert((page, slot), i) {
-            let (pb, ppos) = (batch_indices[prev], positions[prev]);
-            let msg = if (pb, ppos) == (b, pos) {
-                format!("rows {prev} and {i} both write sequence {b} position {pos}")
-            } else {
-                format!(
-                    "rows {prev} and {i} both write page {page} slot {slot} \
-                     (sequence {pb} position {ppos} and sequence {b} position {pos})"
-                )
-            };
-            return Err(Error::invalid(APPEND, msg));
-        }
-        targets.push((page, slot));
-    }
-    Ok(targets)
 }
 
 // ---------------------------------------------------------------- attention
@@ -342,8 +278,115 @@ pub fn batch_decode(p: &DecodeParams, inputs: &Tensors) -> Result<Tensors> {
     Ok(outputs([("output", float_out(p.dtype, &[b, hq, d], &out)), ("lse", float_out(DType::F32, &[b, hq], &lse))]))
 }
 
+// ---------------------------------------------------------------- fast kernels (`cpu`)
+
+/// The fast kernels of this family's ops on the [`crate::CpuDevice`] ([`crate::device_ops`]):
+/// f32, and causal prefill (the non-causal form runs on the reference).
+pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
+    use DType::F32;
+    Some(match op {
+        Op::BatchDecodeWithPagedKvCache(p) if p.dtype == F32 => Box::new(move |i, a| batch_decode_fast(p, i, a)),
+        Op::BatchPrefillWithPagedKvCache(p) if p.dtype == F32 && p.causal => Box::new(move |i, a| batch_prefill_fast(p, i, a)),
+        _ => return None,
+    })
+}
+
+/// The shared part of decode and prefill: the checked page table, the query rows it
+/// yields, and [`paged::paged_attention_into`] writing `output` and `lse`.
+struct Paged<'a> {
+    op: &'static str,
+    ins: &'a Tens,
+    hq: usize,
+    hk: usize,
+    d: usize,
+    page_size: usize,
+    num_pages: usize,
+    sm_scale: f64,
+    window_left: i64,
+    cap: f64,
+}
+
+impl Paged<'_> {
+    /// Attends the query rows: `rows(seqs)` gives, from the checked sequences, each query
+    /// row's (sequence, position) in the order of `q`.
+    fn run(&self, alloc: Alloc, rows: impl FnOnce(&[SeqPages]) -> Result<Vec<(usize, usize)>>) -> Result<Tens> {
+        let (indptr, indices, last) = (
+            input(self.op, self.ins, "kv_indptr")?.view::<i32>()?,
+            input(self.op, self.ins, "kv_indices")?.view::<i32>()?,
+            input(self.op, self.ins, "kv_last_page_len")?.view::<i32>()?,
+        );
+        let seqs = page_table(self.op, &indptr, &indices, &last, self.page_size, self.num_pages)?;
+        // Every page id was checked to lie in 0..num_pages: the same bits as u32.
+        let pages: &[u32] = bytemuck::cast_slice(&indices);
+        let rows: Vec<QueryRow> = rows(&seqs)?.into_iter().map(|(b, pos)| QueryRow { pages: &pages[seqs[b].pages.clone()], pos }).collect();
+        let q = input(self.op, self.ins, "q")?.view::<f32>()?;
+        let k = input(self.op, self.ins, "k_cache")?.view::<f32>()?;
+        let v = input(self.op, self.ins, "v_cache")?.view::<f32>()?;
+        let kv = PagedKv { k: &k, v: &v, page_size: self.page_size, n_kv: self.hk, head_dim: self.d };
+        let out = alloc.zeros(DType::F32, &[rows.len(), self.hq, self.d])?;
+        let lse = alloc.zeros(DType::F32, &[rows.len(), self.hq])?;
+        // window_left = w: keys at positions ≥ pos − w, a window of w + 1 keys.
+        let window = usize::try_from(self.window_left).ok().map(|w| w.saturating_add(1));
+        paged::paged_attention_into(
+            &q,
+            &rows,
+            &kv,
+            self.hq,
+            self.sm_scale as f32,
+            window,
+            self.cap as f32,
+            out.write()?.f32(),
+            Some(lse.write()?.f32()),
+        );
+        Ok(outs([("output", out), ("lse", lse)]))
+    }
+}
+
+fn batch_decode_fast(p: &ingot_core::DecodeParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let a = Paged {
+        op: "batch_decode_with_paged_kv_cache",
+        ins,
+        hq: p.num_qo_heads,
+        hk: p.num_kv_heads,
+        d: p.head_size,
+        page_size: p.page_size,
+        num_pages: p.num_pages,
+        sm_scale: p.sm_scale,
+        window_left: p.window_left,
+        cap: p.logits_soft_cap,
+    };
+    // One query per sequence, at its last position (kv_len ≥ 1).
+    a.run(alloc, |seqs| Ok(seqs.iter().enumerate().map(|(b, s)| (b, s.kv_len - 1)).collect()))
+}
+
+/// Causal prefill (the non-causal form runs on the reference).
+fn batch_prefill_fast(p: &ingot_core::PrefillParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let a = Paged {
+        op: "batch_prefill_with_paged_kv_cache",
+        ins,
+        hq: p.num_qo_heads,
+        hk: p.num_kv_heads,
+        d: p.head_size,
+        page_size: p.page_size,
+        num_pages: p.num_pages,
+        sm_scale: p.sm_scale,
+        window_left: p.window_left,
+        cap: p.logits_soft_cap,
+    };
+    let qo_indptr = input(a.op, ins, "qo_indptr")?.view::<i32>()?;
+    a.run(alloc, |seqs| {
+        let kv_lens: Vec<usize> = seqs.iter().map(|s| s.kv_len).collect();
+        // Causal: every query sits at a position ≥ 0 (the check refuses qo_len > kv_len).
+        Ok(query_rows(p, &qo_indptr, &kv_lens)?.into_iter().map(|(b, pos)| (b, pos as usize)).collect())
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use crate::kv::append_paged_kv_cache;
+    use ingot_core::{AppendKvParams, Tensor};
+
+    const APPEND: &str = "append_paged_kv_cache";
     use super::*;
     use ingot_core::round_to;
     use proptest::prelude::*;

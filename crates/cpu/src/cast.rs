@@ -2,12 +2,46 @@
 //! NaN, ±Inf stays ±Inf, finite values beyond the target range become ±Inf.
 //! Every f16 and bf16 value is exact in f32, so going through f32 rounds only once.
 
+use crate::device_ops::{floats, input, outs, Alloc, Kernel, Tens};
 use crate::util::{get, outputs};
 use ingot_core::{CastParams, Result, Tensor, Tensors};
+use ingot_core::{DType, Op};
 
 pub fn cast(p: &CastParams, inputs: &Tensors) -> Result<Tensors> {
     let x = get("cast", inputs, "input")?.to_f32()?;
     Ok(outputs([("output", Tensor::from_f32(p.output_dtype, vec![p.num_elements], &x))]))
+}
+
+// ---------------------------------------------------------------- fast kernels (`cpu`)
+
+/// The fast kernel of this family's ops on the [`crate::CpuDevice`] ([`crate::device_ops`]).
+pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
+    Some(match op {
+        Op::Cast(p) => Box::new(move |i, a| cast_fast(p, i, a)),
+        _ => return None,
+    })
+}
+
+/// f32/f16/bf16 to f32/f16/bf16, round to nearest even (every f16 and bf16 value is exact
+/// in f32, so going through f32 rounds once); the same dtype is a copy.
+fn cast_fast(p: &ingot_core::CastParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "cast";
+    let src = input(op, ins, "input")?;
+    let out = alloc.zeros(p.output_dtype, &[p.num_elements])?;
+    {
+        let mut w = out.write()?;
+        if p.input_dtype == p.output_dtype {
+            w.bytes().copy_from_slice(&src.bytes()?);
+        } else {
+            let x = floats(src)?;
+            match p.output_dtype {
+                DType::F32 => w.f32().copy_from_slice(&x),
+                DType::F16 => w.elems::<u16>().iter_mut().zip(x.iter()).for_each(|(o, &v)| *o = half::f16::from_f32(v).to_bits()),
+                _ => w.elems::<u16>().iter_mut().zip(x.iter()).for_each(|(o, &v)| *o = half::bf16::from_f32(v).to_bits()),
+            }
+        }
+    }
+    Ok(outs([("output", out)]))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! The byte-level forms ([`copy_pages_in_place`], [`write_columns_in_place`]) are what the
 //! CPU device runs for the in-place `Device::run_into` calls.
 
+use crate::device_ops::Tens;
 use crate::util::{get, i32_in, outputs};
 use ingot_core::{ensure, CopyPagesParams, Op, Result, Tensor, Tensors, WriteColumnsParams};
 
@@ -71,6 +72,30 @@ pub fn write_columns_in_place(p: &WriteColumnsParams, src: &[u8], out: &mut [u8]
         row[at..at + sw].copy_from_slice(s);
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- fast kernels (`cpu`)
+
+/// The in-place forms of this family's ops for [`crate::device_ops::run_into`].
+pub(crate) fn run_into(op: &Op, inputs: &Tens, outputs: &Tens) -> Option<Result<Tens>> {
+    let done = |r: Result<()>| Some(r.map(|()| Tens::new()));
+    match op {
+        // The page copies inside `cache_out` (the `cache` input is not read: it may be the
+        // same tensor). Index lists are read before the write lock is taken.
+        Op::CopyPages(p) if outputs.contains_key("cache_out") => done((|| {
+            let src = inputs["src_pages"].with_i32(<[i32]>::to_vec)?;
+            let dst = inputs["dst_pages"].with_i32(<[i32]>::to_vec)?;
+            p.check_pages(op.name(), &src, &dst)?;
+            copy_pages_in_place(p, &src, &dst, outputs["cache_out"].write()?.bytes())
+        })()),
+        // `src` written into the columns of `output` (the `dst` input is not read: it may be
+        // the same tensor); src is copied out first, in case it shares storage too.
+        Op::WriteColumns(p) if outputs.contains_key("output") => done((|| {
+            let src = inputs["src"].bytes()?.to_vec();
+            write_columns_in_place(p, &src, outputs["output"].write()?.bytes())
+        })()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

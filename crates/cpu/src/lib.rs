@@ -13,7 +13,8 @@ pub mod device_ops;
 pub mod embedding;
 pub mod fast;
 pub mod gemm;
-pub mod kv_quant;
+pub mod kv;
+pub mod matmul;
 pub mod norm;
 pub mod paged;
 pub mod quant;
@@ -21,7 +22,6 @@ pub mod rope;
 pub mod sampling;
 pub mod simd;
 pub mod util;
-pub mod weights;
 
 use ingot_core::{Backend, Error, Op, Result, Tensors};
 
@@ -43,47 +43,23 @@ impl Backend for CpuBackend {
 
     fn run(&self, op: &Op, inputs: &Tensors) -> Result<Tensors> {
         op.check_inputs(inputs)?;
-        use activation::Act;
-        match op {
-            Op::Gemm(p) => gemm::gemm(p, inputs),
-            Op::EmbeddingLookup(p) => embedding::embedding_lookup(p, inputs),
-            Op::RmsNorm(p) => norm::rms_norm(p, inputs),
-            Op::FusedAddRmsNorm(p) => norm::fused_add_rms_norm(p, inputs),
-            Op::LayerNorm(p) => norm::layer_norm(p, inputs),
-            Op::AddResidual(p) => norm::add_residual(p, inputs),
-            Op::AddBias(p) => norm::add_bias(p, inputs),
-            Op::Scale(p) => activation::scale(p, inputs),
-            Op::SiluAndMul(p) => activation::gated(Act::Silu, p, inputs),
-            Op::GeluAndMul(p) => activation::gated(Act::GeluTanh, p, inputs),
-            Op::Gelu(p) => activation::unary(Act::Gelu, p, inputs),
-            Op::GeluTanh(p) => activation::unary(Act::GeluTanh, p, inputs),
-            Op::Silu(p) => activation::unary(Act::Silu, p, inputs),
-            Op::Relu(p) => activation::unary(Act::Relu, p, inputs),
-            Op::Sigmoid(p) => activation::unary(Act::Sigmoid, p, inputs),
-            Op::Softmax(p) => sampling::softmax(p, inputs),
-            Op::TopkMaskLogits(p) => sampling::topk_mask_logits(p, inputs),
-            Op::ExtractKValues(p) => sampling::extract_k_values(p, inputs),
-            Op::Argmax(p) => sampling::argmax(p, inputs),
-            Op::Softcap(p) => sampling::softcap(p, inputs),
-            Op::TemperatureScale(p) => sampling::temperature_scale(p, inputs),
-            Op::TopPMask(p) => sampling::top_p_mask(p, inputs),
-            Op::MinPMask(p) => sampling::min_p_mask(p, inputs),
-            Op::SampleFromProbs(p) => sampling::sample_from_probs(p, inputs),
-            Op::Rope(p) => rope::rope(p, inputs),
-            Op::RopeFreqs(p) => rope::rope_freqs(p, inputs),
-            Op::AppendPagedKvCache(p) => attention::append_paged_kv_cache(p, inputs),
-            Op::CopyPages(p) => copy::copy_pages(p, inputs),
-            Op::BatchPrefillWithPagedKvCache(p) => attention::batch_prefill(p, inputs),
-            Op::BatchDecodeWithPagedKvCache(p) => attention::batch_decode(p, inputs),
-            Op::Cast(p) => cast::cast(p, inputs),
-            Op::WriteColumns(p) => copy::write_columns(p, inputs),
-            Op::QuantizeKv(p) => kv_quant::quantize_kv(p, inputs),
-            Op::DequantizeKv(p) => kv_quant::dequantize_kv(p, inputs),
-            Op::Dequantize(p) => weights::dequantize(p, inputs),
-            Op::QuantizedMatmul(p) => weights::quantized_matmul(p, inputs),
-        }
+        reference(op, inputs)
     }
 }
+
+/// Generates [`reference`] from the op list: `family::function` of each op is its f64
+/// reference in this crate.
+macro_rules! reference {
+    ($( $(#[doc = $doc:literal])* $variant:ident $name:literal ($params:ty) $family:ident :: $func:ident in $section:ident $spec:literal; )*) => {
+        /// The f64 reference of `op` (inputs checked by the caller).
+        fn reference(op: &Op, inputs: &Tensors) -> Result<Tensors> {
+            match op {
+                $( Op::$variant(p) => $family::$func(p, inputs), )*
+            }
+        }
+    };
+}
+ingot_core::for_each_op!(reference);
 
 /// Use `n` worker threads for the CPU fast path (rayon's global pool, built once and
 /// kept: no thread is spawned per op). Call it before any parallel work; calling it

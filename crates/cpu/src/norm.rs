@@ -3,8 +3,11 @@
 //! rounded once to the dtype. `fused_add_rms_norm` normalizes the *stored* residual
 //! (residual_out, already rounded to the dtype), which is what the next layer reads.
 
+use crate::device_ops::{input, outs, Alloc, Kernel, Tens};
+use crate::fast;
 use crate::util::{f64_in, float_out, outputs};
 use ingot_core::{round_to, LayerNormParams, Result, RmsNormParams, RowsParams, Tensors};
+use ingot_core::{DType, Op};
 
 fn rms_rows(x: &[f64], w: &[f64], h: usize, eps: f64, gemma: bool) -> Vec<f64> {
     let mut out = Vec::with_capacity(x.len());
@@ -66,6 +69,71 @@ pub fn add_bias(p: &RowsParams, inputs: &Tensors) -> Result<Tensors> {
     let b = f64_in(OP, inputs, "bias")?;
     let y: Vec<f64> = x.chunks_exact(p.hidden_size).flat_map(|row| row.iter().zip(&b).map(|(a, c)| a + c)).collect();
     Ok(outputs([("output", float_out(p.dtype, &[p.num_tokens, p.hidden_size], &y))]))
+}
+
+// ---------------------------------------------------------------- fast kernels (`cpu`)
+
+/// The fast kernels of this family's ops on the [`crate::CpuDevice`] ([`crate::device_ops`]): f32 only.
+pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
+    use DType::F32;
+    Some(match op {
+        Op::RmsNorm(p) if p.dtype == F32 => Box::new(move |i, a| rms_norm_fast(p, i, a)),
+        Op::FusedAddRmsNorm(p) if p.dtype == F32 => Box::new(move |i, a| fused_add_rms_norm_fast(p, i, a)),
+        Op::AddResidual(p) if p.dtype == F32 => Box::new(move |i, a| add_residual_fast(p, i, a)),
+        Op::AddBias(p) if p.dtype == F32 => Box::new(move |i, a| add_bias_fast(p, i, a)),
+        _ => return None,
+    })
+}
+
+fn rms_norm_fast(p: &ingot_core::RmsNormParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "rms_norm";
+    let x = input(op, ins, "input")?.view::<f32>()?;
+    let w = input(op, ins, "weight")?.view::<f32>()?;
+    let out = alloc.zeros(DType::F32, &[p.num_tokens, p.hidden_size])?;
+    fast::rms_norm_into(&x, &w, p.eps, p.gemma, out.write()?.f32());
+    Ok(outs([("output", out)]))
+}
+
+/// residual_out = input + residual (rounded to f32, as stored), output = rms_norm(residual_out).
+fn fused_add_rms_norm_fast(p: &ingot_core::RmsNormParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "fused_add_rms_norm";
+    let x = input(op, ins, "input")?.view::<f32>()?;
+    let r = input(op, ins, "residual")?.view::<f32>()?;
+    let w = input(op, ins, "weight")?.view::<f32>()?;
+    let shape = [p.num_tokens, p.hidden_size];
+    let (sum, out) = (alloc.zeros(DType::F32, &shape)?, alloc.zeros(DType::F32, &shape)?);
+    {
+        let mut s = sum.write()?;
+        let s = s.f32();
+        fast::zip_into(&x, &r, s, |a, b| a + b);
+        fast::rms_norm_into(s, &w, p.eps, p.gemma, out.write()?.f32());
+    }
+    Ok(outs([("output", out), ("residual_out", sum)]))
+}
+
+fn add_residual_fast(p: &ingot_core::RowsParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "add_residual";
+    let x = input(op, ins, "input")?.view::<f32>()?;
+    let r = input(op, ins, "residual")?.view::<f32>()?;
+    let out = alloc.zeros(DType::F32, &[p.num_tokens, p.hidden_size])?;
+    fast::zip_into(&x, &r, out.write()?.f32(), |a, b| a + b);
+    Ok(outs([("output", out)]))
+}
+
+/// input + bias on every row, in f32.
+fn add_bias_fast(p: &ingot_core::RowsParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "add_bias";
+    let x = input(op, ins, "input")?.view::<f32>()?;
+    let b = input(op, ins, "bias")?.view::<f32>()?;
+    let out = alloc.zeros(DType::F32, &[p.num_tokens, p.hidden_size])?;
+    let mut w = out.write()?;
+    for (o, x) in w.f32().chunks_exact_mut(p.hidden_size).zip(x.chunks_exact(p.hidden_size)) {
+        for ((o, &x), &b) in o.iter_mut().zip(x).zip(b.iter()) {
+            *o = x + b;
+        }
+    }
+    drop(w);
+    Ok(outs([("output", out)]))
 }
 
 #[cfg(test)]

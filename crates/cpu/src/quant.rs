@@ -9,8 +9,12 @@
 //! for the K-quants it uses a simple min/max scheme, meant for test data, not
 //! for producing model files of ggml's quality.
 
+use crate::device_ops::{input, outs, Alloc, Kernel, Tens};
+use crate::util::{get, outputs};
 use half::{bf16, f16};
-use ingot_core::{DType, Error, Result};
+use ingot_core::Op;
+use ingot_core::{DType, DequantizeParams, Error, Result, Tensor, Tensors};
+use rayon::prelude::*;
 
 /// Elements per block of the 32-element formats (Q4_0 ... Q8_0).
 const QK: usize = 32;
@@ -626,6 +630,49 @@ fn quant_q6_k(x: &[f32], b: &mut [u8]) -> Result<(), ScaleOverflow> {
         b[128 + hb] |= (l >> 4) << hs;
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- the `dequantize` op
+
+/// Dequantize a [rows, cols] weight tensor to f32 values, row by row.
+pub fn dequantize_matrix(t: &Tensor, rows: usize, cols: usize) -> Result<Vec<f32>> {
+    let row_bytes = t.dtype.bytes_for(cols).unwrap_or(0);
+    let mut out = vec![0f32; rows * cols];
+    for (src, dst) in t.data.chunks_exact(row_bytes.max(1)).zip(out.chunks_exact_mut(cols)) {
+        dequantize_row(t.dtype, src, dst)?;
+    }
+    Ok(out)
+}
+
+/// `dequantize`: the rows expanded to f32, exactly as ggml does.
+pub fn dequantize(p: &DequantizeParams, inputs: &Tensors) -> Result<Tensors> {
+    let t = get("dequantize", inputs, "input")?;
+    let v = dequantize_matrix(t, p.rows, p.cols)?;
+    Ok(outputs([("output", Tensor::from_f32(DType::F32, vec![p.rows, p.cols], &v))]))
+}
+
+// ---------------------------------------------------------------- fast kernels (`cpu`)
+
+/// The fast kernel of this family's ops on the [`crate::CpuDevice`] ([`crate::device_ops`]).
+pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
+    Some(match op {
+        Op::Dequantize(p) => Box::new(move |i, a| dequantize_fast(p, i, a)),
+        _ => return None,
+    })
+}
+
+/// The rows decoded to f32, as the fast `embedding_lookup` decodes them.
+fn dequantize_fast(p: &ingot_core::DequantizeParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "dequantize";
+    let src = input(op, ins, "input")?.bytes()?;
+    let row_bytes = p.dtype.bytes_for(p.cols).ok_or_else(|| Error::invalid("dequantize", "cols is not whole blocks"))?;
+    let out = alloc.zeros(DType::F32, &[p.rows, p.cols])?;
+    out.write()?
+        .f32()
+        .par_chunks_mut(p.cols)
+        .zip(src.par_chunks(row_bytes))
+        .try_for_each(|(dst, row)| crate::quant::dequantize_row(p.dtype, row, dst))?;
+    Ok(outs([("output", out)]))
 }
 
 #[cfg(test)]

@@ -9,8 +9,13 @@
 //! `rope_freqs` is the same rotation of one tensor with the inverse frequencies given as an
 //! f32 table (read exactly; the angle pos · inv_freq_i is an f64 product).
 
+use crate::device::CpuTensor;
+use crate::device_ops::{input, outs, Alloc, Kernel, Tens};
+use crate::fast;
 use crate::util::{f64_in, float_out, i32_in, outputs};
+use ingot_core::DType;
 use ingot_core::{Error, Op, Result, RopeFreqsParams, RopeParams, Tensors};
+use rayon::prelude::*;
 use std::f64::consts::PI;
 
 const OP: &str = "rope";
@@ -100,6 +105,82 @@ pub fn rope_freqs(p: &RopeFreqsParams, inputs: &Tensors) -> Result<Tensors> {
     let mut x = f64_in(OP, inputs, "input")?;
     rotate(&mut x, p.head_size, p.interleave, &pos, &inv_freq);
     Ok(outputs([("output", float_out(p.dtype, &[p.num_tokens, p.num_heads, p.head_size], &x))]))
+}
+
+// ---------------------------------------------------------------- fast kernels (`cpu`)
+
+/// The fast kernels of this family's ops on the [`crate::CpuDevice`] ([`crate::device_ops`]): f32 only.
+pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
+    use DType::F32;
+    Some(match op {
+        Op::Rope(p) if p.dtype == F32 => Box::new(move |i, a| rope_fast(p, i, a)),
+        Op::RopeFreqs(p) if p.dtype == F32 => Box::new(move |i, a| rope_freqs_fast(p, i, a)),
+        _ => return None,
+    })
+}
+
+/// Rotary embedding with the caller's inverse frequencies: each angle pos·f in f64, its cos
+/// and sin rounded to f32, the rotation in f32 (as [`rope_fast`]).
+fn rope_freqs_fast(p: &ingot_core::RopeFreqsParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "rope_freqs";
+    let pos = input(op, ins, "pos_ids")?.view::<i32>()?;
+    if let Some((t, id)) = pos.iter().enumerate().find(|(_, &id)| id < 0) {
+        return Err(Error::invalid(op, format!("pos_ids[{t}] = {id} is negative")));
+    }
+    let inv = input(op, ins, "inv_freq")?.view::<f32>()?;
+    if let Some((i, f)) = inv.iter().enumerate().find(|(_, f)| !f.is_finite()) {
+        return Err(Error::invalid(op, format!("inv_freq[{i}] = {f} is not finite")));
+    }
+    let (heads, d) = (p.num_heads, p.head_size);
+    let x = input(op, ins, "input")?.view::<f32>()?;
+    let out = alloc.zeros(DType::F32, &[p.num_tokens, heads, d])?;
+    let mut w = out.write()?;
+    let o = w.f32();
+    o.copy_from_slice(&x);
+    let token = |cs: &mut Vec<(f32, f32)>, (row, &pos): (&mut [f32], &i32)| {
+        fast::rope_angles(pos as usize, inv.iter().map(|&f| f as f64), cs);
+        fast::rope_rotate(row, d, cs, !p.interleave);
+    };
+    if o.len() >= 1 << 15 {
+        o.par_chunks_mut(heads * d).zip(pos.par_iter()).for_each_init(Vec::new, token);
+    } else {
+        let mut cs = Vec::with_capacity(inv.len());
+        o.chunks_mut(heads * d).zip(pos.iter()).for_each(|r| token(&mut cs, r));
+    }
+    drop(w);
+    Ok(outs([("output", out)]))
+}
+
+/// Rotary embedding with the op's inverse frequencies (in f64, Llama 3.1 scaling
+/// included); each angle pos·f in f64, its cos and sin rounded to f32, the rotation in f32.
+fn rope_fast(p: &ingot_core::RopeParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "rope";
+    let pos = input(op, ins, "pos_ids")?.view::<i32>()?;
+    if let Some((t, id)) = pos.iter().enumerate().find(|(_, &id)| id < 0) {
+        return Err(Error::invalid("rope", format!("pos_ids[{t}] = {id} is negative")));
+    }
+    let inv = crate::rope::inv_freqs(p);
+    let (t, d) = (p.num_tokens, p.head_size);
+    let rotate = |name: &str, heads: usize| -> Result<CpuTensor> {
+        let x = input(op, ins, name)?.view::<f32>()?;
+        let out = alloc.zeros(DType::F32, &[t, heads, d])?;
+        let mut w = out.write()?;
+        let o = w.f32();
+        o.copy_from_slice(&x);
+        let token = |cs: &mut Vec<(f32, f32)>, (row, &pos): (&mut [f32], &i32)| {
+            fast::rope_angles(pos as usize, inv.iter().copied(), cs);
+            fast::rope_rotate(row, d, cs, !p.interleave);
+        };
+        if o.len() >= 1 << 15 {
+            o.par_chunks_mut(heads * d).zip(pos.par_iter()).for_each_init(Vec::new, token);
+        } else {
+            let mut cs = Vec::with_capacity(inv.len());
+            o.chunks_mut(heads * d).zip(pos.iter()).for_each(|r| token(&mut cs, r));
+        }
+        drop(w);
+        Ok(out)
+    };
+    Ok(outs([("q_out", rotate("q", p.num_heads)?), ("k_out", rotate("k", p.num_kv_heads)?)]))
 }
 
 #[cfg(test)]

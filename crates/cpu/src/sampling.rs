@@ -6,7 +6,10 @@
 //! everything, equal values by lower index first. So top-k keeps exactly k entries.
 //! Masks copy kept logits unchanged and set the others to −Inf.
 
+use crate::device_ops::{floats, input, outs, Alloc, Kernel, Tens};
+use crate::fast;
 use crate::util::{f64_in, float_out, get, outputs};
+use ingot_core::Op;
 use ingot_core::{
     ensure, DType, ExtractKParams, LogitsParams, MinPParams, Result, SampleParams, SoftcapParams, SoftmaxParams, TemperatureParams, Tensor,
     Tensors, TopKParams, TopPParams,
@@ -171,6 +174,33 @@ pub fn sample_from_probs(p: &SampleParams, inputs: &Tensors) -> Result<Tensors> 
         out.push(pick as i32);
     }
     Ok(outputs([("samples", Tensor::from_i32(vec![p.num_tokens], &out))]))
+}
+
+// ---------------------------------------------------------------- fast kernels (`cpu`)
+
+/// The fast kernels of this family's ops on the [`crate::CpuDevice`] ([`crate::device_ops`]).
+pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
+    Some(match op {
+        Op::Softmax(p) => Box::new(move |i, a| softmax_fast(p, i, a)),
+        Op::Argmax(p) => Box::new(move |i, a| argmax_fast(p, i, a)),
+        _ => return None,
+    })
+}
+
+fn softmax_fast(p: &ingot_core::SoftmaxParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "softmax";
+    let x = floats(input(op, ins, "logits")?)?;
+    let out = alloc.zeros(DType::F32, &[p.num_tokens, p.vocab_size])?;
+    fast::softmax_rows(&x, p.vocab_size, p.temperature as f32, out.write()?.f32());
+    Ok(outs([("probs", out)]))
+}
+
+fn argmax_fast(p: &ingot_core::LogitsParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "argmax";
+    let x = floats(input(op, ins, "logits")?)?;
+    let out = alloc.zeros(DType::I32, &[p.num_tokens])?;
+    fast::argmax_rows(&x, p.vocab_size, out.write()?.elems::<i32>());
+    Ok(outs([("indices", out)]))
 }
 
 #[cfg(test)]

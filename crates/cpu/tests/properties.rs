@@ -170,7 +170,7 @@ proptest! {
             let tt = if dt == DType::F32 { f32t(&[v, h], &table) } else {
                 Tensor::from_bytes(dt, vec![v, h], ingot_cpu::quant::quantize_row(dt, &table).unwrap()).unwrap()
             };
-            let full = ingot_cpu::weights::dequantize_matrix(&tt, v, h).unwrap();
+            let full = ingot_cpu::quant::dequantize_matrix(&tt, v, h).unwrap();
             let p = EmbeddingParams { num_tokens: ids.len(), hidden_size: h, vocab_size: v, dtype: dt };
             let out = run(Op::EmbeddingLookup(p), &[("table", tt), ("ids", Tensor::from_i32(vec![ids.len()], &ids))])["output"].to_f32().unwrap();
             for (i, &id) in ids.iter().enumerate() {

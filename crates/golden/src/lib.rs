@@ -3,6 +3,7 @@
 //! `docs/protocol.md`, and check any [`ingot_core::Backend`] against them.
 
 pub mod artifact;
+mod cases;
 pub mod check;
 pub mod gen;
 pub mod suite;

@@ -61,7 +61,7 @@ const ACT_SIGMOID: u32 = 4;
 
 /// σ(x) = 1/(1 + e^−x), through e^−|x| so neither tail overflows or cancels.
 #[cube]
-pub(crate) fn sigmoid(x: f32) -> f32 {
+pub(crate) fn logistic(x: f32) -> f32 {
     let e = (-x.abs()).exp();
     let s = 1.0 / (1.0 + e);
     select(x >= 0.0, s, e * s)
@@ -94,16 +94,16 @@ pub(crate) fn erfc(x: f32) -> f32 {
 pub(crate) fn act_f32(x: f32, #[comptime] act: u32) -> f32 {
     let mut y = 0.0f32;
     if act == ACT_SILU {
-        y = x * sigmoid(x);
+        y = x * logistic(x);
     } else if act == ACT_GELU {
         y = 0.5 * x * erfc(x * -0.707_106_78);
     } else if act == ACT_GELU_TANH {
         let u = 0.797_884_56 * (x + 0.044_715 * x * x * x);
-        y = x * sigmoid(2.0 * u);
+        y = x * logistic(2.0 * u);
     } else if act == ACT_RELU {
         y = select(x > 0.0, x, 0.0);
     } else {
-        y = sigmoid(x);
+        y = logistic(x);
     }
     let mut pos_limit = x;
     if act == ACT_SIGMOID {
@@ -162,6 +162,41 @@ pub fn scale<R: Runtime>(d: &Device<R>, p: &ScaleParams, inputs: &GpuTensors) ->
     Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[n]))]))
 }
 
+/// `silu_and_mul`: silu(gate) · up.
+pub fn silu_and_mul<R: Runtime>(d: &Device<R>, p: &GatedParams, inputs: &GpuTensors) -> Result<GpuTensors> {
+    gated(d, Act::Silu, p, inputs)
+}
+
+/// `gelu_and_mul`: gelu_tanh(gate) · up.
+pub fn gelu_and_mul<R: Runtime>(d: &Device<R>, p: &GatedParams, inputs: &GpuTensors) -> Result<GpuTensors> {
+    gated(d, Act::GeluTanh, p, inputs)
+}
+
+/// `gelu`: exact (erf) GELU.
+pub fn gelu<R: Runtime>(d: &Device<R>, p: &UnaryParams, inputs: &GpuTensors) -> Result<GpuTensors> {
+    unary(d, Act::Gelu, p, inputs)
+}
+
+/// `gelu_tanh`: GELU, tanh approximation.
+pub fn gelu_tanh<R: Runtime>(d: &Device<R>, p: &UnaryParams, inputs: &GpuTensors) -> Result<GpuTensors> {
+    unary(d, Act::GeluTanh, p, inputs)
+}
+
+/// `silu`: x · σ(x).
+pub fn silu<R: Runtime>(d: &Device<R>, p: &UnaryParams, inputs: &GpuTensors) -> Result<GpuTensors> {
+    unary(d, Act::Silu, p, inputs)
+}
+
+/// `relu`: max(x, 0).
+pub fn relu<R: Runtime>(d: &Device<R>, p: &UnaryParams, inputs: &GpuTensors) -> Result<GpuTensors> {
+    unary(d, Act::Relu, p, inputs)
+}
+
+/// `sigmoid`: 1 / (1 + e^−x).
+pub fn sigmoid<R: Runtime>(d: &Device<R>, p: &UnaryParams, inputs: &GpuTensors) -> Result<GpuTensors> {
+    unary(d, Act::Sigmoid, p, inputs)
+}
+
 /// `act(input)` element-wise.
 pub fn unary<R: Runtime>(d: &Device<R>, act: Act, p: &UnaryParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     let op = act.op_name(false);
@@ -213,4 +248,22 @@ pub fn gated<R: Runtime>(d: &Device<R>, act: Act, p: &GatedParams, inputs: &GpuT
     });
     let t = GpuTensor::new(out, p.dtype, &[p.num_tokens, p.intermediate_size]);
     Ok(GpuTensors::from([("output".to_string(), t)]))
+}
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        Op::Scale(_)
+        | Op::Silu(_)
+        | Op::Gelu(_)
+        | Op::GeluTanh(_)
+        | Op::Relu(_)
+        | Op::Sigmoid(_)
+        | Op::SiluAndMul(_)
+        | Op::GeluAndMul(_) => crate::Support::float(op),
+        _ => crate::Support::None,
+    }
 }

@@ -1226,3 +1226,26 @@ pub fn batch_prefill_tuned<R: Runtime>(d: &Device<R>, p: &PrefillParams, inputs:
         ("lse".to_string(), GpuTensor::new(lse, DType::F32, &[n, hq])),
     ]))
 }
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        Op::BatchPrefillWithPagedKvCache(_) | Op::BatchDecodeWithPagedKvCache(_) => crate::Support::float(op),
+        _ => crate::Support::None,
+    }
+}
+
+/// The checks of input values this family's kernels leave to the host ([`crate::GpuBackend`]'s `run`):
+/// page tables and `qo_indptr`, as the CPU reference.
+pub(crate) fn check_host(op: &ingot_core::Op, inputs: &Tensors) -> Result<()> {
+    match op {
+        ingot_core::Op::BatchPrefillWithPagedKvCache(p) => check_prefill(p, inputs),
+        ingot_core::Op::BatchDecodeWithPagedKvCache(p) => {
+            check_page_table(op.name(), inputs, p.batch_size, p.page_size, p.num_pages).map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}

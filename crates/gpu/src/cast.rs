@@ -168,3 +168,14 @@ pub fn cast<R: Runtime>(d: &Device<R>, p: &CastParams, inputs: &GpuTensors) -> R
     };
     Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.output_dtype, &[n]))]))
 }
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        Op::Cast(_) => crate::Support::Bits,
+        _ => crate::Support::None,
+    }
+}

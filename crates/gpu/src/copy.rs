@@ -219,3 +219,45 @@ pub fn write_columns_in_place<R: Runtime>(d: &Device<R>, p: &WriteColumnsParams,
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        // Bit copies: every dtype the params accept.
+        Op::CopyPages(_) | Op::WriteColumns(_) => crate::Support::Bits,
+        _ => crate::Support::None,
+    }
+}
+
+/// The checks of input values this family's kernels leave to the host ([`crate::GpuBackend`]'s `run`).
+pub(crate) fn check_host(op: &ingot_core::Op, inputs: &ingot_core::Tensors) -> Result<()> {
+    match op {
+        ingot_core::Op::CopyPages(p) => p.check_pages(op.name(), &inputs["src_pages"].to_i32()?, &inputs["dst_pages"].to_i32()?),
+        _ => Ok(()),
+    }
+}
+
+/// The in-place forms of this family's ops (`Device::run_into`).
+pub(crate) fn run_into<R: Runtime>(
+    d: &Device<R>,
+    op: &ingot_core::Op,
+    inputs: &GpuTensors,
+    outputs: &GpuTensors,
+) -> Option<Result<GpuTensors>> {
+    use ingot_core::Op;
+    match op {
+        // Page copies inside `cache_out` (the `cache` input is not read: pass the same
+        // tensor). Ids are not read back: out-of-range copies are skipped.
+        Op::CopyPages(p) if outputs.contains_key("cache_out") => {
+            Some(copy_pages_in_place(d, p, inputs, &outputs["cache_out"]).map(|()| GpuTensors::new()))
+        }
+        // `src` into the columns of `output` (the `dst` input is not read).
+        Op::WriteColumns(p) if outputs.contains_key("output") => {
+            Some(write_columns_in_place(d, p, inputs, &outputs["output"]).map(|()| GpuTensors::new()))
+        }
+        _ => None,
+    }
+}

@@ -92,3 +92,26 @@ pub fn embedding_lookup<R: Runtime>(d: &Device<R>, p: &EmbeddingParams, inputs: 
     };
     Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[t, h]))]))
 }
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        // Every weight format: float tables copy bits, block tables dequantize.
+        Op::EmbeddingLookup(_) => crate::Support::Bits,
+        _ => crate::Support::None,
+    }
+}
+
+/// The checks of input values this family's kernels leave to the host ([`crate::GpuBackend`]'s `run`):
+/// ids inside the vocabulary.
+pub(crate) fn check_host(op: &ingot_core::Op, inputs: &ingot_core::Tensors) -> Result<()> {
+    if let ingot_core::Op::EmbeddingLookup(p) = op {
+        for (i, &id) in inputs["ids"].to_i32()?.iter().enumerate() {
+            ingot_core::ensure!(id >= 0 && (id as usize) < p.vocab_size, op.name(), "ids[{i}] = {id} is outside 0..{}", p.vocab_size);
+        }
+    }
+    Ok(())
+}

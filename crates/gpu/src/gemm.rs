@@ -422,3 +422,14 @@ pub fn gemm<R: Runtime>(d: &Device<R>, p: &GemmParams, inputs: &GpuTensors) -> R
     });
     Ok(GpuTensors::from([("c".to_string(), GpuTensor::new(out, p.dtype, &[m, n]))]))
 }
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        Op::Gemm(_) => crate::Support::float(op),
+        _ => crate::Support::None,
+    }
+}

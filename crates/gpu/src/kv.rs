@@ -547,3 +547,41 @@ pub fn dequantize_kv<R: Runtime>(d: &Device<R>, p: &KvDequantParams, inputs: &Gp
     });
     Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[hk, p.n_positions, dim]))]))
 }
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        // Append only moves bits.
+        Op::AppendPagedKvCache(_) => crate::Support::bits_if_float(op),
+        Op::QuantizeKv(_) | Op::DequantizeKv(_) => crate::Support::float(op),
+        _ => crate::Support::None,
+    }
+}
+
+/// The checks of input values this family's kernels leave to the host ([`crate::GpuBackend`]'s `run`):
+/// page tables, appended rows' targets and finite sources, as the CPU reference.
+pub(crate) fn check_host(op: &ingot_core::Op, inputs: &Tensors) -> Result<()> {
+    match op {
+        ingot_core::Op::AppendPagedKvCache(p) => check_append(p, inputs),
+        ingot_core::Op::QuantizeKv(_) => check_quantize(inputs),
+        _ => Ok(()),
+    }
+}
+
+/// The in-place form of `append_paged_kv_cache` (`Device::run_into`).
+pub(crate) fn run_into<R: Runtime>(
+    d: &Device<R>,
+    op: &ingot_core::Op,
+    inputs: &GpuTensors,
+    outputs: &GpuTensors,
+) -> Option<Result<GpuTensors>> {
+    match op {
+        ingot_core::Op::AppendPagedKvCache(p) if outputs.contains_key("k_cache_out") && outputs.contains_key("v_cache_out") => {
+            Some(append_paged_kv_cache_in_place(d, p, inputs, &outputs["k_cache_out"], &outputs["v_cache_out"]).map(|()| GpuTensors::new()))
+        }
+        _ => None,
+    }
+}

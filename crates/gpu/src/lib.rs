@@ -41,68 +41,78 @@ use ingot_core::{ensure, Error, Op, Result, Tensors};
 pub use cubecl;
 pub use device::{Device, GpuTensor, GpuTensors};
 
+/// Whether a kernel exists for an op with its dtypes, and what it needs of the device.
+/// Each family file says it for its ops (its `support` function).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Support {
+    /// No kernel for these dtypes or parameters.
+    None,
+    /// A kernel that moves bits or decodes with integer operations: any device runs it.
+    Bits,
+    /// A kernel with float arithmetic in the op's activation dtype ([`float_dtype`]), which
+    /// the device must support.
+    Float,
+}
+
+impl Support {
+    /// [`Support::Float`] when the op's dtype is a float (f32, f16, bf16), else none.
+    pub(crate) fn float(op: &Op) -> Support {
+        if op.dtype().is_float() {
+            Support::Float
+        } else {
+            Support::None
+        }
+    }
+
+    /// [`Support::Bits`] when the op's dtype is a float, else none.
+    pub(crate) fn bits_if_float(op: &Op) -> Support {
+        if op.dtype().is_float() {
+            Support::Bits
+        } else {
+            Support::None
+        }
+    }
+}
+
+/// Generates the dispatch from the op list ([`ingot_core::for_each_op`]): `family::function`
+/// of each op is its kernel here, `family::support` says for which dtypes it exists.
+macro_rules! dispatch {
+    ($( $(#[doc = $doc:literal])* $variant:ident $name:literal ($params:ty) $family:ident :: $func:ident in $section:ident $spec:literal; )*) => {
+        /// What the kernel of `op` supports, from its family.
+        fn support(op: &Op) -> Support {
+            match op {
+                $( Op::$variant(_) => $family::support(op), )*
+            }
+        }
+
+        /// Runs the kernel of `op` (checked by the caller).
+        fn launch<R: Runtime>(d: &Device<R>, op: &Op, inputs: &GpuTensors) -> Result<GpuTensors> {
+            match op {
+                $( Op::$variant(p) => $family::$func(d, p, inputs), )*
+            }
+        }
+    };
+}
+ingot_core::for_each_op!(dispatch);
+
+/// The checks of input values that the device path leaves to its caller (ids inside the
+/// vocabulary, positions not negative, page tables, ...), one function per family that
+/// has them (`check_host` in the family file). Run on the host before uploading.
+const HOST_CHECKS: &[fn(&Op, &Tensors) -> Result<()>] =
+    &[embedding::check_host, rope::check_host, copy::check_host, kv::check_host, attention::check_host, sampling::check_host];
+
 /// Whether a kernel exists for this op and its dtypes, independent of any device.
 /// Float compute kernels exist for f32, f16 and bf16; bf16 and f16 still need the
 /// device's support at run time ([`GpuBackend::supports`]). `cast` and float
 /// `embedding_lookup` move raw bits and need no float type support.
 pub fn implements(op: &Op) -> bool {
-    match op {
-        Op::AddResidual(_)
-        | Op::AddBias(_)
-        | Op::Scale(_)
-        | Op::RopeFreqs(_)
-        | Op::RmsNorm(_)
-        | Op::FusedAddRmsNorm(_)
-        | Op::LayerNorm(_)
-        | Op::Silu(_)
-        | Op::Gelu(_)
-        | Op::GeluTanh(_)
-        | Op::Relu(_)
-        | Op::Sigmoid(_)
-        | Op::SiluAndMul(_)
-        | Op::GeluAndMul(_)
-        | Op::Softmax(_)
-        | Op::Softcap(_)
-        | Op::TemperatureScale(_)
-        | Op::Rope(_)
-        | Op::Gemm(_) => op.dtype().is_float(),
-        Op::Cast(_) => true,
-        // Bit copies: every dtype the params accept.
-        Op::CopyPages(_) | Op::WriteColumns(_) => true,
-        // Every weight format: float tables copy bits, block tables dequantize.
-        Op::EmbeddingLookup(_) | Op::Dequantize(_) => true,
-        // Any weight format; x (the activations) in a float dtype.
-        Op::QuantizedMatmul(p) => p.dtype.is_float(),
-        // Paged KV cache and attention; append only moves bits.
-        Op::AppendPagedKvCache(_)
-        | Op::BatchPrefillWithPagedKvCache(_)
-        | Op::BatchDecodeWithPagedKvCache(_)
-        | Op::QuantizeKv(_)
-        | Op::DequantizeKv(_) => op.dtype().is_float(),
-        // Ranking and sampling: logits decoded with integer operations (any device).
-        Op::TopkMaskLogits(_) | Op::ExtractKValues(_) | Op::Argmax(_) | Op::TopPMask(_) | Op::MinPMask(_) => op.dtype().is_float(),
-        Op::SampleFromProbs(_) => true,
-    }
+    support(op) != Support::None
 }
 
 /// Whether `op` needs float arithmetic in its activation dtype on the device
 /// (false for the ops that only move bits).
 fn needs_float_type(op: &Op) -> bool {
-    !matches!(
-        op,
-        Op::Cast(_)
-            | Op::EmbeddingLookup(_)
-            | Op::Dequantize(_)
-            | Op::AppendPagedKvCache(_)
-            | Op::CopyPages(_)
-            | Op::WriteColumns(_)
-            | Op::TopkMaskLogits(_)
-            | Op::ExtractKValues(_)
-            | Op::Argmax(_)
-            | Op::TopPMask(_)
-            | Op::MinPMask(_)
-            | Op::SampleFromProbs(_)
-    )
+    support(op) == Support::Float
 }
 
 /// The activation dtype a float kernel computes from: `x`'s for `quantized_matmul` (whose
@@ -186,46 +196,7 @@ impl<R: Runtime> GpuBackend<R> {
                 return g(p, inputs);
             }
         }
-        let d = &self.dev;
-        use activation::Act;
-        match op {
-            Op::AddResidual(p) => norm::add_residual(d, p, inputs),
-            Op::AddBias(p) => norm::add_bias(d, p, inputs),
-            Op::Scale(p) => activation::scale(d, p, inputs),
-            Op::RopeFreqs(p) => rope::rope_freqs(d, p, inputs),
-            Op::CopyPages(p) => copy::copy_pages(d, p, inputs),
-            Op::WriteColumns(p) => copy::write_columns(d, p, inputs),
-            Op::RmsNorm(p) => norm::rms_norm(d, p, inputs),
-            Op::FusedAddRmsNorm(p) => norm::fused_add_rms_norm(d, p, inputs),
-            Op::LayerNorm(p) => norm::layer_norm(d, p, inputs),
-            Op::Silu(p) => activation::unary(d, Act::Silu, p, inputs),
-            Op::Gelu(p) => activation::unary(d, Act::Gelu, p, inputs),
-            Op::GeluTanh(p) => activation::unary(d, Act::GeluTanh, p, inputs),
-            Op::Relu(p) => activation::unary(d, Act::Relu, p, inputs),
-            Op::Sigmoid(p) => activation::unary(d, Act::Sigmoid, p, inputs),
-            Op::SiluAndMul(p) => activation::gated(d, Act::Silu, p, inputs),
-            Op::GeluAndMul(p) => activation::gated(d, Act::GeluTanh, p, inputs),
-            Op::Softmax(p) => sampling::softmax(d, p, inputs),
-            Op::Softcap(p) => sampling::softcap(d, p, inputs),
-            Op::TemperatureScale(p) => sampling::temperature_scale(d, p, inputs),
-            Op::Rope(p) => rope::rope(d, p, inputs),
-            Op::Cast(p) => cast::cast(d, p, inputs),
-            Op::EmbeddingLookup(p) => embedding::embedding_lookup(d, p, inputs),
-            Op::Dequantize(p) => quant::dequantize(d, p, inputs),
-            Op::QuantizedMatmul(p) => matmul::quantized_matmul(d, p, inputs),
-            Op::AppendPagedKvCache(p) => kv::append_paged_kv_cache(d, p, inputs),
-            Op::BatchPrefillWithPagedKvCache(p) => attention::batch_prefill(d, p, inputs),
-            Op::BatchDecodeWithPagedKvCache(p) => attention::batch_decode(d, p, inputs),
-            Op::QuantizeKv(p) => kv::quantize_kv(d, p, inputs),
-            Op::DequantizeKv(p) => kv::dequantize_kv(d, p, inputs),
-            Op::Gemm(p) => gemm::gemm(d, p, inputs),
-            Op::TopkMaskLogits(p) => sampling::topk_mask_logits(d, p, inputs),
-            Op::ExtractKValues(p) => sampling::extract_k_values(d, p, inputs),
-            Op::Argmax(p) => sampling::argmax(d, p, inputs),
-            Op::TopPMask(p) => sampling::top_p_mask(d, p, inputs),
-            Op::MinPMask(p) => sampling::min_p_mask(d, p, inputs),
-            Op::SampleFromProbs(p) => sampling::sample_from_probs(d, p, inputs),
-        }
+        launch(&self.dev, op, inputs)
     }
 }
 
@@ -248,38 +219,9 @@ fn check_device_inputs(op: &Op, inputs: &GpuTensors) -> Result<()> {
     Ok(())
 }
 
-/// Checks of input values that the device path leaves to its caller: ids inside the
-/// vocabulary, positions not negative. Run on the host before uploading.
+/// Checks of input values that the device path leaves to its caller ([`HOST_CHECKS`]).
 fn check_host_values(op: &Op, inputs: &Tensors) -> Result<()> {
-    let name = op.name();
-    match op {
-        Op::EmbeddingLookup(p) => {
-            for (i, &id) in inputs["ids"].to_i32()?.iter().enumerate() {
-                ensure!(id >= 0 && (id as usize) < p.vocab_size, name, "ids[{i}] = {id} is outside 0..{}", p.vocab_size);
-            }
-        }
-        Op::Rope(_) | Op::RopeFreqs(_) => {
-            if let Some((t, id)) = inputs["pos_ids"].to_i32()?.iter().enumerate().find(|(_, &id)| id < 0) {
-                ensure!(false, name, "pos_ids[{t}] = {id} is negative");
-            }
-            if let Some(f) = inputs.get("inv_freq") {
-                if let Some((i, v)) = f.to_f32()?.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                    ensure!(false, name, "inv_freq[{i}] = {v} is not finite");
-                }
-            }
-        }
-        Op::CopyPages(p) => p.check_pages(name, &inputs["src_pages"].to_i32()?, &inputs["dst_pages"].to_i32()?)?,
-        // Page tables, appended rows' targets, qo_indptr, finite sources: as the CPU reference.
-        Op::AppendPagedKvCache(p) => kv::check_append(p, inputs)?,
-        Op::BatchPrefillWithPagedKvCache(p) => attention::check_prefill(p, inputs)?,
-        Op::BatchDecodeWithPagedKvCache(p) => {
-            kv::check_page_table(name, inputs, p.batch_size, p.page_size, p.num_pages)?;
-        }
-        Op::QuantizeKv(_) => kv::check_quantize(inputs)?,
-        Op::SampleFromProbs(p) => sampling::check_sample(p, inputs)?,
-        _ => {}
-    }
-    Ok(())
+    HOST_CHECKS.iter().try_for_each(|check| check(op, inputs))
 }
 
 #[cfg(feature = "wgpu")]
@@ -431,24 +373,14 @@ impl<R: Runtime> ingot_core::Device for GpuBackend<R> {
                 t.shape
             );
         }
-        match op {
-            Op::AppendPagedKvCache(p) if outputs.contains_key("k_cache_out") && outputs.contains_key("v_cache_out") => {
-                kv::append_paged_kv_cache_in_place(&self.dev, p, inputs, &outputs["k_cache_out"], &outputs["v_cache_out"])?;
-                Ok(GpuTensors::new())
-            }
-            // Page copies inside `cache_out` (the `cache` input is not read: pass the same
-            // tensor). Ids are not read back: out-of-range copies are skipped.
-            Op::CopyPages(p) if outputs.contains_key("cache_out") => {
-                copy::copy_pages_in_place(&self.dev, p, inputs, &outputs["cache_out"])?;
-                Ok(GpuTensors::new())
-            }
-            // `src` into the columns of `output` (the `dst` input is not read).
-            Op::WriteColumns(p) if outputs.contains_key("output") => {
-                copy::write_columns_in_place(&self.dev, p, inputs, &outputs["output"])?;
-                Ok(GpuTensors::new())
-            }
-            _ => Err(Error::invalid(op.name(), "run_into: this op has no in-place form on the GPU backend")),
+        // The in-place forms, one function per family that has them.
+        if let Some(done) = kv::run_into(&self.dev, op, inputs, outputs) {
+            return done;
         }
+        if let Some(done) = copy::run_into(&self.dev, op, inputs, outputs) {
+            return done;
+        }
+        Err(Error::invalid(op.name(), "run_into: this op has no in-place form on the GPU backend"))
     }
 
     fn sync(&self) {

@@ -702,3 +702,15 @@ pub fn quantized_matmul<R: Runtime>(d: &Device<R>, p: &QuantizedMatmulParams, in
     }
     Ok(GpuTensors::from([("y".to_string(), GpuTensor::new(y, DType::F32, &[m, n]))]))
 }
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        // Any weight format (decoded with integer operations); x, the activations, in a float dtype.
+        Op::QuantizedMatmul(p) if p.dtype.is_float() => crate::Support::Float,
+        _ => crate::Support::None,
+    }
+}

@@ -272,3 +272,14 @@ pub fn layer_norm<R: Runtime>(d: &Device<R>, p: &LayerNormParams, inputs: &GpuTe
     });
     Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, p.dtype, &[t, h]))]))
 }
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        Op::AddResidual(_) | Op::AddBias(_) | Op::RmsNorm(_) | Op::FusedAddRmsNorm(_) | Op::LayerNorm(_) => crate::Support::float(op),
+        _ => crate::Support::None,
+    }
+}

@@ -591,3 +591,15 @@ pub fn dequantize<R: Runtime>(d: &Device<R>, p: &DequantizeParams, inputs: &GpuT
     let out = dequant_rows(d, OP, w, f, None, p.rows, p.cols, p.rows)?;
     Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(out, DType::F32, &[p.rows, p.cols]))]))
 }
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        // Every weight format.
+        Op::Dequantize(_) => crate::Support::Bits,
+        _ => crate::Support::None,
+    }
+}

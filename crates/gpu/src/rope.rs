@@ -165,3 +165,32 @@ pub fn rope_freqs<R: Runtime>(d: &Device<R>, p: &RopeFreqsParams, inputs: &GpuTe
     });
     Ok(GpuTensors::from([("output".to_string(), GpuTensor::new(o, p.dtype, &[t, heads, hd]))]))
 }
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        Op::Rope(_) | Op::RopeFreqs(_) => crate::Support::float(op),
+        _ => crate::Support::None,
+    }
+}
+
+/// The checks of input values this family's kernels leave to the host ([`crate::GpuBackend`]'s `run`):
+/// positions not negative, a finite frequency table.
+pub(crate) fn check_host(op: &ingot_core::Op, inputs: &ingot_core::Tensors) -> Result<()> {
+    use ingot_core::{ensure, Op};
+    let name = op.name();
+    if let Op::Rope(_) | Op::RopeFreqs(_) = op {
+        if let Some((t, id)) = inputs["pos_ids"].to_i32()?.iter().enumerate().find(|(_, &id)| id < 0) {
+            ensure!(false, name, "pos_ids[{t}] = {id} is negative");
+        }
+        if let Some(f) = inputs.get("inv_freq") {
+            if let Some((i, v)) = f.to_f32()?.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                ensure!(false, name, "inv_freq[{i}] = {v} is not finite");
+            }
+        }
+    }
+    Ok(())
+}

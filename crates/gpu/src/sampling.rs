@@ -1226,3 +1226,27 @@ pub fn sample_from_probs<R: Runtime>(d: &Device<R>, p: &SampleParams, inputs: &G
     };
     Ok(GpuTensors::from([("samples".to_string(), GpuTensor::new(out, DType::I32, &[t]))]))
 }
+
+// ---------------------------------------------------------------- registration
+
+/// Which of this family's ops have a kernel here, for which dtypes ([`crate::Support`]).
+pub(crate) fn support(op: &ingot_core::Op) -> crate::Support {
+    use ingot_core::Op;
+    match op {
+        Op::Softmax(_) | Op::Softcap(_) | Op::TemperatureScale(_) => crate::Support::float(op),
+        // Ranking and sampling: logits decoded with integer operations (any device).
+        Op::TopkMaskLogits(_) | Op::ExtractKValues(_) | Op::Argmax(_) | Op::TopPMask(_) | Op::MinPMask(_) => {
+            crate::Support::bits_if_float(op)
+        }
+        Op::SampleFromProbs(_) => crate::Support::Bits,
+        _ => crate::Support::None,
+    }
+}
+
+/// The checks of input values this family's kernels leave to the host ([`crate::GpuBackend`]'s `run`).
+pub(crate) fn check_host(op: &ingot_core::Op, inputs: &Tensors) -> Result<()> {
+    match op {
+        ingot_core::Op::SampleFromProbs(p) => check_sample(p, inputs),
+        _ => Ok(()),
+    }
+}

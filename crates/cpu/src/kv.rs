@@ -1,4 +1,6 @@
-//! KV-cache affine quantization references (`quantize_kv`, `dequantize_kv`), after the
+//! KV-cache references: `append_paged_kv_cache` (rows written into a paged cache, the
+//! layout of [`crate::attention`]), and the affine quantization ops (`quantize_kv`,
+//! `dequantize_kv`), after the
 //! seed's `quantize_kv_int4/int8` + `bulk_dequant_kv_int4/int8`.
 //!
 //! Cache layout for n_kv_heads H, max_seq S, head_dim D, group size G, bits b:
@@ -8,8 +10,16 @@
 //! s̃, b̃ = scale, lo rounded to the dtype (stored); q = clamp(round_half_even((x − b̃)/s̃),
 //! 0, 2^b − 1), q = 0 when s̃ = 0. Dequantization: x̂ = q·s̃ + b̃.
 
+use crate::attention::PagedLayout;
+use crate::device::CpuTensor;
+use crate::device_ops::{input, outs, Alloc, Kernel, Tens};
+use crate::util::i32_in;
 use crate::util::{f64_in, float_out, get, outputs, u32_in};
-use ingot_core::{ensure, round_to, KvDequantParams, KvQuantParams, Result, Tensor, Tensors};
+use ingot_core::DeviceTensor;
+use ingot_core::{ensure, round_to, AppendKvParams, Error, KvDequantParams, KvQuantParams, Op, Result, Tensor, Tensors};
+use std::collections::HashMap;
+
+const APPEND: &str = "append_paged_kv_cache";
 
 pub fn quantize_kv(p: &KvQuantParams, inputs: &Tensors) -> Result<Tensors> {
     const OP: &str = "quantize_kv";
@@ -76,6 +86,128 @@ pub fn dequantize_kv(p: &KvDequantParams, inputs: &Tensors) -> Result<Tensors> {
         }
     }
     Ok(outputs([("output", float_out(p.dtype, &[p.n_kv_heads, p.n_positions, d], &out))]))
+}
+
+// ---------------------------------------------------------------- append
+
+/// `append_paged_kv_cache`: row i of append_k/append_v goes to sequence batch_indices[i]
+/// at position positions[i] (which must lie inside the sequence's length, i.e. the page
+/// table already counts the new tokens). Everything else is copied through bit for bit;
+/// the written rows are copied bit for bit too (a copy needs no arithmetic). Two rows
+/// that land on the same physical (page, slot) are an error, whichever sequences they
+/// belong to.
+pub fn append_paged_kv_cache(p: &AppendKvParams, inputs: &Tensors) -> Result<Tensors> {
+    // CpuBackend::run checked already; checking again keeps direct callers from panicking.
+    Op::AppendPagedKvCache(p.clone()).check_inputs(inputs)?;
+    let targets = append_targets(p, inputs)?;
+    let copy_rows = |cache: &str, rows: &str| -> Result<Tensor> {
+        let src = get(APPEND, inputs, rows)?;
+        let mut out = get(APPEND, inputs, cache)?.clone();
+        // One row is [num_kv_heads, head_size], contiguous both in `src` and in a cache slot.
+        let row_bytes = src.data.len() / p.num_tokens;
+        for (row, &(page, slot)) in src.data.chunks_exact(row_bytes).zip(&targets) {
+            let at = (page * p.page_size + slot) * row_bytes;
+            out.data[at..at + row_bytes].copy_from_slice(row);
+        }
+        Ok(out)
+    };
+    let k_out = copy_rows("k_cache", "append_k")?;
+    let v_out = copy_rows("v_cache", "append_v")?;
+    Ok(outputs([("k_cache_out", k_out), ("v_cache_out", v_out)]))
+}
+
+/// The (page, slot) each appended row of `append_paged_kv_cache` writes, every value
+/// checked; `inputs` needs only the index tensors (`batch_indices`, `positions` and the
+/// page table).
+pub fn append_targets(p: &AppendKvParams, inputs: &Tensors) -> Result<Vec<(usize, usize)>> {
+    let layout = PagedLayout::read(APPEND, inputs, p.batch_size, p.page_size, p.num_pages)?;
+    let batch_indices = i32_in(APPEND, inputs, "batch_indices")?;
+    let positions = i32_in(APPEND, inputs, "positions")?;
+
+    // Resolve every row to its physical slot before writing anything.
+    let mut targets = Vec::with_capacity(p.num_tokens);
+    let mut written: HashMap<(usize, usize), usize> = HashMap::new();
+    for (i, (&b, &pos)) in batch_indices.iter().zip(&positions).enumerate() {
+        if b < 0 || b as usize >= p.batch_size {
+            return Err(Error::invalid(APPEND, format!("batch_indices[{i}] = {b} is outside 0..{} sequences", p.batch_size)));
+        }
+        let kv_len = layout.seqs[b as usize].kv_len;
+        if pos < 0 || pos as usize >= kv_len {
+            return Err(Error::invalid(APPEND, format!("positions[{i}] = {pos} is outside 0..{kv_len} (the length of sequence {b})")));
+        }
+        let (page, slot) = layout.locate(b as usize, pos as usize);
+        if let Some(prev) = written.insert((page, slot), i) {
+            let (pb, ppos) = (batch_indices[prev], positions[prev]);
+            let msg = if (pb, ppos) == (b, pos) {
+                format!("rows {prev} and {i} both write sequence {b} position {pos}")
+            } else {
+                format!(
+                    "rows {prev} and {i} both write page {page} slot {slot} \
+                     (sequence {pb} position {ppos} and sequence {b} position {pos})"
+                )
+            };
+            return Err(Error::invalid(APPEND, msg));
+        }
+        targets.push((page, slot));
+    }
+    Ok(targets)
+}
+
+// ---------------------------------------------------------------- fast kernels (`cpu`)
+
+/// The fast kernel of this family's ops on the [`crate::CpuDevice`] ([`crate::device_ops`]).
+pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
+    Some(match op {
+        Op::AppendPagedKvCache(p) => Box::new(move |i, a| append_paged_kv_cache_fast(p, i, a)),
+        _ => return None,
+    })
+}
+
+/// The in-place form of `append_paged_kv_cache` for [`crate::device_ops::run_into`]:
+/// the rows written into `k_cache_out` and `v_cache_out`.
+pub(crate) fn run_into(op: &Op, inputs: &Tens, outputs: &Tens) -> Option<Result<Tens>> {
+    match op {
+        Op::AppendPagedKvCache(p) if outputs.contains_key("k_cache_out") && outputs.contains_key("v_cache_out") => {
+            Some(append_paged_kv_cache_in_place(p, inputs, &outputs["k_cache_out"], &outputs["v_cache_out"]).map(|()| Tens::new()))
+        }
+        _ => None,
+    }
+}
+
+/// New caches: copies of the inputs with the rows appended.
+fn append_paged_kv_cache_fast(p: &ingot_core::AppendKvParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "append_paged_kv_cache";
+    let copy = |name: &str| -> Result<CpuTensor> {
+        let src = input(op, ins, name)?;
+        let dst = alloc.zeros(src.dtype(), src.shape())?;
+        dst.write()?.bytes().copy_from_slice(&src.bytes()?);
+        Ok(dst)
+    };
+    let (k, v) = (copy("k_cache")?, copy("v_cache")?);
+    append_paged_kv_cache_in_place(p, ins, &k, &v)?;
+    Ok(outs([("k_cache_out", k), ("v_cache_out", v)]))
+}
+
+/// `append_paged_kv_cache` writing into the caches `k` and `v` (the `k_cache`/`v_cache`
+/// inputs are not read: they may be the same tensors).
+fn append_paged_kv_cache_in_place(p: &ingot_core::AppendKvParams, inputs: &Tens, k: &CpuTensor, v: &CpuTensor) -> Result<()> {
+    let op = "append_paged_kv_cache";
+    let tables: Tensors = ["batch_indices", "positions", "kv_indices", "kv_indptr", "kv_last_page_len"]
+        .into_iter()
+        .map(|n| Ok((n.to_string(), input(op, inputs, n)?.to_host()?)))
+        .collect::<Result<_>>()?;
+    let targets = append_targets(p, &tables)?;
+    for (cache, rows) in [(k, "append_k"), (v, "append_v")] {
+        let src = input(op, inputs, rows)?.bytes()?;
+        let row_bytes = src.len() / p.num_tokens;
+        let mut dst = cache.write()?;
+        let dst = dst.bytes();
+        for (row, &(page, slot)) in src.chunks_exact(row_bytes).zip(&targets) {
+            let at = (page * p.page_size + slot) * row_bytes;
+            dst[at..at + row_bytes].copy_from_slice(row);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

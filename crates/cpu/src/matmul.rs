@@ -1,26 +1,13 @@
-//! `dequantize` and `quantized_matmul` references over GGUF weights.
-//! Dequantized values follow ggml's `dequantize_row_*` exactly (f32); the matmul
-//! accumulates x·w in f64 over those exact values and rounds y once to f32.
+//! `quantized_matmul` reference over GGUF weights: dequantized as in `dequantize`
+//! ([`crate::quant`], ggml's `dequantize_row_*` exactly, f32); the matmul accumulates
+//! x·w in f64 over those exact values and rounds y once to f32.
 
-use crate::quant::dequantize_row;
+use crate::device_ops::{floats, input, outs, Alloc, Kernel, Tens};
+use crate::fast::{self, WeightView};
+use crate::quant::dequantize_matrix;
 use crate::util::{f64_in, float_out, get, outputs};
-use ingot_core::{DType, DequantizeParams, QuantizedMatmulParams, Result, Tensor, Tensors};
-
-/// Dequantize a [rows, cols] weight tensor to f32 values, row by row.
-pub fn dequantize_matrix(t: &Tensor, rows: usize, cols: usize) -> Result<Vec<f32>> {
-    let row_bytes = t.dtype.bytes_for(cols).unwrap_or(0);
-    let mut out = vec![0f32; rows * cols];
-    for (src, dst) in t.data.chunks_exact(row_bytes.max(1)).zip(out.chunks_exact_mut(cols)) {
-        dequantize_row(t.dtype, src, dst)?;
-    }
-    Ok(out)
-}
-
-pub fn dequantize(p: &DequantizeParams, inputs: &Tensors) -> Result<Tensors> {
-    let t = get("dequantize", inputs, "input")?;
-    let v = dequantize_matrix(t, p.rows, p.cols)?;
-    Ok(outputs([("output", Tensor::from_f32(DType::F32, vec![p.rows, p.cols], &v))]))
-}
+use ingot_core::Op;
+use ingot_core::{DType, QuantizedMatmulParams, Result, Tensors};
 
 pub fn quantized_matmul(p: &QuantizedMatmulParams, inputs: &Tensors) -> Result<Tensors> {
     const OP: &str = "quantized_matmul";
@@ -37,11 +24,34 @@ pub fn quantized_matmul(p: &QuantizedMatmulParams, inputs: &Tensors) -> Result<T
     Ok(outputs([("y", float_out(DType::F32, &[p.m, p.n], &y))]))
 }
 
+// ---------------------------------------------------------------- fast kernels (`cpu`)
+
+/// The fast kernel of this family's ops on the [`crate::CpuDevice`] ([`crate::device_ops`]).
+pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
+    Some(match op {
+        Op::QuantizedMatmul(p) => Box::new(move |i, a| quantized_matmul_fast(p, i, a)),
+        _ => return None,
+    })
+}
+
+/// y = x·Wᵀ by [`fast::matmul_xwt`] over the weight's bytes where they are (a mapped file:
+/// no copy); f16/bf16 activations are widened to f32 first.
+fn quantized_matmul_fast(p: &ingot_core::QuantizedMatmulParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "quantized_matmul";
+    let x = floats(input(op, ins, "x")?)?;
+    let w = input(op, ins, "w")?.bytes()?;
+    let w = WeightView::new(p.weight_dtype, p.n, p.k, &w)?;
+    let y = alloc.zeros(DType::F32, &[p.m, p.n])?;
+    fast::matmul_xwt(&x, p.m, &w, y.write()?.f32());
+    Ok(outs([("y", y)]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::quantize_row;
     use crate::CpuBackend;
+    use ingot_core::Tensor;
     use ingot_core::{Backend, Op};
 
     #[test]
