@@ -1048,7 +1048,7 @@ def check_case(meta_path: str):
     try:
         with open(meta_path) as fh:
             meta = json.load(fh)
-        if meta.get("format") != "ingot-golden" or meta.get("version") != 1:
+        if meta.get("format") != "ingot-golden" or meta.get("version") not in (1, 2):
             raise ArtifactError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
         op = meta.get("op")
         if op not in OPS:
