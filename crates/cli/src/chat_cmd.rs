@@ -28,6 +28,11 @@ pub struct ChatArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     exec: crate::run_cmd::ExecArgs,
+    /// Encode the texts of control tokens typed in a message (`<|im_start|>`) as those
+    /// tokens; by default message content is plain text and only the template's markup
+    /// gives control tokens.
+    #[arg(long)]
+    parse_special: bool,
 }
 
 /// What Ctrl-C does: cancel the request generating the reply, or (pressed twice at the
@@ -76,16 +81,27 @@ pub fn run(a: ChatArgs) -> Result<ExitCode> {
     let mut turn: u64 = 0;
     let stdout = std::io::stdout();
     let mut input = stdin.lock();
+    let mut line_no: u64 = 0;
+    let mut raw = Vec::new();
     loop {
         if interactive {
             print!("> ");
             std::io::stdout().flush()?;
         }
-        let mut line = String::new();
-        if input.read_line(&mut line)? == 0 {
+        raw.clear();
+        if input.read_until(b'\n', &mut raw)? == 0 {
             break;
         }
+        line_no += 1;
         intr.at_prompt.store(0, Ordering::SeqCst);
+        // A line that is not UTF-8 is reported and skipped; the conversation goes on.
+        let line = match std::str::from_utf8(&raw) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("ingot: input line {line_no} is not UTF-8 ({e}); skipped");
+                continue;
+            }
+        };
         let line = line.trim_end_matches(['\n', '\r']);
         match line.trim() {
             "" => continue,
@@ -98,7 +114,7 @@ pub fn run(a: ChatArgs) -> Result<ExitCode> {
             _ => {}
         }
         messages.push(Message::new("user", line));
-        let ids = m.encode_chat(&template, &messages)?;
+        let ids = m.encode_chat(&template, &messages, a.parse_special)?;
         if ids.len() + max_tokens > context {
             eprintln!(
                 "ingot: the conversation ({} tokens) + {max_tokens} new tokens exceed the model's context of {context}; /reset starts over",

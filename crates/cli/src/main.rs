@@ -53,8 +53,32 @@ enum Cmd {
     Serve(serve_cmd::ServeArgs),
 }
 
+/// A closed stdout (`ingot info M | head -1`) ends the command the way it ends `cat` or
+/// `seq`: at the next write, the process is killed by SIGPIPE, quietly, and the shell
+/// sees the usual status (141; `head`'s own with no `pipefail`). Rust ignores SIGPIPE by
+/// default, which turns that write into an error: `println!` then panics ("failed
+/// printing to stdout") and a checked write prints "Broken pipe" as an error. Restoring
+/// the default disposition covers every write to stdout, ours and our dependencies', with
+/// none left to catch one by one. `serve` keeps SIGPIPE ignored: it writes to sockets,
+/// where a client that went away must be an error to handle, never the server's end (it
+/// prints nothing to stdout). Children that `Command` spawns get the default anyway.
+#[cfg(unix)]
+fn die_on_closed_stdout() {
+    // SAFETY: setting a signal's disposition to SIG_DFL at startup, before any other
+    // thread exists; no handler is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn die_on_closed_stdout() {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Serve(_)) {
+        die_on_closed_stdout();
+    }
     let result = match cli.cmd {
         Cmd::Golden { cmd } => golden_cmd::run(cmd),
         Cmd::Info(args) => info_cmd::run(args),

@@ -15,32 +15,32 @@ use std::time::Instant;
 /// The sampling flags shared by `run` and `chat`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct SamplingArgs {
-    /// Most tokens to generate.
-    #[arg(long = "max-tokens", short = 'n', default_value_t = 128)]
+    /// Most tokens to generate (0: none, the prompt is only checked).
+    #[arg(long = "max-tokens", short = 'n', default_value_t = 128, allow_negative_numbers = true, value_parser = non_negative)]
     max_tokens: usize,
     /// 0: greedy; above 0: sample from softmax(logits / temperature).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     temperature: f32,
     /// Keep only the k most likely tokens (0: off).
-    #[arg(long = "top-k", default_value_t = 0)]
+    #[arg(long = "top-k", default_value_t = 0, allow_negative_numbers = true, value_parser = non_negative)]
     top_k: usize,
     /// Keep the most likely tokens up to this probability mass, in (0, 1] (1: off).
-    #[arg(long = "top-p", default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long = "top-p", default_value_t = 1.0, allow_hyphen_values = true)]
     top_p: f32,
     /// Drop tokens less likely than min-p times the most likely one, in [0, 1] (0: off).
-    #[arg(long = "min-p", default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long = "min-p", default_value_t = 0.0, allow_hyphen_values = true)]
     min_p: f32,
     /// Repetition penalty on tokens already generated, llama.cpp's (1: off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long = "repeat-penalty", default_value_t = 1.0, allow_hyphen_values = true)]
     repeat_penalty: f32,
     /// Subtracted per earlier occurrence of a token, OpenAI's (0: off).
-    #[arg(long = "frequency-penalty", default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long = "frequency-penalty", default_value_t = 0.0, allow_hyphen_values = true)]
     frequency_penalty: f32,
     /// Subtracted once from every token already generated, OpenAI's (0: off).
-    #[arg(long = "presence-penalty", default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long = "presence-penalty", default_value_t = 0.0, allow_hyphen_values = true)]
     presence_penalty: f32,
     /// Seed of the sampler (temperature > 0): the same seed gives the same output.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = seed_value)]
     seed: u64,
     /// Stop when the output contains this text (not printed); repeatable.
     #[arg(long, value_name = "STR")]
@@ -63,11 +63,27 @@ impl SamplingArgs {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
         };
-        if p.max_tokens == 0 {
-            bail!("--max-tokens must be at least 1");
-        }
         p.validate().map_err(flag_error)?;
         Ok(p)
+    }
+}
+
+/// A count flag's value: negative numbers reach this parser (`allow_negative_numbers`) so
+/// that `-n -1` is refused as out of range instead of being taken for a flag.
+fn non_negative(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<i128>() {
+        Ok(v) if v < 0 => Err(format!("must be at least 0, got {v}")),
+        Ok(v) => usize::try_from(v).map_err(|_| format!("must be at most {}, got {v}", usize::MAX)),
+        Err(_) => Err(format!("must be a whole number, got {s:?}")),
+    }
+}
+
+/// `--seed`: an unsigned 64-bit number.
+fn seed_value(s: &str) -> std::result::Result<u64, String> {
+    match s.trim().parse::<i128>() {
+        Ok(v) if (0..=u64::MAX as i128).contains(&v) => Ok(v as u64),
+        Ok(v) => Err(format!("must be in [0, {}], got {v}", u64::MAX)),
+        Err(_) => Err(format!("must be a whole number, got {s:?}")),
     }
 }
 
@@ -85,6 +101,9 @@ pub fn flag_error(e: ingot_engine::Error) -> anyhow::Error {
     }
 }
 
+/// `--threads` is refused above this many threads per available core.
+const MAX_THREADS_PER_CORE: usize = 8;
+
 /// Where the model runs: shared by `run`, `chat`, `serve` and `bench`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ExecArgs {
@@ -92,8 +111,8 @@ pub struct ExecArgs {
     /// CPU, with a notice), cpu, gpu, gpu:cuda, gpu:wgpu or gpu:metal.
     #[arg(long, default_value = "auto")]
     backend: String,
-    /// CPU worker threads (default: every core).
-    #[arg(long, short = 't')]
+    /// CPU worker threads (default: every core; at most 8 per core).
+    #[arg(long, short = 't', allow_negative_numbers = true, value_parser = non_negative)]
     threads: Option<usize>,
 }
 
@@ -101,9 +120,16 @@ impl ExecArgs {
     /// Check the flags and set up the CPU thread pool; returns the thread count.
     pub fn apply(&self) -> Result<usize> {
         ingot_model::backend::check_built(self.kind()?).map_err(|e| anyhow::anyhow!("--backend {}: {e}", self.backend))?;
-        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = self.threads.unwrap_or(cores);
         if threads == 0 {
             bail!("--threads must be at least 1");
+        }
+        // More workers than cores only adds switching (10000 threads took minutes of CPU
+        // time for a few tokens) and can exhaust memory for their stacks.
+        let most = cores.saturating_mul(MAX_THREADS_PER_CORE);
+        if threads > most {
+            bail!("--threads {threads} is too many: at most {most} ({MAX_THREADS_PER_CORE} per core, {cores} cores)");
         }
         // The global pool is built once per process; rayon keeps its threads for every op.
         ingot_cpu::set_threads(threads)?;
@@ -149,6 +175,10 @@ pub struct RunArgs {
     /// Wrap the prompt in the model's chat template as one user message.
     #[arg(long)]
     chat: bool,
+    /// Encode the texts of control tokens in the prompt (`<|im_start|>`, `<end_of_turn>`)
+    /// as those tokens; by default the prompt, and chat message content, is plain text.
+    #[arg(long)]
+    parse_special: bool,
     /// Print one JSON object {prompt_ids, generated_ids, text} instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -192,11 +222,10 @@ impl Loaded {
     }
 
     /// Renders `messages` with the generation prompt and encodes them (the template writes
-    /// any BOS itself).
-    pub fn encode_chat(&self, template: &ChatTemplate, messages: &[Message]) -> Result<Vec<u32>> {
-        let piece = |id: Option<u32>| id.and_then(|i| self.tok.token_text(i)).unwrap_or("").to_string();
-        let text = template.render(messages, true, &piece(self.tok.bos()), &piece(self.tok.eos()))?;
-        Ok(self.tok.encode(&text, false, true)?)
+    /// any BOS itself): the template's markup gives control tokens, message content only
+    /// plain text unless `parse_special`.
+    pub fn encode_chat(&self, template: &ChatTemplate, messages: &[Message], parse_special: bool) -> Result<Vec<u32>> {
+        Ok(template.encode(&self.tok, messages, true, parse_special)?)
     }
 }
 
@@ -205,8 +234,11 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     let params = a.sampling.params()?;
     a.exec.apply()?;
     let m = load(a.model.as_deref(), &a.exec)?;
-    let prompt_ids =
-        if a.chat { m.encode_chat(&m.chat_template()?, &[Message::new("user", prompt)])? } else { m.tok.encode(&prompt, true, false)? };
+    let prompt_ids = if a.chat {
+        m.encode_chat(&m.chat_template()?, &[Message::new("user", prompt)], a.parse_special)?
+    } else {
+        m.tok.encode(&prompt, true, a.parse_special)?
+    };
     if prompt_ids.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
@@ -232,7 +264,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     if a.json {
         let j = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": g.tokens, "text": g.text});
         println!("{j}");
-    } else {
+    } else if !g.text.is_empty() {
         println!();
     }
     let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };

@@ -381,6 +381,9 @@ pub enum Prompt {
 pub struct CompletionRequest {
     pub prompt: Prompt,
     pub opts: GenOptions,
+    /// `parse_special`: the texts of control tokens in the prompt are those tokens (default
+    /// false: plain text).
+    pub parse_special: bool,
 }
 
 /// Token ids from a JSON array of integers.
@@ -431,7 +434,8 @@ pub fn completion_request(body: &Map<String, Value>, vocab: usize) -> Result<Com
     }
     // OpenAI's default for completions is 16 tokens.
     let opts = gen_options(&f, &["max_tokens"], MaxTokens::UpTo(16), vocab)?;
-    Ok(CompletionRequest { prompt, opts })
+    let parse_special = f.boolean("parse_special")?.unwrap_or(false);
+    Ok(CompletionRequest { prompt, opts, parse_special })
 }
 
 /// A checked `POST /v1/chat/completions` body.
@@ -439,6 +443,9 @@ pub fn completion_request(body: &Map<String, Value>, vocab: usize) -> Result<Com
 pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub opts: GenOptions,
+    /// `parse_special`: the texts of control tokens in message content are those tokens
+    /// (default false: content is plain text, only the template's markup is special).
+    pub parse_special: bool,
 }
 
 /// One message's text: a string, or the text parts of an array joined with newlines (as vLLM
@@ -528,7 +535,8 @@ pub fn chat_request(body: &Map<String, Value>, vocab: usize) -> Result<ChatReque
     }
     // Like vLLM, without a limit the reply may use the rest of the context.
     let opts = gen_options(&f, &["max_completion_tokens", "max_tokens"], MaxTokens::Rest, vocab)?;
-    Ok(ChatRequest { messages, opts })
+    let parse_special = f.boolean("parse_special")?.unwrap_or(false);
+    Ok(ChatRequest { messages, opts, parse_special })
 }
 
 /// OpenAI's `finish_reason`: `stop` for an end-of-generation token or a stop string,
@@ -715,6 +723,20 @@ mod tests {
         let n = completion(json!({"prompt": "Hi", "max_tokens": null, "temperature": null, "stop": null})).unwrap();
         assert_eq!(n.opts.max_tokens, MaxTokens::UpTo(16));
         assert_eq!(n.opts.params.temperature, 0.0);
+    }
+
+    #[test]
+    fn parse_special_is_off_unless_asked() {
+        let msgs = json!([{"role": "user", "content": "<|im_end|>"}]);
+        assert!(!completion(json!({"prompt": "x"})).unwrap().parse_special);
+        assert!(completion(json!({"prompt": "x", "parse_special": true})).unwrap().parse_special);
+        assert!(!chat(json!({"messages": msgs})).unwrap().parse_special);
+        assert!(!chat(json!({"messages": msgs, "parse_special": false})).unwrap().parse_special);
+        assert!(chat(json!({"messages": msgs, "parse_special": true})).unwrap().parse_special);
+        let e = chat(json!({"messages": msgs, "parse_special": "yes"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("parse_special"), "{}", e.message);
+        let e = completion(json!({"prompt": "x", "parse_special": 1})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("parse_special"), "{}", e.message);
     }
 
     #[test]

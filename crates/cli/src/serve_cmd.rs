@@ -142,8 +142,6 @@ struct EngineGenerator {
     tok: Arc<Tokenizer>,
     /// The chat template, or why there is none.
     template: Result<ChatTemplate, String>,
-    bos: String,
-    eos: String,
     context: usize,
     vocab: usize,
     /// The longest token's bytes ([`Generator::max_token_bytes`]).
@@ -182,21 +180,20 @@ impl Generator for EngineGenerator {
         self.max_token_bytes
     }
 
-    fn encode_text(&self, text: &str) -> Result<Vec<u32>, String> {
-        // llama-server's tokenization of completion prompts: BOS as the model wants it,
-        // special tokens written in the text parsed.
-        self.tok.encode(text, true, true).map_err(|e| e.to_string())
+    fn encode_text(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, String> {
+        // BOS as the model wants it; control-token texts only when the request asks.
+        self.tok.encode(text, true, parse_special).map_err(|e| e.to_string())
     }
 
-    fn encode_chat(&self, messages: &[Message], max_bytes: usize) -> Result<Vec<u32>, EncodeError> {
+    fn encode_chat(&self, messages: &[Message], max_bytes: usize, parse_special: bool) -> Result<Vec<u32>, EncodeError> {
         // As `ingot run --chat` and `ingot chat` (run_cmd.rs, Loaded::encode_chat): the
-        // template writes any BOS itself; special tokens are parsed.
+        // template writes any BOS itself; its markup is special, the content plain text.
         let template = self.template.as_ref().map_err(|e| EncodeError::Invalid(e.clone()))?;
-        let text = template.render(messages, true, &self.bos, &self.eos).map_err(|e| EncodeError::Invalid(e.to_string()))?;
-        if text.len() > max_bytes {
-            return Err(EncodeError::TooLong(text.len()));
+        let r = template.render_marked(&self.tok, messages, true, parse_special).map_err(|e| EncodeError::Invalid(e.to_string()))?;
+        if r.text.len() > max_bytes {
+            return Err(EncodeError::TooLong(r.text.len()));
         }
-        self.tok.encode(&text, false, true).map_err(|e| EncodeError::Invalid(e.to_string()))
+        r.encode(&self.tok).map_err(|e| EncodeError::Invalid(e.to_string()))
     }
 
     fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<EventStream, SubmitError> {
@@ -300,8 +297,6 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     if let Err(e) = &template {
         eprintln!("ingot: /v1/chat/completions is unavailable: {e}");
     }
-    let piece = |id: Option<u32>| id.and_then(|i| m.tok.token_text(i)).unwrap_or("").to_string();
-    let (bos, eos) = (piece(m.tok.bos()), piece(m.tok.eos()));
     let vocab = m.model.config.vocab;
     // Each token of an encoding stands for at most its piece's bytes of the text (a byte
     // token for one byte, a special token for its text), so the longest piece bounds them.
@@ -321,7 +316,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         }
         _ => context,
     };
-    let gen = EngineGenerator { engine: engine.clone(), tok, template, bos, eos, context, vocab, max_token_bytes };
+    let gen = EngineGenerator { engine: engine.clone(), tok, template, context, vocab, max_token_bytes };
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let limits = Limits { body_timeout, ..Limits::default() };
     let state = Arc::new(AppState::new(Arc::new(gen), model_id, created, limits));

@@ -101,11 +101,13 @@ pub trait Generator: Send + Sync + 'static {
     /// The most bytes of text one token of an encoding stands for (the longest token): a
     /// text of more than `context() * max_token_bytes()` bytes cannot fit the context.
     fn max_token_bytes(&self) -> usize;
-    /// A completion prompt as tokens (BOS as the model wants it, special tokens parsed).
-    fn encode_text(&self, text: &str) -> Result<Vec<u32>, String>;
+    /// A completion prompt as tokens (BOS as the model wants it); the texts of control
+    /// tokens in it are those tokens only with `parse_special`, else plain text.
+    fn encode_text(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, String>;
     /// Chat messages rendered with the model's chat template and the generation prompt, as
-    /// tokens; a rendered text of more than `max_bytes` bytes is not tokenized.
-    fn encode_chat(&self, messages: &[Message], max_bytes: usize) -> Result<Vec<u32>, EncodeError>;
+    /// tokens: the template's markup gives control tokens, message content only text unless
+    /// `parse_special`; a rendered text of more than `max_bytes` bytes is not tokenized.
+    fn encode_chat(&self, messages: &[Message], max_bytes: usize, parse_special: bool) -> Result<Vec<u32>, EncodeError>;
     /// Queues a request.
     fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<EventStream, SubmitError>;
     /// The engine's counters and gauges now.
@@ -417,7 +419,7 @@ fn prepare_completion(st: &AppState, body: &[u8]) -> Result<(Vec<u32>, GenOption
     let prompt = match req.prompt {
         Prompt::Text(t) => {
             serve_api::check_prompt_bytes("prompt", t.len(), context, st.gen.max_token_bytes())?;
-            st.gen.encode_text(&t).map_err(|e| ApiError::invalid(Some("prompt"), e))?
+            st.gen.encode_text(&t, req.parse_special).map_err(|e| ApiError::invalid(Some("prompt"), e))?
         }
         Prompt::Tokens(t) => t,
     };
@@ -430,7 +432,8 @@ fn prepare_completion(st: &AppState, body: &[u8]) -> Result<(Vec<u32>, GenOption
 fn prepare_chat(st: &AppState, body: &[u8]) -> Result<(Vec<u32>, GenOptions), ApiError> {
     let req = serve_api::chat_request(&serve_api::parse_body(body)?, st.gen.vocab())?;
     let (context, token_bytes) = (st.gen.context(), st.gen.max_token_bytes());
-    let prompt = st.gen.encode_chat(&req.messages, context.saturating_mul(token_bytes.max(1))).map_err(|e| match e {
+    let max_bytes = context.saturating_mul(token_bytes.max(1));
+    let prompt = st.gen.encode_chat(&req.messages, max_bytes, req.parse_special).map_err(|e| match e {
         EncodeError::TooLong(bytes) => match serve_api::check_prompt_bytes("messages", bytes, context, token_bytes) {
             Err(e) => e,
             // The generator's bound was tighter than this one: the same refusal.
@@ -660,6 +663,8 @@ mod tests {
         chat_calls: AtomicUsize,
         /// encode_chat waits for a message on this (blocking its worker) when set.
         encode_gate: Option<Mutex<std::sync::mpsc::Receiver<()>>>,
+        /// The `parse_special` of each encoding, in order.
+        parse_special: Mutex<Vec<bool>>,
     }
 
     struct Live(Arc<AtomicUsize>);
@@ -680,6 +685,7 @@ mod tests {
                 encoded: AtomicUsize::new(0),
                 chat_calls: AtomicUsize::new(0),
                 encode_gate: None,
+                parse_special: Mutex::default(),
             }
         }
     }
@@ -697,11 +703,12 @@ mod tests {
         fn max_token_bytes(&self) -> usize {
             1
         }
-        fn encode_text(&self, text: &str) -> Result<Vec<u32>, String> {
+        fn encode_text(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, String> {
+            self.parse_special.lock().unwrap().push(parse_special);
             self.encoded.fetch_add(text.len(), Ordering::SeqCst);
             Ok(text.bytes().map(u32::from).collect())
         }
-        fn encode_chat(&self, messages: &[Message], max_bytes: usize) -> Result<Vec<u32>, EncodeError> {
+        fn encode_chat(&self, messages: &[Message], max_bytes: usize, parse_special: bool) -> Result<Vec<u32>, EncodeError> {
             self.chat_calls.fetch_add(1, Ordering::SeqCst);
             if let Some(rx) = &self.encode_gate {
                 let _ = rx.lock().unwrap().recv();
@@ -713,7 +720,7 @@ mod tests {
             if s.len() > max_bytes {
                 return Err(EncodeError::TooLong(s.len()));
             }
-            self.encode_text(&s).map_err(EncodeError::Invalid)
+            self.encode_text(&s, parse_special).map_err(EncodeError::Invalid)
         }
         fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<EventStream, SubmitError> {
             if prompt.starts_with(b"##".map(u32::from).as_slice()) {

@@ -70,7 +70,7 @@ fn out_of_range_flags_are_clear_errors() {
         (&["--presence-penalty", "inf"], "--presence-penalty must be finite"),
         (&["--temperature", "nan"], "--temperature must be"),
         (&["--stop", ""], "--stop strings must not be empty"),
-        (&["--max-tokens", "0"], "--max-tokens must be at least 1"),
+        (&["--max-tokens", "-1"], "must be at least 0, got -1"),
     ];
     for (flags, want) in cases {
         let mut args = vec!["run", "--model", "/nonexistent/x.gguf"];

@@ -63,14 +63,23 @@ ingot_core::for_each_op!(reference);
 
 /// Use `n` worker threads for the CPU fast path (rayon's global pool, built once and
 /// kept: no thread is spawned per op). Call it before any parallel work; calling it
-/// again with the same count is fine. Errors for 0, or when the pool already runs with
-/// another count (it was started by an earlier call or by the first parallel op).
+/// again with the same count is fine. Errors for 0, when the threads cannot be started
+/// (the operating system refused one: a memory or process limit), or when the pool
+/// already runs with another count (it was started by an earlier call or by the first
+/// parallel op). Never panics.
 pub fn set_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::invalid("threads", "the thread count must be at least 1"));
     }
     match rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
         Ok(()) => Ok(()),
+        // An I/O error (its source) is a thread that could not be spawned: the global pool
+        // is still not built, and asking rayon anything about it (current_num_threads)
+        // would build a default pool in its place and panic if that fails too.
+        Err(e) if std::error::Error::source(&e).is_some() => {
+            Err(Error::invalid("threads", format!("cannot start {n} CPU worker threads: {e}")))
+        }
+        // Otherwise the pool already runs, so asking for its size is safe.
         Err(_) if rayon::current_num_threads() == n => Ok(()),
         Err(e) => Err(Error::invalid(
             "threads",

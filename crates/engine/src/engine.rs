@@ -273,7 +273,7 @@ impl Engine {
     /// naming the sampling parameter) when the prompt is empty or holds an id outside the
     /// vocabulary, when prompt + max_tokens exceed the model's context or could never fit
     /// the page budget, or when a sampling parameter is out of range; `Error::Stopped` after
-    /// shutdown.
+    /// shutdown. `max_tokens` 0 ends at once (no text, [`FinishReason::MaxTokens`]).
     pub fn submit(&self, req: GenRequest) -> Result<RequestHandle> {
         let c = &self.inner.model.config;
         let n = req.prompt.len();
@@ -285,9 +285,6 @@ impl Engine {
         }
         req.params.validate_for_vocab(c.vocab)?;
         let max = req.params.max_tokens;
-        if max == 0 {
-            return Err(Error::Param { param: "max_tokens", msg: "must be at least 1".into() });
-        }
         if n.saturating_add(max) > c.context {
             return Err(Error::Request(format!("{n} prompt tokens + {max} new tokens exceed the model's context of {}", c.context)));
         }
@@ -304,6 +301,13 @@ impl Engine {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (etx, erx) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
+        if max == 0 {
+            // Nothing to generate: the request ends at once, its prompt checked but not run
+            // (as OpenAI's API and llama-server answer max_tokens 0).
+            let usage = Usage { prompt_tokens: n, ..Usage::default() };
+            let _ = etx.send(Event::Done { finish: FinishReason::MaxTokens, usage });
+            return Ok(RequestHandle { id, events: erx, cancel, wake: tx.clone() });
+        }
         let req = Request { id, prompt: req.prompt, params: req.params, events: etx, cancel: cancel.clone() };
         tx.send(Command::Submit(req)).map_err(|_| Error::Stopped)?;
         Ok(RequestHandle { id, events: erx, cancel, wake: tx.clone() })

@@ -190,7 +190,10 @@ fn bad_requests_are_refused_at_submit() {
     has(submit(vec![1; ctx], greedy(1)), "exceed the model's context");
     has(submit(vec![1; 10], greedy(ctx)), "exceed the model's context");
     has(submit(vec![1; 100], greedy(40)), "need 9 KV pages; the engine has 8");
-    has(submit(vec![1; 10], greedy(0)), "max_tokens must be at least 1");
+    // max_tokens 0 is no error: the request ends at once with nothing generated.
+    let (none, usage) = drain(&mut engine.submit(GenRequest { prompt: vec![1; 10], params: greedy(0) }).unwrap());
+    assert!(none.tokens.is_empty() && none.text.is_empty());
+    assert_eq!((none.finish, usage.prompt_tokens, usage.completion_tokens), (FinishReason::MaxTokens, 10, 0));
     has(submit(vec![1; 10], SamplingParams { temperature: -1.0, ..greedy(4) }), "temperature must be a finite number >= 0");
     has(submit(vec![1; 10], SamplingParams { top_p: 0.0, ..greedy(4) }), "top_p must be in (0, 1]");
     has(submit(vec![1; 10], SamplingParams { logit_bias: vec![(vocab, 1.0)], ..greedy(4) }), "outside the vocabulary");

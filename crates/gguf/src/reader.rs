@@ -5,7 +5,8 @@
 //! is handed out as `&[u8]` slices of it. The input is never trusted: every count is checked
 //! against the bytes that remain before anything is allocated for it, all offset and size
 //! arithmetic is checked, and every tensor's data range is checked against the file size
-//! when the file opens, so later accesses cannot go out of bounds.
+//! when the file opens, so later accesses cannot go out of bounds; no two tensors' data
+//! ranges may overlap.
 
 use crate::value::{Array, Value, ValueType};
 use crate::{Error, GgmlType, Result};
@@ -666,6 +667,30 @@ fn parse_header(buf: &[u8], file: &str) -> Result<Header> {
                     ),
                 ))
             }
+        }
+    }
+    // Each byte of tensor data belongs to one tensor: a type changed in a corrupted header
+    // (Q4_1 to F32) makes a tensor's bytes run into the next one's, read as both.
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by_key(|&i| (tensors[i].offset, i));
+    for w in order.windows(2) {
+        let (a, b) = (&tensors[w[0]], &tensors[w[1]]);
+        let a_end = a.offset + a.size; // no overflow: checked against the file size above
+        if a_end > b.offset {
+            return Err(c.error(
+                info_offsets[w[1]],
+                format!(
+                    "the data of tensors '{}' ({}, bytes {}..{} of the data section) and '{}' ({}, bytes {}..{}) overlap",
+                    a.name,
+                    a.ggml_type,
+                    a.offset,
+                    a_end,
+                    b.name,
+                    b.ggml_type,
+                    b.offset,
+                    b.offset + b.size
+                ),
+            ));
         }
     }
     Ok(Header { version, alignment, data_offset, metadata, tensors })

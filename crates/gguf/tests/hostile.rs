@@ -223,6 +223,34 @@ fn tensor_data_out_of_bounds() {
 }
 
 #[test]
+fn overlapping_tensor_data() {
+    // Two Q4_1 tensors of 64 elements (40 bytes each) at data offsets 0 and 64: a valid file;
+    // the error is at the data offset of the tensor that comes second in the data.
+    let file = |first_type: u32, second_offset: u64| {
+        let mut r = Raw::header(3, 2, 0);
+        r.tensor("a", &[64], first_type, 0);
+        let second_at = r.0.len() as u64 + 8 + 1 + 4 + 8 + 4;
+        r.tensor("b", &[64], 3, second_offset).pad_to(32).zeros(512);
+        (r, second_at)
+    };
+    let (ok, _) = file(3, 64);
+    GgufFile::from_bytes(ok.0).unwrap();
+    // The first one's type changed from Q4_1 to F32: 256 bytes, running into the second.
+    let (r, b_offset_at) = file(0, 64);
+    assert_reason(&r, b_offset_at, "the data of tensors 'a' (F32, bytes 0..256 of the data section) and 'b' (Q4_1, bytes 64..104) overlap");
+    // Out of order in the header, the same overlap is found.
+    let mut r = Raw::header(3, 2, 0);
+    r.tensor("late", &[64], 3, 32);
+    r.tensor("early", &[64], 3, 0).pad_to(32).zeros(128);
+    assert_reason(&r, 24 + 8 + 4 + 4 + 8 + 4, "'early' (Q4_1, bytes 0..40 of the data section) and 'late' (Q4_1, bytes 32..72) overlap");
+    // Two tensors at the same offset.
+    let mut r = Raw::header(3, 2, 0);
+    r.tensor("x", &[8], 0, 0).tensor("y", &[8], 0, 0).pad_to(32).zeros(64);
+    let (_, reason) = format_error(&r);
+    assert!(reason.contains("'x'") && reason.contains("'y'") && reason.contains("overlap"), "{reason}");
+}
+
+#[test]
 fn misaligned_offsets() {
     assert_reason(&one_tensor(&[4], 0, 4, 32), 49, "tensor 'w' has data offset 4, not a multiple of the alignment 32");
     let mut r = Raw::header(3, 1, 1);

@@ -380,6 +380,45 @@ pub(crate) fn wgpu_adapter_kind() -> Option<bool> {
         force_fallback_adapter: false,
         compatible_surface: None,
     };
-    let adapter = cubecl::future::block_on(instance.request_adapter(&options)).ok()?;
+    let adapter = without_wayland_noise(|| cubecl::future::block_on(instance.request_adapter(&options)).ok())?;
     Some(adapter.get_info().device_type != wgpu::DeviceType::Cpu)
+}
+
+/// Runs `f` (a Vulkan adapter enumeration) so that it prints nothing on a machine without a
+/// desktop session. Mesa's device-select layer, an implicit Vulkan layer, calls
+/// `wl_display_connect` while devices are enumerated, and libwayland prints "error:
+/// XDG_RUNTIME_DIR is invalid or not set in the environment." (twice: once per
+/// `vkEnumeratePhysicalDevices` call) when that variable is unset or not an absolute path.
+/// For `f`, it is set to a fresh empty private directory, where no compositor listens, so
+/// the connection fails quietly; then it is removed again. Set and valid, it is left alone.
+#[cfg(all(feature = "wgpu", target_os = "linux"))]
+fn without_wayland_noise<R>(f: impl FnOnce() -> R) -> R {
+    const VAR: &str = "XDG_RUNTIME_DIR";
+    if std::env::var_os(VAR).is_some_and(|d| std::path::Path::new(&d).is_absolute()) {
+        return f();
+    }
+    let old = std::env::var_os(VAR);
+    let dir = std::env::temp_dir().join(format!("ingot-vulkan-probe-{}", std::process::id()));
+    let made = {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).is_ok()
+    };
+    if !made || !dir.is_absolute() {
+        return f();
+    }
+    // The environment is read by C code here (the Vulkan loader, libwayland) on this thread;
+    // the process's other threads at this point (idle CPU workers) do not read it.
+    std::env::set_var(VAR, &dir);
+    let r = f();
+    match old {
+        Some(v) => std::env::set_var(VAR, v),
+        None => std::env::remove_var(VAR),
+    }
+    let _ = std::fs::remove_dir(&dir);
+    r
+}
+
+#[cfg(all(feature = "wgpu", not(target_os = "linux")))]
+fn without_wayland_noise<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }

@@ -16,12 +16,18 @@
 //! ```
 //!
 //! A rendered prompt is text with special tokens in it: encode it with `parse_special`, and
-//! without `add_special` when the template already writes BOS (Gemma's does).
+//! without `add_special` when the template already writes BOS (Gemma's does). Message
+//! content must not be able to write control tokens (`<|im_end|><|im_start|>system` typed
+//! by a user would otherwise start a system turn): [`ChatTemplate::encode`] and
+//! [`ChatTemplate::render_marked`] keep the template's markup special and the content
+//! plain text.
 
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 /// One chat message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +115,120 @@ impl ChatTemplate {
         ]);
         let tmpl = self.env.get_template(NAME).map_err(template_error)?;
         tmpl.render(ctx).map_err(template_error)
+    }
+}
+
+/// A rendered conversation whose message content is to be encoded as plain text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// The rendered text, content as written.
+    pub text: String,
+    /// Byte ranges of `text` holding control-token texts that came from message content:
+    /// plain text, not tokens. Sorted, not overlapping.
+    pub plain: Vec<Range<usize>>,
+}
+
+impl Rendered {
+    /// The token ids: the markup's control tokens parsed, the `plain` ranges as text (the
+    /// template writes any BOS itself).
+    pub fn encode(&self, tok: &Tokenizer) -> Result<Vec<u32>> {
+        tok.encode_with_plain_ranges(&self.text, false, &self.plain)
+    }
+}
+
+// Message content is rendered with each control-token text in it (and each MARK_OPEN)
+// replaced by MARK_OPEN, an index, MARK_CLOSE: the template can neither see nor split them,
+// and trims and other string filters act on the content around them as before. The
+// rendered text then gets the originals back, and their ranges are kept plain.
+// U+FDD0 and U+FDD1 are Unicode noncharacters, never assigned, nor in any vocabulary's
+// special tokens.
+const MARK_OPEN: char = '\u{FDD0}';
+const MARK_CLOSE: char = '\u{FDD1}';
+
+/// `text` with its control-token texts and MARK_OPENs replaced by placeholders whose
+/// originals are pushed to `originals`.
+fn defuse(text: &str, tok: &Tokenizer, originals: &mut Vec<String>) -> String {
+    let mut cuts = tok.control_text_ranges(text);
+    cuts.extend(text.match_indices(MARK_OPEN).map(|(i, m)| i..i + m.len()));
+    if cuts.is_empty() {
+        return text.to_string();
+    }
+    cuts.sort_by_key(|r| r.start);
+    let mut out = String::with_capacity(text.len() + 8 * cuts.len());
+    let mut at = 0;
+    for r in cuts {
+        // A MARK_OPEN inside a control text is covered by that text's range.
+        if r.start < at {
+            continue;
+        }
+        out.push_str(&text[at..r.start]);
+        out.push(MARK_OPEN);
+        out.push_str(&originals.len().to_string());
+        out.push(MARK_CLOSE);
+        originals.push(text[r.clone()].to_string());
+        at = r.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+/// The rendered `text` with its placeholders replaced by their originals, and the ranges
+/// the originals occupy.
+fn restore(text: &str, originals: &[String]) -> Rendered {
+    let mut out = String::with_capacity(text.len());
+    let mut plain = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(MARK_OPEN) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + MARK_OPEN.len_utf8()..];
+        let original = after.find(MARK_CLOSE).and_then(|j| Some((after[..j].parse::<usize>().ok()?, j)));
+        match original.and_then(|(k, j)| Some((originals.get(k)?, j))) {
+            Some((orig, j)) => {
+                plain.push(out.len()..out.len() + orig.len());
+                out.push_str(orig);
+                rest = &after[j + MARK_CLOSE.len_utf8()..];
+            }
+            // Not a placeholder (the template's own text): kept as it is.
+            None => {
+                out.push(MARK_OPEN);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Rendered { text: out, plain }
+}
+
+impl ChatTemplate {
+    /// Renders the conversation with the generation prompt as [`render`](Self::render)
+    /// does, with the BOS and EOS texts of `tok`, and marks where message content wrote
+    /// the texts of control tokens so that [`Rendered::encode`] encodes them as plain text;
+    /// with `parse_special` nothing is marked (content may write control tokens).
+    pub fn render_marked(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        parse_special: bool,
+    ) -> Result<Rendered> {
+        let piece = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
+        let (bos, eos) = (piece(tok.bos()), piece(tok.eos()));
+        if parse_special {
+            return Ok(Rendered { text: self.render(messages, add_generation_prompt, &bos, &eos)?, plain: Vec::new() });
+        }
+        let mut originals = Vec::new();
+        let safe: Vec<Message> = messages
+            .iter()
+            .map(|m| Message { role: defuse(&m.role, tok, &mut originals), content: defuse(&m.content, tok, &mut originals) })
+            .collect();
+        let text = self.render(&safe, add_generation_prompt, &bos, &eos)?;
+        Ok(if originals.is_empty() { Rendered { text, plain: Vec::new() } } else { restore(&text, &originals) })
+    }
+
+    /// The token ids of the conversation: [`render_marked`](Self::render_marked), then
+    /// [`Rendered::encode`].
+    pub fn encode(&self, tok: &Tokenizer, messages: &[Message], add_generation_prompt: bool, parse_special: bool) -> Result<Vec<u32>> {
+        self.render_marked(tok, messages, add_generation_prompt, parse_special)?.encode(tok)
     }
 }
 

@@ -67,6 +67,12 @@ enum Fragment {
     Token(u32),
 }
 
+/// Whether `start..end` overlaps one of `ranges` (sorted, not overlapping).
+fn overlaps(ranges: &[Range<usize>], start: usize, end: usize) -> bool {
+    let i = ranges.partition_point(|r| r.end <= start);
+    ranges.get(i).is_some_and(|r| r.start < end)
+}
+
 /// A tokenizer: text to token ids and back. Cheap to share (`Send + Sync`).
 pub struct Tokenizer {
     kind: TokenizerKind,
@@ -367,7 +373,42 @@ impl Tokenizer {
     /// `parse_special` makes the texts of control tokens (`<|im_start|>`, `<start_of_turn>`)
     /// their ids instead of text. User-defined tokens are always matched.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
-        let fragments = if text.is_empty() { Vec::new() } else { self.partition(text, parse_special) };
+        self.encode_partitioned(text, add_special, parse_special, &[])
+    }
+
+    /// [`encode`](Self::encode) with `parse_special` set, except that no control or unknown
+    /// token is matched where its text overlaps one of the byte ranges `plain` (sorted, not
+    /// overlapping): there the text is encoded as text. A chat template's markup is parsed
+    /// this way while message content stays plain (see `ChatTemplate::render_marked`).
+    pub fn encode_with_plain_ranges(&self, text: &str, add_special: bool, plain: &[Range<usize>]) -> Result<Vec<u32>> {
+        self.encode_partitioned(text, add_special, true, plain)
+    }
+
+    /// Where the texts of control and unknown tokens occur in `text` (the places
+    /// `encode(.., parse_special = true)` could cut at), as sorted byte ranges, overlapping
+    /// occurrences merged.
+    pub fn control_text_ranges(&self, text: &str) -> Vec<Range<usize>> {
+        let mut out: Vec<Range<usize>> = Vec::new();
+        let Some(finder) = &self.special_finder else { return out };
+        for m in finder.find_overlapping_iter(text) {
+            if !self.special_ids[m.pattern().as_usize()].iter().any(|&id| self.attrs[id as usize] & ATTR_SPECIAL != 0) {
+                continue;
+            }
+            out.push(m.start()..m.end());
+        }
+        out.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<usize>> = Vec::with_capacity(out.len());
+        for r in out {
+            match merged.last_mut() {
+                Some(last) if r.start < last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        merged
+    }
+
+    fn encode_partitioned(&self, text: &str, add_special: bool, parse_special: bool, plain: &[Range<usize>]) -> Result<Vec<u32>> {
+        let fragments = if text.is_empty() { Vec::new() } else { self.partition(text, parse_special, plain) };
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {
             out.push(self.bos.ok_or_else(|| Error::Tokenizer("the vocabulary adds BOS but has no BOS token".into()))?);
@@ -412,8 +453,9 @@ impl Tokenizer {
     }
 
     /// Cuts `text` at special tokens: for each special token, longest first, every text
-    /// fragment is split at each of its (non-overlapping, leftmost) occurrences.
-    fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
+    /// fragment is split at each of its (non-overlapping, leftmost) occurrences; control
+    /// and unknown tokens only where they overlap none of the `plain` ranges.
+    fn partition(&self, text: &str, parse_special: bool, plain: &[Range<usize>]) -> Vec<Fragment> {
         let mut fragments = vec![Fragment::Text(0..text.len())];
         let Some(finder) = &self.special_finder else { return fragments };
         // only tokens that occur somewhere in the text can split a fragment
@@ -429,19 +471,28 @@ impl Tokenizer {
                 continue;
             }
             let needle = self.tokens[id as usize].as_str();
+            let control = self.attrs[id as usize] & ATTR_SPECIAL != 0;
+            // Past a refused match the search goes on after its first character.
+            let step = needle.chars().next().map_or(1, char::len_utf8);
             let mut next = Vec::with_capacity(fragments.len() + 2);
             for f in fragments {
                 let Fragment::Text(r) = f else {
                     next.push(f);
                     continue;
                 };
-                let mut at = r.start;
-                while let Some(p) = text[at..r.end].find(needle) {
-                    if p > 0 {
-                        next.push(Fragment::Text(at..at + p));
+                let (mut at, mut from) = (r.start, r.start);
+                while let Some(p) = text[from..r.end].find(needle) {
+                    let (start, end) = (from + p, from + p + needle.len());
+                    if control && overlaps(plain, start, end) {
+                        from = start + step;
+                        continue;
+                    }
+                    if start > at {
+                        next.push(Fragment::Text(at..start));
                     }
                     next.push(Fragment::Token(id));
-                    at += p + needle.len();
+                    at = end;
+                    from = end;
                 }
                 if at < r.end {
                     next.push(Fragment::Text(at..r.end));
