@@ -6,7 +6,7 @@ Usage:  python3 scripts/crosscheck.py DIR [--verbose]
 Walks DIR for `meta.json` files (one per golden case, laid out as DIR/CASE/OP/), and for
 every case:
 
-  1. checks the artifact against docs/protocol.md: `format` "ingot-golden", `version` 1,
+  1. checks the artifact against docs/protocol.md: `format` "ingot-golden", `version` 1 or 2,
      `case`/`op` agreeing with the directory names, the op known, `params` holding exactly
      the keys docs/ops.md lists for the op, the input and output tensors being exactly the
      ones the op documents (name, dtype, shape derived from the params), each tensor's
