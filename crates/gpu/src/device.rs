@@ -6,6 +6,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use ingot_core::{DType, Error, Result, Tensor};
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 /// Threads per cube for element-wise kernels and row reductions. 256 fits every
 /// runtime's limits (wgpu guarantees 256 invocations per workgroup).
@@ -21,6 +22,27 @@ pub struct Device<R: Runtime> {
     f16_ok: bool,
     bf16_ok: bool,
     plane_dim: Option<u32>,
+    /// While `Some`, every buffer [`Device::alloc_bytes`] hands out lies between sentinel
+    /// bytes, recorded here ([`Device::guarded`]).
+    guard: Mutex<Option<Vec<Guarded>>>,
+}
+
+/// A buffer handed out between sentinel bytes: `whole` is the larger allocation, the
+/// tensor's bytes are `start..start + len` of it.
+pub(crate) struct Guarded {
+    whole: Handle,
+    start: usize,
+    len: usize,
+}
+
+/// The byte around a guarded buffer (as the CPU device's sentinel).
+pub const SENTINEL: u8 = 0xA5;
+
+/// Sentinel bytes on each side of a guarded buffer of `len` bytes: its own size (a kernel
+/// that writes one row or one tensor too many lands in it), at least 256 and at most
+/// 1 MiB, a multiple of 256 (wgpu binds storage buffers at offsets aligned to 256 bytes).
+fn guard_bytes(len: usize) -> usize {
+    len.clamp(256, 1 << 20).next_multiple_of(256)
 }
 
 impl<R: Runtime> Device<R> {
@@ -42,7 +64,7 @@ impl<R: Runtime> Device<R> {
             && hw.plane_size_max.is_power_of_two()
             && (8..=BLOCK).contains(&hw.plane_size_max))
         .then_some(hw.plane_size_max);
-        Device { client, f32_ok, f16_ok, bf16_ok, plane_dim }
+        Device { client, f32_ok, f16_ok, bf16_ok, plane_dim, guard: Mutex::new(None) }
     }
 
     /// The plane (subgroup) width when kernels may use plane operations, `None` when they
@@ -123,8 +145,64 @@ impl<R: Runtime> Device<R> {
 
     /// A new uninitialized buffer for `numel` elements of `dtype` (rounded up to whole words).
     pub(crate) fn alloc(&self, dtype: DType, numel: usize) -> Handle {
-        let bytes = dtype.bytes_for(numel).unwrap_or(0).max(4).next_multiple_of(4);
-        self.client.empty(bytes)
+        self.alloc_bytes(dtype.bytes_for(numel).unwrap_or(0))
+    }
+
+    /// A new uninitialized buffer of `bytes` (rounded up to whole words, at least one): every
+    /// output and scratch buffer a kernel writes comes from here. Between
+    /// [`Device::start_guard`] and [`Device::guarded`] it is a window into a larger buffer
+    /// filled with [`SENTINEL`] bytes.
+    pub(crate) fn alloc_bytes(&self, bytes: usize) -> Handle {
+        let len = bytes.max(4).next_multiple_of(4);
+        let mut guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = guard.as_mut() else {
+            return self.client.empty(len);
+        };
+        let mut pad = guard_bytes(len);
+        let max = self.max_buffer_bytes() as usize;
+        if len + 2 * pad > max {
+            pad = 256;
+        }
+        if len + 2 * pad > max {
+            return self.client.empty(len);
+        }
+        // The tail pad also covers the bytes up to the next multiple of 256.
+        let tail = pad + (len.next_multiple_of(256) - len);
+        let whole = self.client.create_from_slice(&vec![SENTINEL; pad + len + tail]);
+        list.push(Guarded { whole: whole.clone(), start: pad, len });
+        whole.offset_start(pad as u64).offset_end(tail as u64)
+    }
+
+    /// From now on, buffers from [`Device::alloc_bytes`] lie between sentinel bytes, until
+    /// [`Device::guarded`]. Device-wide: meant for checking one op at a time (`ingot golden
+    /// check`), not while a model runs on the device.
+    pub(crate) fn start_guard(&self) {
+        *self.guard.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// Stops guarding and checks the sentinels of every buffer guarded since
+    /// [`Device::start_guard`] (waiting for the kernels): [`Error::OutOfBounds`] naming the
+    /// first byte written outside a buffer.
+    pub(crate) fn guarded(&self, op: &'static str) -> Result<()> {
+        let list = self.guard.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+        for (i, g) in list.into_iter().enumerate() {
+            let bytes =
+                self.client.read_one(g.whole).map_err(|e| Error::invalid(op, format!("device read failed: {e:?}")))?;
+            let end = g.start + g.len;
+            let before = bytes[..g.start].iter().rposition(|&b| b != SENTINEL);
+            let after = bytes[end..].iter().position(|&b| b != SENTINEL);
+            let n = bytes[..g.start].iter().chain(&bytes[end..]).filter(|&&b| b != SENTINEL).count();
+            let at = match (before, after) {
+                (Some(b), _) => format!("{} bytes before its start", g.start - b),
+                (None, Some(a)) => format!("{} bytes after its end", a + 1),
+                (None, None) => continue,
+            };
+            return Err(Error::OutOfBounds {
+                op,
+                msg: format!("device buffer {i} of the op ({} bytes): {n} sentinel bytes changed, the nearest {at}", g.len),
+            });
+        }
+        Ok(())
     }
 
     /// Read a buffer back as a tensor of `dtype` and `shape`.
@@ -392,7 +470,7 @@ pub(crate) fn wgpu_adapter_kind() -> Option<bool> {
 /// For `f`, it is set to a fresh empty private directory, where no compositor listens, so
 /// the connection fails quietly; then it is removed again. Set and valid, it is left alone.
 #[cfg(all(feature = "wgpu", target_os = "linux"))]
-fn without_wayland_noise<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn without_wayland_noise<R>(f: impl FnOnce() -> R) -> R {
     const VAR: &str = "XDG_RUNTIME_DIR";
     if std::env::var_os(VAR).is_some_and(|d| std::path::Path::new(&d).is_absolute()) {
         return f();
@@ -419,6 +497,76 @@ fn without_wayland_noise<R>(f: impl FnOnce() -> R) -> R {
 }
 
 #[cfg(all(feature = "wgpu", not(target_os = "linux")))]
-fn without_wayland_noise<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn without_wayland_noise<R>(f: impl FnOnce() -> R) -> R {
     f()
+}
+
+#[cfg(all(test, feature = "wgpu"))]
+mod guard_tests {
+    use super::*;
+    use crate::WgpuBackend;
+
+    /// Writes 7 into the first `n` words.
+    #[cube(launch_unchecked)]
+    fn fill_words(dst: &mut Array<u32>, n: usize) {
+        let i = linear_pos();
+        if i < n {
+            dst[i] = 7u32;
+        }
+    }
+
+    fn fill<R: Runtime>(d: &Device<R>, h: &Handle, words: usize) {
+        let (count, dim) = grid_1d(words);
+        // SAFETY: the buffer behind `h` holds at least `words` words (the callers' buffers
+        // are 40 bytes or larger); thread i < words writes word i.
+        unsafe { fill_words::launch_unchecked::<R>(&d.client, count, dim, ArrayArg::from_raw_parts(h.clone(), words), words) }
+    }
+
+    fn backend() -> Option<WgpuBackend> {
+        let b = WgpuBackend::wgpu("gpu:wgpu");
+        if b.is_none() {
+            let required = std::env::var("INGOT_REQUIRE_GPU").is_ok_and(|v| v == "1");
+            assert!(!required, "INGOT_REQUIRE_GPU=1 but no wgpu adapter was found (install mesa-vulkan-drivers for lavapipe)");
+            eprintln!("skipped: no wgpu adapter (install mesa-vulkan-drivers for lavapipe, or set INGOT_REQUIRE_GPU=1 to fail)");
+        }
+        b
+    }
+
+    #[test]
+    fn guarded_buffers_catch_writes_outside_them() {
+        let Some(b) = backend() else { return };
+        let d = b.device();
+
+        // A kernel that writes exactly its buffer: clean, and the data reads back through
+        // the window.
+        d.start_guard();
+        let h = d.alloc_bytes(40);
+        fill(d, &h, 10);
+        d.guarded("fill").expect("a write inside the buffer is clean");
+        let t = d.download("fill", h, DType::U32, &[10]).unwrap();
+        assert_eq!(t.data, [7u8, 0, 0, 0].repeat(10));
+
+        // The same kernel handed the larger buffer (as a kernel with a wrong base offset
+        // would write): the bytes before the window change, and the check names them.
+        d.start_guard();
+        let _h = d.alloc_bytes(40);
+        let whole = d.guard.lock().unwrap().as_ref().unwrap()[0].whole.clone();
+        fill(d, &whole, 10);
+        let e = d.guarded("fill").unwrap_err();
+        assert!(matches!(e, Error::OutOfBounds { .. }), "{e}");
+        assert!(e.to_string().contains("40 sentinel bytes changed"), "{e}");
+
+        // Past the end: the window's last word and one more.
+        d.start_guard();
+        let _h = d.alloc_bytes(40);
+        let g = d.guard.lock().unwrap().as_ref().unwrap()[0].whole.clone();
+        let past = g.offset_start(256);
+        fill(d, &past, 11);
+        let e = d.guarded("fill").unwrap_err();
+        assert!(e.to_string().contains("4 sentinel bytes changed, the nearest 1 bytes after its end"), "{e}");
+
+        // Guarding is off again: plain buffers.
+        let h = d.alloc_bytes(40);
+        assert_eq!(h.offset_start, None);
+    }
 }

@@ -346,7 +346,7 @@ fn dequantize_kernel<F: Float>(
 /// Copy a device tensor into a new buffer of the same size.
 pub(crate) fn copy_tensor<R: Runtime>(d: &Device<R>, t: &GpuTensor) -> GpuTensor {
     let words = t.words();
-    let out = d.client.empty((words * 4).max(4));
+    let out = d.alloc_bytes(words * 4);
     let (count, dim) = grid_1d(words);
     // SAFETY: `t` holds `words` whole words (checked against its spec by the caller) and
     // `out` was allocated for as many; thread i < words copies word i.

@@ -177,6 +177,22 @@ impl<R: Runtime> ingot_core::Backend for GpuBackend<R> {
         let out = self.run_device(op, &dev)?;
         out.iter().map(|(k, t)| Ok((k.clone(), self.dev.to_host(op.name(), t)?))).collect()
     }
+
+    fn guards_outputs(&self) -> bool {
+        true
+    }
+
+    /// Every buffer the op's kernels write (outputs and scratch) lies between sentinel
+    /// bytes, and the inputs are read back and compared afterwards. cuBLASLt's output (dense
+    /// f16/bf16 `gemm` on CUDA) is allocated by its wrapper and not guarded.
+    fn run_guarded(&self, op: &Op, inputs: &Tensors) -> Result<Tensors> {
+        op.check_inputs(inputs)?;
+        if !ingot_core::Backend::supports(self, op) {
+            return Err(self.unsupported(op));
+        }
+        check_host_values(op, inputs)?;
+        ingot_core::run_on_host_guarded(self, op, inputs)
+    }
 }
 
 impl<R: Runtime> GpuBackend<R> {
@@ -237,7 +253,8 @@ mod wgpu_backend {
         /// The default wgpu adapter, or `None` when there is none (checked without panicking).
         pub fn wgpu(name: &str) -> Option<Self> {
             super::device::wgpu_adapter_kind()?;
-            Some(GpuBackend::new(&WgpuDevice::default(), name))
+            // Creating the client enumerates the adapters again: quietly too.
+            Some(super::device::without_wayland_noise(|| GpuBackend::new(&WgpuDevice::default(), name)))
         }
 
         /// Whether the default wgpu adapter is a hardware GPU (not a CPU adapter such as
@@ -356,6 +373,19 @@ impl<R: Runtime> ingot_core::Device for GpuBackend<R> {
 
     fn run(&self, op: &Op, inputs: &GpuTensors) -> Result<GpuTensors> {
         self.run_device(op, inputs)
+    }
+
+    fn guards_outputs(&self) -> bool {
+        true
+    }
+
+    fn run_guarded(&self, op: &Op, inputs: &GpuTensors) -> Result<GpuTensors> {
+        self.dev.start_guard();
+        let out = self.run_device(op, inputs);
+        let checked = self.dev.guarded(op.name());
+        let out = out?;
+        checked?;
+        Ok(out)
     }
 
     fn run_into(&self, op: &Op, inputs: &GpuTensors, outputs: &mut GpuTensors) -> Result<GpuTensors> {

@@ -932,7 +932,7 @@ fn index_shift(v: usize) -> u32 {
 
 /// A u32 scratch buffer of `n` words.
 fn words_buf<R: Runtime>(d: &Device<R>, n: usize) -> cubecl::server::Handle {
-    d.client.empty(n.max(1) * 4)
+    d.alloc_bytes(n.max(1) * 4)
 }
 
 /// Launch the element-wise mask writer for a [rows, v] logits tensor.
