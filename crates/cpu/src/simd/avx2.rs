@@ -585,24 +585,7 @@ by_shape!(f16_rows => floats, F16; &[f32]);
 by_shape!(bf16_rows => floats, BF16; &[f32]);
 
 /// The AVX2 row kernel of a weight format.
-pub(super) fn kernel(dtype: DType) -> Option<RowKernel> {
-    Some(match dtype {
-        DType::F32 => RowKernel::F32(f32_rows),
-        DType::F16 => RowKernel::F32(f16_rows),
-        DType::BF16 => RowKernel::F32(bf16_rows),
-        DType::Q4_0 => RowKernel::Q8(q4_0_rows),
-        DType::Q4_1 => RowKernel::Q8(q4_1_rows),
-        DType::Q5_0 => RowKernel::Q8(q5_0_rows),
-        DType::Q5_1 => RowKernel::Q8(q5_1_rows),
-        DType::Q8_0 => RowKernel::Q8(q8_0_rows),
-        DType::Q2_K => RowKernel::Q8(q2_k_rows),
-        DType::Q3_K => RowKernel::Q8(q3_k_rows),
-        DType::Q4_K => RowKernel::Q8(q4_k_rows),
-        DType::Q5_K => RowKernel::Q8(q5_k_rows),
-        DType::Q6_K => RowKernel::Q8(q6_k_rows),
-        _ => return None,
-    })
-}
+super::kernel_table!(rows);
 
 /// Lane `i` of the result: the sum of the eight lanes of `a[i]`, as
 /// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))` whatever the other three hold.
@@ -659,11 +642,52 @@ unsafe fn softmax8(s: &mut [f32]) -> f32 {
     hsum(z)
 }
 
-/// One query against keys `lo..=hi` of one kv head (key `j` at `k[j * stride + off..][..d]`,
-/// values likewise): `o = Σ_j softmax_j · v_j` with scores `scale · q·k_j`, soft-capped
-/// when `softcap > 0`. `s` is scratch. The same products as [`super::portable::attend`],
-/// summed in another order, and a polynomial `exp`; a key's score does not depend on `lo`
-/// (four keys at a time, each with its own accumulator and the same reduction).
+/// The AVX2 vector operations of [`super::attend_with`]: eight lanes, fused multiply-adds,
+/// [`sum4`]'s reduction and [`softmax8`].
+pub(super) struct Lanes8;
+
+impl super::Lanes for Lanes8 {
+    type V = __m256;
+    const W: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(b, c, a)
+    }
+    #[inline(always)]
+    unsafe fn fma_n(a: __m256, b: __m256, e: f32) -> __m256 {
+        _mm256_fmadd_ps(_mm256_set1_ps(e), b, a)
+    }
+    #[inline(always)]
+    unsafe fn mul_n(a: __m256, e: f32) -> __m256 {
+        _mm256_mul_ps(a, _mm256_set1_ps(e))
+    }
+    #[inline(always)]
+    unsafe fn sum4(a: [__m256; 4]) -> [f32; 4] {
+        let mut t = [0f32; 4];
+        _mm_storeu_ps(t.as_mut_ptr(), sum4(a));
+        t
+    }
+    #[inline(always)]
+    unsafe fn softmax(s: &mut [f32]) -> f32 {
+        softmax8(s)
+    }
+}
+
+/// One query against keys `lo..=hi` of one kv head: [`super::attend_with`] in AVX2 (the
+/// same products as the portable path, summed over eight lanes in another order, and a
+/// polynomial `exp`).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn attend(
@@ -679,79 +703,5 @@ pub(super) unsafe fn attend(
     s: &mut Vec<f32>,
     o: &mut [f32],
 ) {
-    let d = q.len();
-    let n = hi + 1 - lo;
-    assert!(o.len() == d && hi * stride + off + d <= k.len().min(v.len()), "attend: out of bounds");
-    s.clear();
-    s.resize(n + 3, 0.0);
-    let d8 = d / 8 * 8;
-    let qp = q.as_ptr();
-    let key = |j: usize| k.as_ptr().add((lo + j) * stride + off);
-    let mut j = 0;
-    while j < n {
-        // Four keys, or the last one to three (the missing ones repeat the last key; their
-        // lanes are dropped, and lanes do not mix).
-        let cnt = (n - j).min(4);
-        let kp = [key(j), key(j + 1.min(cnt - 1)), key(j + 2.min(cnt - 1)), key(j + 3.min(cnt - 1))];
-        let mut a = [_mm256_setzero_ps(); 4];
-        for c in (0..d8).step_by(8) {
-            let qv = _mm256_loadu_ps(qp.add(c));
-            for i in 0..4 {
-                a[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[i].add(c)), a[i]);
-            }
-        }
-        let mut x = sum4(a);
-        if d8 < d {
-            let mut t = [0f32; 4];
-            for (i, t) in t.iter_mut().enumerate() {
-                for (c, &qc) in q.iter().enumerate().skip(d8) {
-                    *t += qc * *kp[i].add(c);
-                }
-            }
-            x = _mm_add_ps(x, _mm_loadu_ps(t.as_ptr()));
-        }
-        // Four scores (`s` has three spare places at its end).
-        let sp = s.as_mut_ptr().add(j);
-        _mm_storeu_ps(sp, _mm_mul_ps(x, _mm_set1_ps(scale)));
-        if softcap > 0.0 {
-            for i in 0..cnt {
-                *sp.add(i) = softcap * (*sp.add(i) / softcap).tanh();
-            }
-        }
-        j += cnt;
-    }
-    s.truncate(n);
-    let z = softmax8(s);
-    let inv = 1.0 / z;
-    let val = |j: usize| v.as_ptr().add((lo + j) * stride + off);
-    // o in registers, 64 values (eight lanes × 8) per pass over the values.
-    let mut c0 = 0;
-    while c0 + 64 <= d8 {
-        let mut a = [_mm256_setzero_ps(); 8];
-        for (j, &e) in s.iter().enumerate() {
-            let (e, vp) = (_mm256_set1_ps(e), val(j).add(c0));
-            for (u, a) in a.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(e, _mm256_loadu_ps(vp.add(8 * u)), *a);
-            }
-        }
-        for (u, a) in a.iter().enumerate() {
-            _mm256_storeu_ps(o.as_mut_ptr().add(c0 + 8 * u), _mm256_mul_ps(*a, _mm256_set1_ps(inv)));
-        }
-        c0 += 64;
-    }
-    while c0 < d8 {
-        let mut a = _mm256_setzero_ps();
-        for (j, &e) in s.iter().enumerate() {
-            a = _mm256_fmadd_ps(_mm256_set1_ps(e), _mm256_loadu_ps(val(j).add(c0)), a);
-        }
-        _mm256_storeu_ps(o.as_mut_ptr().add(c0), _mm256_mul_ps(a, _mm256_set1_ps(inv)));
-        c0 += 8;
-    }
-    for (c, o) in o.iter_mut().enumerate().skip(d8) {
-        let mut a = 0f32;
-        for (j, &e) in s.iter().enumerate() {
-            a += e * *val(j).add(c);
-        }
-        *o = a * inv;
-    }
+    super::attend_with::<Lanes8>(q, k, v, stride, off, lo, hi, scale, softcap, s, o)
 }

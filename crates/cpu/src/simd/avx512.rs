@@ -419,16 +419,5 @@ by_shape!(q6_k_rows => q6_k);
 
 /// The AVX-512 row kernel of a weight format: the AVX2 one for the formats without an
 /// AVX-512 kernel (see the module doc).
-pub(super) fn kernel(dtype: DType) -> Option<RowKernel> {
-    Some(match dtype {
-        DType::Q4_0 => RowKernel::Q8(q4_0_rows),
-        DType::Q4_1 => RowKernel::Q8(q4_1_rows),
-        DType::Q5_0 => RowKernel::Q8(q5_0_rows),
-        DType::Q5_1 => RowKernel::Q8(q5_1_rows),
-        DType::Q8_0 => RowKernel::Q8(q8_0_rows),
-        DType::Q4_K => RowKernel::Q8(q4_k_rows),
-        DType::Q5_K => RowKernel::Q8(q5_k_rows),
-        DType::Q6_K => RowKernel::Q8(q6_k_rows),
-        _ => return super::avx2::kernel(dtype),
-    })
-}
+super::kernel_table!(rows; Q4_0 q4_0_rows, Q4_1 q4_1_rows, Q5_0 q5_0_rows, Q5_1 q5_1_rows, Q8_0 q8_0_rows,
+    Q4_K q4_k_rows, Q5_K q5_k_rows, Q6_K q6_k_rows; else super::avx2::kernel);

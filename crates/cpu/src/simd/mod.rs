@@ -337,9 +337,186 @@ pub fn attend(
         // SAFETY: the path is available on this CPU.
         #[cfg(target_arch = "aarch64")]
         Isa::Neon if isa.available() => unsafe { neon::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o) },
-        _ => portable::attend(q, k, v, stride, off, lo, hi, scale, softcap, s, o),
+        // SAFETY: the portable lanes are plain Rust.
+        _ => unsafe { attend_with::<portable::Lanes8>(q, k, v, stride, off, lo, hi, scale, softcap, s, o) },
     }
 }
+
+/// The f32 vector operations of one instruction set that [`attend_with`] is written in.
+/// Implementations are zero-sized types in the ISA's module; every method is
+/// `#[inline(always)]`, so inlined into the ISA's `#[target_feature]` entry point (the
+/// only caller) it compiles to that ISA's instructions.
+pub(crate) trait Lanes {
+    /// A vector of [`Lanes::W`] f32 lanes.
+    type V: Copy;
+    /// Lanes per vector.
+    const W: usize;
+    /// All lanes zero.
+    unsafe fn zero() -> Self::V;
+    /// `W` values from `p` (unaligned).
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// `W` values to `p` (unaligned).
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a + b · c` per lane (fused where the ISA fuses).
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a + b · e` per lane, `e` broadcast (fused where the ISA fuses).
+    unsafe fn fma_n(a: Self::V, b: Self::V, e: f32) -> Self::V;
+    /// `a · e` per lane.
+    unsafe fn mul_n(a: Self::V, e: f32) -> Self::V;
+    /// Lane `i`: the sum of the lanes of `a[i]`, in the ISA's fixed order.
+    unsafe fn sum4(a: [Self::V; 4]) -> [f32; 4];
+    /// `s ← exp(s − max s)` in place; returns the sum.
+    unsafe fn softmax(s: &mut [f32]) -> f32;
+}
+
+/// [`attend`] over the vector operations `L`: the one skeleton every path instantiates
+/// (each its own inner operations). Scores four keys at a time (a partial last group
+/// repeats its last key; those lanes are dropped and lanes do not mix), each key with its
+/// own accumulator and the same reduction, so a key's score does not depend on `lo`;
+/// then the soft cap, the softmax, and `o = Σ_j p_j · v_j` with 64 values of `o` in
+/// registers per pass over the values.
+///
+/// # Safety
+/// The instructions of `L` must be available on this CPU.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attend_with<L: Lanes>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    off: usize,
+    lo: usize,
+    hi: usize,
+    scale: f32,
+    softcap: f32,
+    s: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    let d = q.len();
+    let n = hi + 1 - lo;
+    assert!(o.len() == d && hi * stride + off + d <= k.len().min(v.len()), "attend: out of bounds");
+    s.clear();
+    s.resize(n + 3, 0.0);
+    let dw = d / L::W * L::W;
+    let qp = q.as_ptr();
+    let key = |j: usize| k.as_ptr().add((lo + j) * stride + off);
+    let mut j = 0;
+    while j < n {
+        let cnt = (n - j).min(4);
+        let kp = [key(j), key(j + 1.min(cnt - 1)), key(j + 2.min(cnt - 1)), key(j + 3.min(cnt - 1))];
+        let mut a = [L::zero(); 4];
+        for c in (0..dw).step_by(L::W) {
+            let qv = L::load(qp.add(c));
+            for i in 0..4 {
+                a[i] = L::fma(a[i], qv, L::load(kp[i].add(c)));
+            }
+        }
+        let mut x = L::sum4(a);
+        if dw < d {
+            for (i, x) in x.iter_mut().enumerate() {
+                let mut t = 0f32;
+                for (c, &qc) in q.iter().enumerate().skip(dw) {
+                    t += qc * *kp[i].add(c);
+                }
+                *x += t;
+            }
+        }
+        // Four scores (`s` has three spare places at its end).
+        for (i, x) in x.iter().enumerate() {
+            s[j + i] = x * scale;
+        }
+        if softcap > 0.0 {
+            for sj in &mut s[j..j + cnt] {
+                *sj = softcap * (*sj / softcap).tanh();
+            }
+        }
+        j += cnt;
+    }
+    s.truncate(n);
+    let inv = 1.0 / L::softmax(s);
+    let val = |j: usize| v.as_ptr().add((lo + j) * stride + off);
+    // 64 values of o (64 / W vectors, at most 16) in registers per pass over the values.
+    const BLOCK: usize = 64;
+    let acc = BLOCK / L::W;
+    debug_assert!(acc <= 16 && acc * L::W == BLOCK);
+    let mut c0 = 0;
+    while c0 + BLOCK <= dw {
+        let mut a = [L::zero(); 16];
+        for (j, &e) in s.iter().enumerate() {
+            let vp = val(j).add(c0);
+            for (u, a) in a.iter_mut().enumerate().take(acc) {
+                *a = L::fma_n(*a, L::load(vp.add(L::W * u)), e);
+            }
+        }
+        for (u, a) in a.iter().enumerate().take(acc) {
+            L::store(o.as_mut_ptr().add(c0 + L::W * u), L::mul_n(*a, inv));
+        }
+        c0 += BLOCK;
+    }
+    while c0 < dw {
+        let mut a = L::zero();
+        for (j, &e) in s.iter().enumerate() {
+            a = L::fma_n(a, L::load(val(j).add(c0)), e);
+        }
+        L::store(o.as_mut_ptr().add(c0), L::mul_n(a, inv));
+        c0 += L::W;
+    }
+    for (c, o) in o.iter_mut().enumerate().skip(dw) {
+        let mut a = 0f32;
+        for (j, &e) in s.iter().enumerate() {
+            a += e * *val(j).add(c);
+        }
+        *o = a * inv;
+    }
+}
+
+/// A path's `kernel(dtype)`: the table of its row kernels. `kernel_table!(rows)` names
+/// the kernels of every weight format by the convention `f32_rows`, …, `q6_k_rows` (in
+/// scope where it expands); `kernel_table!(rows; FORMAT…; else FALLBACK)` lists only the
+/// block formats a path has its own kernels for and asks `FALLBACK(dtype)` for the rest;
+/// `kernel_table!(pick PICK)` builds every block format's kernel as `PICK(with, without)`
+/// from the `…_dp` and `…_base` variants (NEON with and without `sdot`).
+macro_rules! kernel_table {
+    (rows) => {
+        $crate::simd::kernel_table!(rows; Q4_0 q4_0_rows, Q4_1 q4_1_rows, Q5_0 q5_0_rows, Q5_1 q5_1_rows, Q8_0 q8_0_rows,
+            Q2_K q2_k_rows, Q3_K q3_k_rows, Q4_K q4_k_rows, Q5_K q5_k_rows, Q6_K q6_k_rows; floats);
+    };
+    (rows; $($dt:ident $f:ident),* ; floats) => {
+        pub(super) fn kernel(dtype: ingot_core::DType) -> Option<super::RowKernel> {
+            use super::RowKernel;
+            Some(match dtype {
+                ingot_core::DType::F32 => RowKernel::F32(f32_rows),
+                ingot_core::DType::F16 => RowKernel::F32(f16_rows),
+                ingot_core::DType::BF16 => RowKernel::F32(bf16_rows),
+                $(ingot_core::DType::$dt => RowKernel::Q8($f),)*
+                _ => return None,
+            })
+        }
+    };
+    (rows; $($dt:ident $f:ident),* ; else $fallback:path) => {
+        pub(super) fn kernel(dtype: ingot_core::DType) -> Option<super::RowKernel> {
+            use super::RowKernel;
+            Some(match dtype {
+                $(ingot_core::DType::$dt => RowKernel::Q8($f),)*
+                _ => return $fallback(dtype),
+            })
+        }
+    };
+    (pick $pick:ident; $($dt:ident $with:ident $without:ident),* $(,)?) => {
+        pub(super) fn kernel(dtype: ingot_core::DType) -> Option<super::RowKernel> {
+            use super::RowKernel;
+            Some(match dtype {
+                ingot_core::DType::F32 => RowKernel::F32(f32_rows),
+                ingot_core::DType::F16 => RowKernel::F32(f16_rows),
+                ingot_core::DType::BF16 => RowKernel::F32(bf16_rows),
+                $(ingot_core::DType::$dt => $pick($with, $without),)*
+                _ => return None,
+            })
+        }
+    };
+}
+pub(crate) use kernel_table;
 
 #[cfg(test)]
 mod tests;

@@ -598,26 +598,14 @@ f32_rows!(bf16_rows, BF16);
 
 /// The NEON row kernel of a weight format: for the quantized formats the `sdot` kernel
 /// where the CPU has the dot-product extension, else the one without (the same bits).
-pub(super) fn kernel(dtype: DType) -> Option<RowKernel> {
-    let dp = std::arch::is_aarch64_feature_detected!("dotprod");
-    let q8 = |with: super::QDot, without: super::QDot| RowKernel::Q8(if dp { with } else { without });
-    Some(match dtype {
-        DType::F32 => RowKernel::F32(f32_rows),
-        DType::F16 => RowKernel::F32(f16_rows),
-        DType::BF16 => RowKernel::F32(bf16_rows),
-        DType::Q4_0 => q8(q4_0_dp, q4_0_base),
-        DType::Q4_1 => q8(q4_1_dp, q4_1_base),
-        DType::Q5_0 => q8(q5_0_dp, q5_0_base),
-        DType::Q5_1 => q8(q5_1_dp, q5_1_base),
-        DType::Q8_0 => q8(q8_0_dp, q8_0_base),
-        DType::Q2_K => q8(q2_k_dp, q2_k_base),
-        DType::Q3_K => q8(q3_k_dp, q3_k_base),
-        DType::Q4_K => q8(q4_k_dp, q4_k_base),
-        DType::Q5_K => q8(q5_k_dp, q5_k_base),
-        DType::Q6_K => q8(q6_k_dp, q6_k_base),
-        _ => return None,
-    })
+/// The `sdot` kernel where the CPU has the dot-product extension, else the plain-NEON one.
+fn pick_dp(with: super::QDot, without: super::QDot) -> RowKernel {
+    RowKernel::Q8(if std::arch::is_aarch64_feature_detected!("dotprod") { with } else { without })
 }
+
+super::kernel_table!(pick pick_dp; Q4_0 q4_0_dp q4_0_base, Q4_1 q4_1_dp q4_1_base, Q5_0 q5_0_dp q5_0_base,
+    Q5_1 q5_1_dp q5_1_base, Q8_0 q8_0_dp q8_0_base, Q2_K q2_k_dp q2_k_base, Q3_K q3_k_dp q3_k_base,
+    Q4_K q4_k_dp q4_k_base, Q5_K q5_k_dp q5_k_base, Q6_K q6_k_dp q6_k_base);
 
 /// `e^x` per lane (Cephes' `expf`, as the AVX2 path: a degree-6 polynomial after
 /// reduction by ln 2, relative error about 1e-7); lanes below −88.38 give 0 or the
@@ -664,11 +652,52 @@ unsafe fn softmax4(s: &mut [f32]) -> f32 {
     hsum(z)
 }
 
-/// One query against keys `lo..=hi` of one kv head (key `j` at `k[j * stride + off..][..d]`,
-/// values likewise): `o = Σ_j softmax_j · v_j` with scores `scale · q·k_j`, soft-capped
-/// when `softcap > 0`. `s` is scratch. The same products as [`super::portable::attend`],
-/// summed in another order, and a polynomial `exp`; a key's score does not depend on `lo`
-/// (four keys at a time, each with its own accumulator and the same reduction).
+/// The NEON vector operations of [`super::attend_with`]: four lanes, fused multiply-adds,
+/// key lanes summed pairwise (`faddp` twice) and [`softmax4`].
+pub(super) struct Lanes4;
+
+impl super::Lanes for Lanes4 {
+    type V = float32x4_t;
+    const W: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> float32x4_t {
+        vdupq_n_f32(0.0)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> float32x4_t {
+        vld1q_f32(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: float32x4_t) {
+        vst1q_f32(p, v)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+        vfmaq_f32(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fma_n(a: float32x4_t, b: float32x4_t, e: f32) -> float32x4_t {
+        vfmaq_n_f32(a, b, e)
+    }
+    #[inline(always)]
+    unsafe fn mul_n(a: float32x4_t, e: f32) -> float32x4_t {
+        vmulq_n_f32(a, e)
+    }
+    #[inline(always)]
+    unsafe fn sum4(a: [float32x4_t; 4]) -> [f32; 4] {
+        let mut t = [0f32; 4];
+        vst1q_f32(t.as_mut_ptr(), vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3])));
+        t
+    }
+    #[inline(always)]
+    unsafe fn softmax(s: &mut [f32]) -> f32 {
+        softmax4(s)
+    }
+}
+
+/// One query against keys `lo..=hi` of one kv head: [`super::attend_with`] in NEON (the
+/// same products as the portable path, summed over four lanes in another order, and a
+/// polynomial `exp`).
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn attend(
@@ -684,80 +713,5 @@ pub(super) unsafe fn attend(
     s: &mut Vec<f32>,
     o: &mut [f32],
 ) {
-    let d = q.len();
-    let n = hi + 1 - lo;
-    assert!(o.len() == d && hi * stride + off + d <= k.len().min(v.len()), "attend: out of bounds");
-    s.clear();
-    s.resize(n + 3, 0.0);
-    let d4 = d / 4 * 4;
-    let qp = q.as_ptr();
-    let key = |j: usize| k.as_ptr().add((lo + j) * stride + off);
-    let mut j = 0;
-    while j < n {
-        // Four keys, or the last one to three (the missing ones repeat the last key; their
-        // lanes are dropped, and lanes do not mix).
-        let cnt = (n - j).min(4);
-        let kp = [key(j), key(j + 1.min(cnt - 1)), key(j + 2.min(cnt - 1)), key(j + 3.min(cnt - 1))];
-        let mut a = [vdupq_n_f32(0.0); 4];
-        for c in (0..d4).step_by(4) {
-            let qv = vld1q_f32(qp.add(c));
-            for i in 0..4 {
-                a[i] = vfmaq_f32(a[i], qv, vld1q_f32(kp[i].add(c)));
-            }
-        }
-        // Lane i: key i's four lanes summed pairwise (`faddp` twice).
-        let mut x = vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]));
-        if d4 < d {
-            let mut t = [0f32; 4];
-            for (i, t) in t.iter_mut().enumerate() {
-                for (c, &qc) in q.iter().enumerate().skip(d4) {
-                    *t += qc * *kp[i].add(c);
-                }
-            }
-            x = vaddq_f32(x, vld1q_f32(t.as_ptr()));
-        }
-        // Four scores (`s` has three spare places at its end).
-        let sp = s.as_mut_ptr().add(j);
-        vst1q_f32(sp, vmulq_n_f32(x, scale));
-        if softcap > 0.0 {
-            for i in 0..cnt {
-                *sp.add(i) = softcap * (*sp.add(i) / softcap).tanh();
-            }
-        }
-        j += cnt;
-    }
-    s.truncate(n);
-    let z = softmax4(s);
-    let inv = 1.0 / z;
-    let val = |j: usize| v.as_ptr().add((lo + j) * stride + off);
-    // o in registers, 64 values (four lanes × 16) per pass over the values.
-    let mut c0 = 0;
-    while c0 + 64 <= d4 {
-        let mut a = [vdupq_n_f32(0.0); 16];
-        for (j, &e) in s.iter().enumerate() {
-            let vp = val(j).add(c0);
-            for (u, a) in a.iter_mut().enumerate() {
-                *a = vfmaq_n_f32(*a, vld1q_f32(vp.add(4 * u)), e);
-            }
-        }
-        for (u, a) in a.iter().enumerate() {
-            vst1q_f32(o.as_mut_ptr().add(c0 + 4 * u), vmulq_n_f32(*a, inv));
-        }
-        c0 += 64;
-    }
-    while c0 < d4 {
-        let mut a = vdupq_n_f32(0.0);
-        for (j, &e) in s.iter().enumerate() {
-            a = vfmaq_n_f32(a, vld1q_f32(val(j).add(c0)), e);
-        }
-        vst1q_f32(o.as_mut_ptr().add(c0), vmulq_n_f32(a, inv));
-        c0 += 4;
-    }
-    for (c, o) in o.iter_mut().enumerate().skip(d4) {
-        let mut a = 0f32;
-        for (j, &e) in s.iter().enumerate() {
-            a += e * *val(j).add(c);
-        }
-        *o = a * inv;
-    }
+    super::attend_with::<Lanes4>(q, k, v, stride, off, lo, hi, scale, softcap, s, o)
 }

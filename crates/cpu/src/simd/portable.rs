@@ -414,69 +414,47 @@ by_rows!(f16_rows => f16_k, &[f32]);
 by_rows!(bf16_rows => bf16_k, &[f32]);
 
 /// The portable row kernel of a weight format.
-pub(crate) fn kernel(dtype: DType) -> Option<RowKernel> {
-    Some(match dtype {
-        DType::F32 => RowKernel::F32(f32_rows),
-        DType::F16 => RowKernel::F32(f16_rows),
-        DType::BF16 => RowKernel::F32(bf16_rows),
-        DType::Q4_0 => RowKernel::Q8(q4_0_rows),
-        DType::Q4_1 => RowKernel::Q8(q4_1_rows),
-        DType::Q5_0 => RowKernel::Q8(q5_0_rows),
-        DType::Q5_1 => RowKernel::Q8(q5_1_rows),
-        DType::Q8_0 => RowKernel::Q8(q8_0_rows),
-        DType::Q2_K => RowKernel::Q8(q2_k_rows),
-        DType::Q3_K => RowKernel::Q8(q3_k_rows),
-        DType::Q4_K => RowKernel::Q8(q4_k_rows),
-        DType::Q5_K => RowKernel::Q8(q5_k_rows),
-        DType::Q6_K => RowKernel::Q8(q6_k_rows),
-        _ => return None,
-    })
-}
+super::kernel_table!(rows);
 
-/// One query against keys `lo..=hi` of one kv head: see the AVX2 `attend`, whose
-/// arithmetic this follows (eight lanes per accumulator, the same products).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attend(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
-    off: usize,
-    lo: usize,
-    hi: usize,
-    scale: f32,
-    softcap: f32,
-    s: &mut Vec<f32>,
-    o: &mut [f32],
-) {
-    let d = q.len();
-    let n = hi + 1 - lo;
-    assert!(o.len() == d && hi * stride + off + d <= k.len().min(v.len()), "attend: out of bounds");
-    s.clear();
-    s.resize(n, 0.0);
-    let d8 = d / 8 * 8;
-    for (j, sj) in s.iter_mut().enumerate() {
-        let kr = &k[(lo + j) * stride + off..][..d];
-        let mut a = [0f32; 8];
-        for c in (0..d8).step_by(8) {
-            for i in 0..8 {
-                a[i] += q[c + i] * kr[c + i];
-            }
-        }
-        let mut x = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-        for c in d8..d {
-            x += q[c] * kr[c];
-        }
-        let x = scale * x;
-        *sj = if softcap > 0.0 { softcap * (x / softcap).tanh() } else { x };
+/// The portable vector operations of [`super::attend_with`]: eight f32 lanes in an array
+/// (the compiler vectorizes them), unfused products, and the key reduction
+/// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`.
+pub(crate) struct Lanes8;
+
+impl super::Lanes for Lanes8 {
+    type V = [f32; 8];
+    const W: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> [f32; 8] {
+        [0.0; 8]
     }
-    let inv = 1.0 / super::softmax_in_place(s);
-    o.fill(0.0);
-    for (j, &e) in s.iter().enumerate() {
-        let vr = &v[(lo + j) * stride + off..][..d];
-        for (o, &x) in o.iter_mut().zip(vr) {
-            *o += e * x;
-        }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> [f32; 8] {
+        // SAFETY (of the caller): `p` points at 8 readable f32.
+        p.cast::<[f32; 8]>().read_unaligned()
     }
-    o.iter_mut().for_each(|o| *o *= inv);
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: [f32; 8]) {
+        p.cast::<[f32; 8]>().write_unaligned(v)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i] + b[i] * c[i])
+    }
+    #[inline(always)]
+    unsafe fn fma_n(a: [f32; 8], b: [f32; 8], e: f32) -> [f32; 8] {
+        std::array::from_fn(|i| a[i] + e * b[i])
+    }
+    #[inline(always)]
+    unsafe fn mul_n(a: [f32; 8], e: f32) -> [f32; 8] {
+        a.map(|x| x * e)
+    }
+    #[inline(always)]
+    unsafe fn sum4(a: [[f32; 8]; 4]) -> [f32; 4] {
+        a.map(|a| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])))
+    }
+    #[inline(always)]
+    unsafe fn softmax(s: &mut [f32]) -> f32 {
+        super::softmax_in_place(s)
+    }
 }
