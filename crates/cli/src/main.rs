@@ -7,6 +7,7 @@ mod convert_cmd;
 mod golden_cmd;
 mod info_cmd;
 mod models;
+mod perplexity_cmd;
 mod pull_cmd;
 mod run_cmd;
 mod serve_api;
@@ -38,6 +39,9 @@ enum Cmd {
     Run(run_cmd::RunArgs),
     /// Re-save a GGUF model with its weight matrices in another format (Ingot's quantizers).
     Convert(convert_cmd::ConvertArgs),
+    /// How well a model predicts a text file, as llama-perplexity computes it: BOS-led
+    /// chunks of --ctx tokens, the second half of each scored; exp(mean NLL) ± its error.
+    Perplexity(perplexity_cmd::PerplexityArgs),
     /// Prompt-processing and generation speed (pp/tg, like llama-bench), optionally beside llama.cpp.
     Bench(bench_cmd::BenchArgs),
     /// Chat with a model in its chat template: history across turns, streaming replies;
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Info(args) => info_cmd::run(args),
         Cmd::Run(args) => run_cmd::run(args),
         Cmd::Convert(args) => convert_cmd::run(args),
+        Cmd::Perplexity(args) => perplexity_cmd::run(args),
         Cmd::Bench(args) => bench_cmd::run(args),
         Cmd::Chat(args) => chat_cmd::run(args),
         Cmd::Pull(args) => pull_cmd::run(args),

@@ -70,7 +70,7 @@ impl SamplingArgs {
 
 /// A count flag's value: negative numbers reach this parser (`allow_negative_numbers`) so
 /// that `-n -1` is refused as out of range instead of being taken for a flag.
-fn non_negative(s: &str) -> std::result::Result<usize, String> {
+pub(crate) fn non_negative(s: &str) -> std::result::Result<usize, String> {
     match s.trim().parse::<i128>() {
         Ok(v) if v < 0 => Err(format!("must be at least 0, got {v}")),
         Ok(v) => usize::try_from(v).map_err(|_| format!("must be at most {}, got {v}", usize::MAX)),
