@@ -20,9 +20,8 @@
 // Index loops over the const-sized accumulator arrays are the clearest form here.
 #![allow(clippy::needless_range_loop)]
 
-use super::{block_scale, check_f32, check_q8, Q8Ref, RowKernel, QB};
+use super::{block_scale, check_f32, check_q8, Q8Ref, QB};
 use crate::quant::{k4_scale_min, q3k_scale};
-use ingot_core::DType;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
@@ -584,7 +583,7 @@ by_shape!(f32_rows => floats, F32; &[f32]);
 by_shape!(f16_rows => floats, F16; &[f32]);
 by_shape!(bf16_rows => floats, BF16; &[f32]);
 
-/// The AVX2 row kernel of a weight format.
+// The AVX2 row kernel of a weight format.
 super::kernel_table!(rows);
 
 /// Lane `i` of the result: the sum of the eight lanes of `a[i]`, as

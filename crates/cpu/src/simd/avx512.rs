@@ -27,9 +27,8 @@
 // Index loops over the const-sized accumulator arrays are the clearest form here.
 #![allow(clippy::needless_range_loop)]
 
-use super::{check_q8, Q8Ref, RowKernel, QB};
+use super::{check_q8, Q8Ref, QB};
 use crate::quant::k4_scale_min;
-use ingot_core::DType;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
@@ -417,7 +416,7 @@ by_shape!(q4_k_rows => q45_k, false);
 by_shape!(q5_k_rows => q45_k, true);
 by_shape!(q6_k_rows => q6_k);
 
-/// The AVX-512 row kernel of a weight format: the AVX2 one for the formats without an
-/// AVX-512 kernel (see the module doc).
+// The AVX-512 row kernel of a weight format: the AVX2 one for the formats without an
+// AVX-512 kernel (see the module doc).
 super::kernel_table!(rows; Q4_0 q4_0_rows, Q4_1 q4_1_rows, Q5_0 q5_0_rows, Q5_1 q5_1_rows, Q8_0 q8_0_rows,
     Q4_K q4_k_rows, Q5_K q5_k_rows, Q6_K q6_k_rows; else super::avx2::kernel);

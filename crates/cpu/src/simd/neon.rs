@@ -30,7 +30,6 @@
 
 use super::{block_scale, check_f32, check_q8, Q8Ref, RowKernel, QB};
 use crate::quant::{k4_scale_min, q3k_scale};
-use ingot_core::DType;
 use std::arch::aarch64::*;
 use std::arch::asm;
 
@@ -596,9 +595,8 @@ f32_rows!(f32_rows, F32);
 f32_rows!(f16_rows, F16);
 f32_rows!(bf16_rows, BF16);
 
-/// The NEON row kernel of a weight format: for the quantized formats the `sdot` kernel
-/// where the CPU has the dot-product extension, else the one without (the same bits).
-/// The `sdot` kernel where the CPU has the dot-product extension, else the plain-NEON one.
+/// The `sdot` kernel where the CPU has the dot-product extension, else the plain-NEON one
+/// (the same bits): the NEON row kernel of a quantized weight format.
 fn pick_dp(with: super::QDot, without: super::QDot) -> RowKernel {
     RowKernel::Q8(if std::arch::is_aarch64_feature_detected!("dotprod") { with } else { without })
 }

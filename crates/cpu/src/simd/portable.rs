@@ -8,10 +8,9 @@
 //! `(dmin · d_x[b]) · Σ m_j·x_q` (Q2_K, mins per 16) to a second accumulator. The
 //! AVX2 kernels compute the same products, summed in another order.
 
-use super::{block_scale, check_f32, check_q8, Q8Ref, RowKernel, QB};
+use super::{block_scale, check_f32, check_q8, Q8Ref, QB};
 use crate::quant::{k4_scale_min, q3k_scale};
 use half::{bf16, f16};
-use ingot_core::DType;
 
 /// Quantize `x` into 8-bit blocks (see the module doc of `simd`); bit-identical to the AVX2 quantizer.
 pub(crate) fn quantize(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
@@ -413,7 +412,7 @@ by_rows!(f32_rows => f32_k, &[f32]);
 by_rows!(f16_rows => f16_k, &[f32]);
 by_rows!(bf16_rows => bf16_k, &[f32]);
 
-/// The portable row kernel of a weight format.
+// The portable row kernel of a weight format.
 super::kernel_table!(rows);
 
 /// The portable vector operations of [`super::attend_with`]: eight f32 lanes in an array
