@@ -146,6 +146,7 @@ pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
         Op::SiluAndMul(p) if p.dtype == F32 => Box::new(move |i, a| gated_fast("silu_and_mul", p, fast::silu, i, a)),
         Op::GeluAndMul(p) if p.dtype == F32 => Box::new(move |i, a| gated_fast("gelu_and_mul", p, fast::gelu_tanh, i, a)),
         Op::Scale(p) if p.dtype == F32 => Box::new(move |i, a| scale_fast(p, i, a)),
+        Op::GeluTanh(p) if p.dtype == F32 => Box::new(move |i, a| unary_fast("gelu_tanh", p, fast::gelu_tanh, i, a)),
         _ => return None,
     })
 }
@@ -157,6 +158,14 @@ fn scale_fast(p: &ingot_core::ScaleParams, ins: &Tens, alloc: Alloc) -> Result<T
     let s = p.scale as f32;
     let out = alloc.zeros(DType::F32, &[p.num_elements])?;
     out.write()?.f32().iter_mut().zip(x.iter()).for_each(|(o, &x)| *o = x * s);
+    Ok(outs([("output", out)]))
+}
+
+/// act(input) in f32 ([`fast::gelu_tanh`]).
+fn unary_fast(op: &'static str, p: &ingot_core::UnaryParams, act: fn(f32) -> f32, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let x = input(op, ins, "input")?.view::<f32>()?;
+    let out = alloc.zeros(DType::F32, &[p.num_elements])?;
+    fast::map_into(&x, out.write()?.f32(), act);
     Ok(outs([("output", out)]))
 }
 

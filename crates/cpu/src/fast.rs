@@ -249,6 +249,45 @@ pub fn rms_norm_into(x: &[f32], w: &[f32], eps: f64, gemma: bool, out: &mut [f32
     }
 }
 
+/// LayerNorm of each `g.len()`-long row of `x` into `out`: (x − mean) / sqrt(var + eps) · g
+/// + b, biased variance. The row is computed in f64 and rounded once (a norm costs little
+/// beside the matmuls, and f32 would lose `x − mean` when the mean is large against the
+/// spread). Rows are split among threads when large.
+pub fn layer_norm_into(x: &[f32], g: &[f32], b: &[f32], eps: f64, out: &mut [f32]) {
+    assert!(x.len() == out.len() && !g.is_empty() && g.len() == b.len() && x.len() % g.len() == 0, "layer_norm_into: shape mismatch");
+    let h = g.len();
+    let row = |(o, x): (&mut [f32], &[f32])| {
+        let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / h as f64;
+        let var = x.iter().map(|&v| (f64::from(v) - mean) * (f64::from(v) - mean)).sum::<f64>() / h as f64;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (((o, &v), &g), &b) in o.iter_mut().zip(x).zip(g).zip(b) {
+            *o = ((f64::from(v) - mean) * inv * f64::from(g) + f64::from(b)) as f32;
+        }
+    };
+    if out.len() >= PAR_ELEMS && out.len() > h {
+        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(row);
+    } else {
+        out.chunks_exact_mut(h).zip(x.chunks_exact(h)).for_each(row);
+    }
+}
+
+/// `out = f(a)` element-wise, split among threads when large.
+pub fn map_into(a: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    assert!(a.len() == out.len(), "map_into: length mismatch");
+    if out.len() >= PAR_ELEMS {
+        const CHUNK: usize = 1 << 13;
+        out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(o, a)| {
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = f(*a);
+            }
+        });
+    } else {
+        for (o, a) in out.iter_mut().zip(a) {
+            *o = f(*a);
+        }
+    }
+}
+
 /// `out = f(a, b)` element-wise, split among threads when large.
 pub fn zip_into(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     assert!(a.len() == out.len() && b.len() == out.len(), "zip_into: length mismatch");

@@ -81,6 +81,7 @@ pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
         Op::FusedAddRmsNorm(p) if p.dtype == F32 => Box::new(move |i, a| fused_add_rms_norm_fast(p, i, a)),
         Op::AddResidual(p) if p.dtype == F32 => Box::new(move |i, a| add_residual_fast(p, i, a)),
         Op::AddBias(p) if p.dtype == F32 => Box::new(move |i, a| add_bias_fast(p, i, a)),
+        Op::LayerNorm(p) if p.dtype == F32 => Box::new(move |i, a| layer_norm_fast(p, i, a)),
         _ => return None,
     })
 }
@@ -91,6 +92,16 @@ fn rms_norm_fast(p: &ingot_core::RmsNormParams, ins: &Tens, alloc: Alloc) -> Res
     let w = input(op, ins, "weight")?.view::<f32>()?;
     let out = alloc.zeros(DType::F32, &[p.num_tokens, p.hidden_size])?;
     fast::rms_norm_into(&x, &w, p.eps, p.gemma, out.write()?.f32());
+    Ok(outs([("output", out)]))
+}
+
+fn layer_norm_fast(p: &LayerNormParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "layer_norm";
+    let x = input(op, ins, "input")?.view::<f32>()?;
+    let g = input(op, ins, "gamma")?.view::<f32>()?;
+    let b = input(op, ins, "beta")?.view::<f32>()?;
+    let out = alloc.zeros(DType::F32, &[p.num_tokens, p.hidden_size])?;
+    fast::layer_norm_into(&x, &g, &b, p.eps, out.write()?.f32());
     Ok(outs([("output", out)]))
 }
 

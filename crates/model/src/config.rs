@@ -12,6 +12,9 @@ pub enum Arch {
     Qwen2,
     /// Gemma 3: scaled embeddings, QK norm, post-attention/FFN norms, GeGLU, sliding-window layers.
     Gemma3,
+    /// GPT-2: learned position embeddings, LayerNorm with bias, fused QKV with bias, a plain
+    /// (ungated) GELU MLP with biases, no rotary.
+    Gpt2,
 }
 
 impl Arch {
@@ -21,6 +24,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Gemma3 => "gemma3",
+            Arch::Gpt2 => "gpt2",
         }
     }
 }
@@ -52,6 +56,14 @@ pub struct Config {
     pub attn_scale: f32,
     /// Embeddings are multiplied by this (Gemma: √n_embd).
     pub embd_scale: f32,
+    /// LayerNorm with a bias (GPT-2) instead of RMSNorm.
+    pub layer_norm: bool,
+    /// Rotary position encoding on Q and K (every architecture but GPT-2).
+    pub rope: bool,
+    /// Learned absolute position embeddings added to the token embeddings (GPT-2).
+    pub pos_embd: bool,
+    /// A gated feed-forward (SwiGLU / GeGLU) rather than up → GELU → down (GPT-2).
+    pub gated_ffn: bool,
 }
 
 impl Config {
@@ -62,10 +74,11 @@ impl Config {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
             "gemma3" => Arch::Gemma3,
+            "gpt2" => Arch::Gpt2,
             other => {
                 return Err(Error::Model {
                     arch: other.to_string(),
-                    msg: "unsupported architecture (Ingot runs llama, qwen2, gemma3)".into(),
+                    msg: "unsupported architecture (Ingot runs llama, qwen2, gemma3, gpt2)".into(),
                 })
             }
         };
@@ -86,8 +99,9 @@ impl Config {
             Some(v) => v,
             None => file.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
+        let gpt2 = arch == Arch::Gpt2;
         let rope_dim = file.get_usize(&k("rope.dimension_count")).optional()?.unwrap_or(head_dim);
-        if rope_dim == 0 || rope_dim % 2 != 0 || rope_dim > head_dim {
+        if !gpt2 && (rope_dim == 0 || rope_dim % 2 != 0 || rope_dim > head_dim) {
             return Err(bad(format!("rope dimension {rope_dim} must be even and at most head size {head_dim}")));
         }
         let rope_base = file.get_f32(&k("rope.freq_base")).optional()?.unwrap_or(10_000.0);
@@ -102,15 +116,23 @@ impl Config {
             n_ff: file.get_usize(&k("feed_forward_length"))?,
             vocab,
             context: file.get_usize(&k("context_length")).optional()?.unwrap_or(2048),
-            eps: file.get_f32(&k("attention.layer_norm_rms_epsilon"))?,
+            eps: if gpt2 {
+                file.get_f32(&k("attention.layer_norm_epsilon"))?
+            } else {
+                file.get_f32(&k("attention.layer_norm_rms_epsilon"))?
+            },
             rope_base,
             rope_base_swa: if gemma { 10_000.0 } else { rope_base },
-            rope_dim,
+            rope_dim: if gpt2 { head_dim } else { rope_dim },
             rope_neox: arch != Arch::Llama,
             sliding_window: if gemma { file.get_usize(&k("attention.sliding_window")).optional()? } else { None },
             swa_period: if gemma { 6 } else { 1 },
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             embd_scale: if gemma { (n_embd as f32).sqrt() } else { 1.0 },
+            layer_norm: gpt2,
+            rope: !gpt2,
+            pos_embd: gpt2,
+            gated_ffn: !gpt2,
         };
         if cfg.n_layer == 0 || cfg.n_embd == 0 || cfg.n_ff == 0 || cfg.vocab == 0 {
             return Err(bad("block_count, embedding_length, feed_forward_length and vocabulary must be positive".into()));

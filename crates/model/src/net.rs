@@ -8,15 +8,18 @@
 //!
 //! The architectures differ in a few switches of [`Config`]: biases on Q/K/V (qwen2), Q/K
 //! norms, post-attention and post-FFN norms, a scaled embedding, GELU instead of SiLU and
-//! sliding-window layers with their own RoPE base (gemma3).
+//! sliding-window layers with their own RoPE base (gemma3); LayerNorm with biases, learned
+//! position embeddings instead of RoPE, a fused QKV projection (loaded as three row ranges
+//! of one matrix) and an ungated GELU MLP with biases (gpt2).
 
 use crate::batch::{Logits, Plan, SeqChunk};
 use crate::config::{Arch, Config};
 use crate::kv::{Pages, PoolPages};
 use crate::{Error, Result};
 use ingot_core::{
-    AppendKvParams, CastParams, DType, DecodeParams, Device, DeviceTensor, DeviceTensors, EmbeddingParams, GatedParams, HostBytes, Op,
-    PrefillParams, QuantizedMatmulParams, RmsNormParams, RopeFreqsParams, RowsParams, ScaleParams, Tensor, WriteColumnsParams,
+    AppendKvParams, CastParams, DType, DecodeParams, Device, DeviceTensor, DeviceTensors, EmbeddingParams, GatedParams, HostBytes,
+    LayerNormParams, Op, PrefillParams, QuantizedMatmulParams, RmsNormParams, RopeFreqsParams, RowsParams, ScaleParams, Tensor,
+    UnaryParams, WriteColumnsParams,
 };
 use ingot_gguf::GgufFile;
 use std::sync::Arc;
@@ -33,6 +36,7 @@ pub(crate) struct Weight<T> {
 /// One transformer block's weights.
 struct Layer<T> {
     attn_norm: T,
+    attn_norm_b: Option<T>,
     wq: Weight<T>,
     wk: Weight<T>,
     wv: Weight<T>,
@@ -40,13 +44,18 @@ struct Layer<T> {
     bq: Option<T>,
     bk: Option<T>,
     bv: Option<T>,
+    bo: Option<T>,
     q_norm: Option<T>,
     k_norm: Option<T>,
     post_attn_norm: Option<T>,
     ffn_norm: T,
-    gate: Weight<T>,
+    ffn_norm_b: Option<T>,
+    /// `None` for an ungated MLP (gpt2).
+    gate: Option<Weight<T>>,
     up: Weight<T>,
+    up_b: Option<T>,
     down: Weight<T>,
+    down_b: Option<T>,
     post_ffn_norm: Option<T>,
 }
 
@@ -57,6 +66,9 @@ pub(crate) struct Net<D: Device> {
     embd: Weight<D::Tensor>,
     output: Weight<D::Tensor>,
     output_norm: D::Tensor,
+    output_norm_b: Option<D::Tensor>,
+    /// Learned position embeddings [context, n_embd] (gpt2).
+    pos_embd: Option<Weight<D::Tensor>>,
     layers: Vec<Layer<D::Tensor>>,
     inv_freq: D::Tensor,
     inv_freq_swa: D::Tensor,
@@ -99,7 +111,9 @@ impl<D: Device + 'static> Net<D> {
         let arch = cfg.arch.name();
         let bytes: Arc<dyn HostBytes> = Arc::new(MappedFile(file.clone()));
         let max = dev.max_tensor_bytes().min(usize::MAX as u64) as usize;
-        let weight = |name: &str, rows: usize, cols: usize| -> Result<Weight<D::Tensor>> {
+        // Rows `first..first + take` of the matrix `name` [rows, cols] (gpt2's fused QKV is
+        // three row ranges of one matrix; a row range is a byte range of the file).
+        let weight_rows = |name: &str, rows: usize, cols: usize, first: usize, take: usize| -> Result<Weight<D::Tensor>> {
             let t = file.tensor(name)?;
             let dtype = file.tensor_dtype(name)?;
             let shape = t.shape_row_major();
@@ -115,16 +129,20 @@ impl<D: Device + 'static> Net<D> {
                     format!("tensor '{name}' has {} bytes, {rows}x{cols} {dtype} needs {row_bytes}·{rows}", t.size),
                 ));
             }
-            let start = t.file_offset as usize;
+            if first + take > rows {
+                return Err(model_err(arch, format!("tensor '{name}': rows {first}..{} of {rows}", first + take)));
+            }
+            let start = t.file_offset as usize + first * row_bytes;
             let per_part = (max / row_bytes.max(1)).max(1);
             let mut parts = Vec::new();
-            for first in (0..rows).step_by(per_part) {
-                let n = per_part.min(rows - first);
+            for first in (0..take).step_by(per_part) {
+                let n = per_part.min(take - first);
                 let at = start + first * row_bytes;
                 parts.push(dev.upload_shared(dtype, &[n, cols], &bytes, at..at + n * row_bytes)?);
             }
-            Ok(Weight { parts, rows, cols })
+            Ok(Weight { parts, rows: take, cols })
         };
+        let weight = |name: &str, rows: usize, cols: usize| weight_rows(name, rows, cols, 0, rows);
         let host_vector = |name: &str, len: usize| -> Result<Vec<f32>> {
             let t = file.tensor(name)?;
             let dtype = file.tensor_dtype(name)?;
@@ -147,26 +165,56 @@ impl<D: Device + 'static> Net<D> {
         let c = cfg;
         let (qd, kvd) = (c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
         let gemma = c.arch == Arch::Gemma3;
+        let gpt2 = c.arch == Arch::Gpt2;
+        // LayerNorm's bias, which the architectures with LayerNorm always have.
+        let norm_bias = |name: &str, len: usize| if c.layer_norm { vector(name, len).map(Some) } else { Ok(None) };
         let mut layers = Vec::with_capacity(c.n_layer);
         for il in 0..c.n_layer {
             let n = |s: &str| layer_names(il, s);
             let only_gemma = |s: &str, len: usize| if gemma { vector(&n(s), len).map(Some) } else { Ok(None) };
+            let (wq, wk, wv, bq, bk, bv) = if gpt2 {
+                // One [q; k; v] matrix and bias.
+                let (name, rows) = (n("attn_qkv.weight"), qd + 2 * kvd);
+                let b = host_vector(&n("attn_qkv.bias"), rows)?;
+                (
+                    weight_rows(&name, rows, c.n_embd, 0, qd)?,
+                    weight_rows(&name, rows, c.n_embd, qd, kvd)?,
+                    weight_rows(&name, rows, c.n_embd, qd + kvd, kvd)?,
+                    Some(up(&b[..qd])?),
+                    Some(up(&b[qd..qd + kvd])?),
+                    Some(up(&b[qd + kvd..])?),
+                )
+            } else {
+                (
+                    weight(&n("attn_q.weight"), qd, c.n_embd)?,
+                    weight(&n("attn_k.weight"), kvd, c.n_embd)?,
+                    weight(&n("attn_v.weight"), kvd, c.n_embd)?,
+                    opt_vector(&n("attn_q.bias"), qd)?,
+                    opt_vector(&n("attn_k.bias"), kvd)?,
+                    opt_vector(&n("attn_v.bias"), kvd)?,
+                )
+            };
             layers.push(Layer {
                 attn_norm: vector(&n("attn_norm.weight"), c.n_embd)?,
-                wq: weight(&n("attn_q.weight"), qd, c.n_embd)?,
-                wk: weight(&n("attn_k.weight"), kvd, c.n_embd)?,
-                wv: weight(&n("attn_v.weight"), kvd, c.n_embd)?,
+                attn_norm_b: norm_bias(&n("attn_norm.bias"), c.n_embd)?,
+                wq,
+                wk,
+                wv,
                 wo: weight(&n("attn_output.weight"), c.n_embd, qd)?,
-                bq: opt_vector(&n("attn_q.bias"), qd)?,
-                bk: opt_vector(&n("attn_k.bias"), kvd)?,
-                bv: opt_vector(&n("attn_v.bias"), kvd)?,
+                bq,
+                bk,
+                bv,
+                bo: opt_vector(&n("attn_output.bias"), c.n_embd)?,
                 q_norm: only_gemma("attn_q_norm.weight", c.head_dim)?,
                 k_norm: only_gemma("attn_k_norm.weight", c.head_dim)?,
                 post_attn_norm: only_gemma("post_attention_norm.weight", c.n_embd)?,
                 ffn_norm: vector(&n("ffn_norm.weight"), c.n_embd)?,
-                gate: weight(&n("ffn_gate.weight"), c.n_ff, c.n_embd)?,
+                ffn_norm_b: norm_bias(&n("ffn_norm.bias"), c.n_embd)?,
+                gate: if c.gated_ffn { Some(weight(&n("ffn_gate.weight"), c.n_ff, c.n_embd)?) } else { None },
                 up: weight(&n("ffn_up.weight"), c.n_ff, c.n_embd)?,
+                up_b: opt_vector(&n("ffn_up.bias"), c.n_ff)?,
                 down: weight(&n("ffn_down.weight"), c.n_embd, c.n_ff)?,
+                down_b: opt_vector(&n("ffn_down.bias"), c.n_embd)?,
                 post_ffn_norm: only_gemma("post_ffw_norm.weight", c.n_embd)?,
             });
         }
@@ -187,6 +235,8 @@ impl<D: Device + 'static> Net<D> {
             embd: weight("token_embd.weight", c.vocab, c.n_embd)?,
             output: weight(output_name, c.vocab, c.n_embd)?,
             output_norm: vector("output_norm.weight", c.n_embd)?,
+            output_norm_b: norm_bias("output_norm.bias", c.n_embd)?,
+            pos_embd: if c.pos_embd { Some(weight("position_embd.weight", c.context, c.n_embd)?) } else { None },
             layers,
             inv_freq: freqs(c.rope_base)?,
             inv_freq_swa: freqs(c.rope_base_swa)?,
@@ -296,6 +346,15 @@ impl<D: Device + 'static> Net<D> {
         Ok(y.reshape(x.shape())?)
     }
 
+    /// The architecture's norm of the rows of `x`: RMSNorm, or LayerNorm with bias `b`.
+    fn norm(&self, x: &D::Tensor, w: &D::Tensor, b: Option<&D::Tensor>, rows: usize) -> Result<D::Tensor> {
+        let Some(b) = b else { return self.rms_norm(x, w, rows) };
+        let h = w.numel();
+        let p = LayerNormParams { num_tokens: rows, hidden_size: h, eps: self.cfg.eps as f64, dtype: DType::F32 };
+        let y = self.one(Op::LayerNorm(p), &[("input", &x.reshape(&[rows, h])?), ("gamma", w), ("beta", b)], "output")?;
+        Ok(y.reshape(x.shape())?)
+    }
+
     fn add(&self, a: &D::Tensor, b: &D::Tensor, t: usize) -> Result<D::Tensor> {
         let e = a.numel() / t;
         let p = RowsParams { num_tokens: t, hidden_size: e, dtype: DType::F32 };
@@ -353,8 +412,11 @@ impl<D: Device + 'static> Net<D> {
             let p = ScaleParams { num_elements: t * e, scale: c.embd_scale as f64, dtype: DType::F32 };
             x = self.one(Op::Scale(p), &[("input", &x.reshape(&[t * e])?)], "output")?.reshape(&[t, e])?;
         }
+        if let Some(pe) = &self.pos_embd {
+            x = self.add(&x, &self.lookup(pe, &pos)?, t)?;
+        }
         for (il, lw) in self.layers.iter().enumerate() {
-            let h = self.rms_norm(&x, &lw.attn_norm, t)?;
+            let h = self.norm(&x, &lw.attn_norm, lw.attn_norm_b.as_ref(), t)?;
             let q = self.add_bias(&self.linear(&lw.wq, &h, t)?, lw.bq.as_ref(), t)?;
             let mut k = self.add_bias(&self.linear(&lw.wk, &h, t)?, lw.bk.as_ref(), t)?;
             let v = self.add_bias(&self.linear(&lw.wv, &h, t)?, lw.bv.as_ref(), t)?;
@@ -367,8 +429,11 @@ impl<D: Device + 'static> Net<D> {
             }
             let swa = c.is_swa(il);
             let freqs = if swa { &self.inv_freq_swa } else { &self.inv_freq };
-            let q = self.rope(&q, hq, &pos_d, freqs, t)?;
-            let k = self.rope(&k, hk, &pos_d, freqs, t)?;
+            let (q, k) = if c.rope {
+                (self.rope(&q, hq, &pos_d, freqs, t)?, self.rope(&k, hk, &pos_d, freqs, t)?)
+            } else {
+                (q.reshape(&[t, hq, hd])?, k.reshape(&[t, hk, hd])?)
+            };
             let v = v.reshape(&[t, hk, hd])?;
 
             let (kc, vc) = (&kv.k[il], &kv.v[il]);
@@ -435,19 +500,28 @@ impl<D: Device + 'static> Net<D> {
                 ins.extend(tables);
                 self.one(Op::BatchPrefillWithPagedKvCache(p), &ins, "output")?
             };
-            let mut o = self.linear(&lw.wo, &att, t)?;
+            let mut o = self.add_bias(&self.linear(&lw.wo, &att, t)?, lw.bo.as_ref(), t)?;
             if let Some(w) = &lw.post_attn_norm {
                 o = self.rms_norm(&o, w, t)?;
             }
             x = self.add(&x, &o, t)?;
 
-            let h = self.rms_norm(&x, &lw.ffn_norm, t)?;
-            let g = self.linear(&lw.gate, &h, t)?;
-            let u = self.linear(&lw.up, &h, t)?;
-            let gp = GatedParams { num_tokens: t, intermediate_size: c.n_ff, dtype: DType::F32 };
-            let gated = if c.arch == Arch::Gemma3 { Op::GeluAndMul(gp) } else { Op::SiluAndMul(gp) };
-            let a = self.one(gated, &[("gate", &g), ("up", &u)], "output")?;
-            let mut dn = self.linear(&lw.down, &a, t)?;
+            let h = self.norm(&x, &lw.ffn_norm, lw.ffn_norm_b.as_ref(), t)?;
+            let u = self.add_bias(&self.linear(&lw.up, &h, t)?, lw.up_b.as_ref(), t)?;
+            let a = match &lw.gate {
+                Some(gate) => {
+                    let g = self.linear(gate, &h, t)?;
+                    let gp = GatedParams { num_tokens: t, intermediate_size: c.n_ff, dtype: DType::F32 };
+                    let gated = if c.arch == Arch::Gemma3 { Op::GeluAndMul(gp) } else { Op::SiluAndMul(gp) };
+                    self.one(gated, &[("gate", &g), ("up", &u)], "output")?
+                }
+                None => {
+                    // GPT-2's GELU is the tanh approximation (ggml_gelu).
+                    let p = UnaryParams { num_elements: t * c.n_ff, dtype: DType::F32 };
+                    self.one(Op::GeluTanh(p), &[("input", &u.reshape(&[t * c.n_ff])?)], "output")?.reshape(&[t, c.n_ff])?
+                }
+            };
+            let mut dn = self.add_bias(&self.linear(&lw.down, &a, t)?, lw.down_b.as_ref(), t)?;
             if let Some(w) = &lw.post_ffn_norm {
                 dn = self.rms_norm(&dn, w, t)?;
             }
@@ -474,7 +548,7 @@ impl<D: Device + 'static> Net<D> {
         }
         let n = want.len();
         let rows = if n == t { x } else { self.gather(&x.reshape(&[t, e])?, &self.upload_i32(&want)?)? };
-        let h = self.rms_norm(&rows, &self.output_norm, n)?;
+        let h = self.norm(&rows, &self.output_norm, self.output_norm_b.as_ref(), n)?;
         let logits = self.linear(&self.output, &h, n)?;
         Ok(self.dev.download(&logits)?.to_f32()?)
     }
