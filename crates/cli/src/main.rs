@@ -12,6 +12,7 @@ mod run_cmd;
 mod serve_api;
 mod serve_cmd;
 mod serve_http;
+mod synth_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ enum Cmd {
     Run(run_cmd::RunArgs),
     /// Re-save a GGUF model with its weight matrices in another format (Ingot's quantizers).
     Convert(convert_cmd::ConvertArgs),
+    /// Write a GGUF model of a real model's shape (llama3-8b, qwen2.5-7b, gemma3-4b, ...) with
+    /// seeded random weights and another GGUF file's tokenizer; --list-shapes lists the shapes.
+    Synth(synth_cmd::SynthArgs),
     /// Prompt-processing and generation speed (pp/tg, like llama-bench), optionally beside llama.cpp.
     Bench(bench_cmd::BenchArgs),
     /// Chat with a model in its chat template: history across turns, streaming replies;
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Info(args) => info_cmd::run(args),
         Cmd::Run(args) => run_cmd::run(args),
         Cmd::Convert(args) => convert_cmd::run(args),
+        Cmd::Synth(args) => synth_cmd::run(args),
         Cmd::Bench(args) => bench_cmd::run(args),
         Cmd::Chat(args) => chat_cmd::run(args),
         Cmd::Pull(args) => pull_cmd::run(args),
