@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct SynthArgs {
-    /// The GGUF file whose tokenizer (every `tokenizer.*` key) the new file gets.
+    /// The GGUF file whose tokenizer (every `tokenizer.*` key) the new file gets: padded with
+    /// unused tokens to the shape's vocabulary, or cut to it when no special or
+    /// single-character token lies past the cut.
     #[arg(long, value_name = "FILE.gguf", required_unless_present = "list_shapes")]
     like: Option<PathBuf>,
     /// The model shape (see --list-shapes).
@@ -528,16 +530,53 @@ fn shape_names() -> String {
     SHAPES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
 }
 
-/// The `--like` file's tokenizer keys, its token arrays padded to `vocab` with unused tokens.
+/// Why cutting the tokenizer to its first `vocab` tokens would break it, if it would: a
+/// special token id (`tokenizer.ggml.*_token_id`) past the end, a control or user-defined
+/// token past the end, or a single-character token or SentencePiece byte token (`<0xNN>`)
+/// past the end (the alphabet that any text falls back to).
+fn cut_problem(like: &GgufFile, tokens: &[String], vocab: usize) -> Option<String> {
+    for (k, v) in like.metadata() {
+        if k.starts_with("tokenizer.ggml.") && k.ends_with("_token_id") {
+            if let Some(id) = v.as_integer().filter(|&id| id >= vocab as i128) {
+                return Some(format!("{k} {id}"));
+            }
+        }
+    }
+    if let Ok(types) = like.get_i32_array("tokenizer.ggml.token_type") {
+        if let Some(i) = (vocab..types.len()).find(|&i| types[i] == 3 || types[i] == 4) {
+            return Some(format!("special token {i} {:?}", tokens.get(i).map_or("", |t| t.as_str())));
+        }
+    }
+    let alphabet = |t: &str| t.chars().count() == 1 || (t.len() == 6 && t.starts_with("<0x") && t.ends_with('>'));
+    (vocab..tokens.len()).find(|&i| alphabet(&tokens[i])).map(|i| format!("the single-character token {i} {:?}", tokens[i]))
+}
+
+/// Whether merge "a b" (split as llama.cpp does: at the first space after the first byte)
+/// has both parts and their concatenation among the kept tokens.
+fn merge_fits(m: &str, kept: &std::collections::HashSet<&str>) -> bool {
+    let at = m.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(i, _)| i);
+    at.is_some_and(|i| {
+        let (a, b) = (&m[..i], &m[i + 1..]);
+        kept.contains(a) && kept.contains(b) && kept.contains(format!("{a}{b}").as_str())
+    })
+}
+
+/// The `--like` file's tokenizer keys with `vocab` tokens: padded with unused tokens when it
+/// has fewer, cut when it has more and [`cut_problem`] finds nothing against it (merges that
+/// need a cut token are dropped), refused otherwise.
 fn tokenizer_keys(like: &GgufFile, path: &Path, vocab: usize, shape: &str) -> Result<Vec<(String, Value)>> {
     let tokens = like.get_str_array("tokenizer.ggml.tokens").map_err(|e| anyhow!("--like {}: no tokenizer ({e})", path.display()))?;
     let n = tokens.len();
+    let mut kept: Option<std::collections::HashSet<&str>> = None;
     if n > vocab {
-        bail!(
-            "--like {}: its tokenizer has {n} tokens, more than the {vocab} of shape {shape}; cutting it could leave special \
-             token ids past the end, so use a tokenizer with at most {vocab} tokens",
-            path.display()
-        );
+        if let Some(problem) = cut_problem(like, tokens, vocab) {
+            bail!(
+                "--like {}: its tokenizer has {n} tokens, more than the {vocab} of shape {shape}, and cutting it would lose \
+                 {problem}; use a tokenizer with at most {vocab} tokens",
+                path.display()
+            );
+        }
+        kept = Some(tokens[..vocab].iter().map(String::as_str).collect());
     }
     let mut keys = Vec::new();
     for (k, v) in like.metadata() {
@@ -547,6 +586,7 @@ fn tokenizer_keys(like: &GgufFile, path: &Path, vocab: usize, shape: &str) -> Re
         let v = match (k.as_str(), v) {
             ("tokenizer.ggml.tokens", Value::Array(Array::String(t))) => {
                 let mut t = t.clone();
+                t.truncate(vocab);
                 t.extend((n..vocab).map(|i| format!("<synth_pad_{i}>")));
                 Value::Array(Array::String(t))
             }
@@ -564,9 +604,26 @@ fn tokenizer_keys(like: &GgufFile, path: &Path, vocab: usize, shape: &str) -> Re
             ("tokenizer.ggml.scores" | "tokenizer.ggml.token_type", v) => {
                 bail!("--like {}: {k} is {} with another length than the {n} tokens", path.display(), v.describe())
             }
+            ("tokenizer.ggml.merges", Value::Array(Array::String(m))) => match &kept {
+                Some(kept) => Value::Array(Array::String(m.iter().filter(|m| merge_fits(m, kept)).cloned().collect())),
+                None => v.clone(),
+            },
             _ => v.clone(),
         };
         keys.push((k.clone(), v));
+    }
+    if n > vocab {
+        let merges = |keys: &[(String, Value)]| match keys.iter().find(|(k, _)| k == "tokenizer.ggml.merges") {
+            Some((_, Value::Array(a))) => a.len(),
+            _ => 0,
+        };
+        let before = like.get_str_array("tokenizer.ggml.merges").map_or(0, <[String]>::len);
+        eprintln!(
+            "ingot synth: note: the tokenizer of {} cut from {n} to the {vocab} tokens of {shape} (no special or \
+             single-character token past the end; {} of {before} merges kept)",
+            path.display(),
+            merges(&keys)
+        );
     }
     Ok(keys)
 }

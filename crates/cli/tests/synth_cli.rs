@@ -116,12 +116,20 @@ fn the_seed_decides_the_bytes() {
     assert!(!path("a.gguf.partial").exists());
 }
 
-/// A GGUF file with `n` tokens (none when 0) and no tensors.
-fn tokenizer_file(path: &Path, n: usize) {
+/// A GGUF file with `n` tokens `t0`, `t1`, ... (no tokenizer when 0), these replaced, these
+/// merges and this end-of-sequence id, and no tensors.
+fn tokenizer_file(path: &Path, n: usize, replace: &[(usize, &str)], merges: &[&str], eos: u32) {
     let mut w = GgufWriter::new();
     w.set("general.architecture", "llama");
     if n > 0 {
-        w.set("tokenizer.ggml.model", "gpt2").set("tokenizer.ggml.tokens", (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>());
+        let mut tokens: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+        for &(i, t) in replace {
+            tokens[i] = t.to_string();
+        }
+        w.set("tokenizer.ggml.model", "gpt2")
+            .set("tokenizer.ggml.tokens", tokens)
+            .set("tokenizer.ggml.merges", merges.iter().map(|m| m.to_string()).collect::<Vec<_>>())
+            .set("tokenizer.ggml.eos_token_id", eos);
     }
     w.write_file(path).unwrap();
 }
@@ -130,9 +138,10 @@ fn tokenizer_file(path: &Path, n: usize) {
 fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
-    tokenizer_file(&p("small.gguf"), 100);
-    tokenizer_file(&p("big.gguf"), 50_000);
-    tokenizer_file(&p("none.gguf"), 0);
+    tokenizer_file(&p("small.gguf"), 100, &[], &[], 0);
+    tokenizer_file(&p("big_eos.gguf"), 50_000, &[], &[], 49_999);
+    tokenizer_file(&p("big_char.gguf"), 50_000, &[(49_990, "z")], &[], 0);
+    tokenizer_file(&p("none.gguf"), 0, &[], &[], 0);
     std::fs::write(p("text.gguf"), "not a gguf file at all, just some text").unwrap();
     let s = |p: PathBuf| p.to_str().unwrap().to_string();
     let base = |like: &str, shape: &str, ty: &str, layers: &str, out: &str| -> Vec<String> {
@@ -151,7 +160,11 @@ fn bad_input_is_a_clear_error() {
         (base(&s(p("text.gguf")), "smollm2-135m", "q8_0", "2", &out), "--like"),
         (base(&s(p("missing.gguf")), "smollm2-135m", "q8_0", "2", &out), "--like"),
         (base(&s(p("none.gguf")), "smollm2-135m", "q8_0", "2", &out), "no tokenizer"),
-        (base(&s(p("big.gguf")), "smollm2-135m", "q8_0", "2", &out), "has 50000 tokens, more than the 49152 of shape smollm2-135m"),
+        (
+            base(&s(p("big_eos.gguf")), "smollm2-135m", "q8_0", "2", &out),
+            "has 50000 tokens, more than the 49152 of shape smollm2-135m, and cutting it would lose tokenizer.ggml.eos_token_id 49999",
+        ),
+        (base(&s(p("big_char.gguf")), "smollm2-135m", "q8_0", "2", &out), "would lose the single-character token 49990 \"z\""),
         (vec!["synth".into(), "--shape".into(), "smollm2-135m".into()], "required"),
     ];
     for (args, want) in cases {
@@ -171,6 +184,16 @@ fn bad_input_is_a_clear_error() {
     assert_eq!(tokens.len(), 49152);
     assert_eq!(tokens[99], "t99");
     assert_eq!(tokens[100], "<synth_pad_100>");
+
+    // A larger tokenizer with nothing special past the shape's vocabulary is cut; merges that
+    // need a cut token go.
+    tokenizer_file(&p("big.gguf"), 50_000, &[(0, "a"), (1, "b"), (2, "ab"), (49_999, "ba")], &["a b", "b a"], 1);
+    let o = ingot(&base(&s(p("big.gguf")), "smollm2-135m", "q8_0", "1", &out).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("cut from 50000 to the 49152 tokens of smollm2-135m"), "{}", text(&o));
+    let f = ingot_gguf::GgufFile::open(p("out.gguf")).unwrap();
+    assert_eq!(f.get_str_array("tokenizer.ggml.tokens").unwrap().len(), 49152);
+    assert_eq!(f.get_str_array("tokenizer.ggml.merges").unwrap(), ["a b"]);
 }
 
 #[test]
