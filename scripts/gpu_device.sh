@@ -22,6 +22,12 @@
 #                                      # tests on gpu:cuda (crates/engine/tests/engine_smollm2.rs), then `ingot bench`
 #                                      # pp512/tg128 on gpu:cuda and on the machine's CPU (its
 #                                      # default path, AVX-512 on the lent Xeons, and AVX2)
+#   device run: command "bash scripts/gpu_device.sh synth", carry [".gpu-bin"]
+#                                      # there, after `models` on the same warm machine: `ingot synth`
+#                                      # llama3-8b files (random weights, SmolLM2's tokenizer) in
+#                                      # q4_k_m, q8_0 and bf16 under /tmp, made there (16 GB for bf16:
+#                                      # nothing that large travels); prints their sizes. SYNTH_LIKE=FILE
+#                                      # another tokenizer file, SYNTH_SHAPE / SYNTH_TYPES other shapes / types
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -127,8 +133,23 @@ models)
   done
   exit $status
   ;;
+synth)
+  like=${SYNTH_LIKE:-/tmp/ingot-models/SmolLM2-135M-Instruct.Q4_1.gguf}
+  if [ ! -f "$like" ]; then
+    echo "synth: $like missing (run models first on this machine, or set SYNTH_LIKE)" >&2
+    exit 1
+  fi
+  shape=${SYNTH_SHAPE:-llama3-8b}
+  status=0
+  for t in ${SYNTH_TYPES:-q4_k_m q8_0 bf16}; do
+    .gpu-bin/ingot synth --like "$like" --shape "$shape" --type "$t" --out "/tmp/$shape-$t.gguf" || status=1
+  done
+  ls -la /tmp/"$shape"-*.gguf || status=1
+  df -h /tmp
+  exit $status
+  ;;
 *)
-  echo "usage: $0 build|run|models" >&2
+  echo "usage: $0 build|run|models|synth" >&2
   exit 2
   ;;
 esac

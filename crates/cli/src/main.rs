@@ -13,6 +13,7 @@ mod run_cmd;
 mod serve_api;
 mod serve_cmd;
 mod serve_http;
+mod synth_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -42,6 +43,9 @@ enum Cmd {
     /// How well a model predicts a text file, as llama-perplexity computes it: BOS-led
     /// chunks of --ctx tokens, the second half of each scored; exp(mean NLL) ± its error.
     Perplexity(perplexity_cmd::PerplexityArgs),
+    /// Write a GGUF model of a real model's shape (llama3-8b, qwen2.5-7b, gemma3-4b, ...) with
+    /// seeded random weights and another GGUF file's tokenizer; --list-shapes lists the shapes.
+    Synth(synth_cmd::SynthArgs),
     /// Prompt-processing and generation speed (pp/tg, like llama-bench), optionally beside llama.cpp.
     Bench(bench_cmd::BenchArgs),
     /// Chat with a model in its chat template: history across turns, streaming replies;
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run_cmd::run(args),
         Cmd::Convert(args) => convert_cmd::run(args),
         Cmd::Perplexity(args) => perplexity_cmd::run(args),
+        Cmd::Synth(args) => synth_cmd::run(args),
         Cmd::Bench(args) => bench_cmd::run(args),
         Cmd::Chat(args) => chat_cmd::run(args),
         Cmd::Pull(args) => pull_cmd::run(args),

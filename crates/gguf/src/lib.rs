@@ -27,4 +27,4 @@ pub use error::{Error, OptionalKey, Result};
 pub use ggml_type::GgmlType;
 pub use reader::{GgufFile, TensorInfo, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, MEMORY_NAME};
 pub use value::{Array, Value, ValueType};
-pub use writer::GgufWriter;
+pub use writer::{GgufStream, GgufWriter};
