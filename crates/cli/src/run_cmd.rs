@@ -179,7 +179,9 @@ pub struct RunArgs {
     /// as those tokens; by default the prompt, and chat message content, is plain text.
     #[arg(long)]
     parse_special: bool,
-    /// Print one JSON object {prompt_ids, generated_ids, text} instead of streaming text.
+    /// Print one JSON object {prompt_ids, generated_ids, text, finish_reason} instead of
+    /// streaming text (finish_reason as OpenAI's: "stop" for an end-of-generation token or a
+    /// stop string, "length" for --max-tokens).
     #[arg(long)]
     json: bool,
 }
@@ -262,7 +264,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     engine.shutdown();
     let g = g?;
     if a.json {
-        let j = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": g.tokens, "text": g.text});
+        let finish = crate::serve_api::finish_reason(g.finish);
+        let j = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": g.tokens, "text": g.text, "finish_reason": finish});
         println!("{j}");
     } else if !g.text.is_empty() {
         println!();

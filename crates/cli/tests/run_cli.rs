@@ -27,6 +27,9 @@ fn json_output_has_llama_cpp_prompt_ids_and_greedy_is_deterministic() {
     assert_eq!(j["prompt_ids"], p["ids"], "prompt ids differ from llama.cpp's");
     let gen = j["generated_ids"].as_array().unwrap();
     assert!(!gen.is_empty() && gen.len() <= 8);
+    // 8 tokens: the budget ran out ("length"); fewer: an end-of-generation token ("stop").
+    let want = if gen.len() == 8 { "length" } else { "stop" };
+    assert_eq!(j["finish_reason"], want, "{j}");
     // llama.cpp's first greedy token for this prompt has no near-tie (gap > 1), so ours must equal it.
     let top = &p["llama_cpp"][0]["top5"];
     assert!(top[0][1].as_f64().unwrap() - top[1][1].as_f64().unwrap() > 1.0);
