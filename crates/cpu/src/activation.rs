@@ -162,19 +162,26 @@ fn scale_fast(p: &ingot_core::ScaleParams, ins: &Tens, alloc: Alloc) -> Result<T
 }
 
 /// act(input) in f32 ([`fast::gelu_tanh`]).
-fn unary_fast(op: &'static str, p: &ingot_core::UnaryParams, act: fn(f32) -> f32, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+fn unary_fast(op: &'static str, p: &ingot_core::UnaryParams, act: impl Fn(f32) -> f32 + Sync, ins: &Tens, alloc: Alloc) -> Result<Tens> {
     let x = input(op, ins, "input")?.view::<f32>()?;
     let out = alloc.zeros(DType::F32, &[p.num_elements])?;
     fast::map_into(&x, out.write()?.f32(), act);
     Ok(outs([("output", out)]))
 }
 
-/// act(gate)·up in f32 ([`fast::silu`], [`fast::gelu_tanh`]).
-fn gated_fast(op: &'static str, p: &ingot_core::GatedParams, act: fn(f32) -> f32, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+/// act(gate)·up in f32 ([`fast::silu`], [`fast::gelu_tanh`]); generic over the activation
+/// so that it is inlined into the loop (through a function pointer it cost a call per element).
+fn gated_fast(
+    op: &'static str,
+    p: &ingot_core::GatedParams,
+    act: impl Fn(f32) -> f32 + Sync,
+    ins: &Tens,
+    alloc: Alloc,
+) -> Result<Tens> {
     let g = input(op, ins, "gate")?.view::<f32>()?;
     let u = input(op, ins, "up")?.view::<f32>()?;
     let out = alloc.zeros(DType::F32, &[p.num_tokens, p.intermediate_size])?;
-    fast::zip_into(&g, &u, out.write()?.f32(), |g, u| act(g) * u);
+    fast::zip_into(&g, &u, out.write()?.f32(), move |g, u| act(g) * u);
     Ok(outs([("output", out)]))
 }
 

@@ -10,7 +10,8 @@
 
 use ingot_core::{ensure, DType, Device, DeviceTensor, DeviceTensors, Error, HostBytes, Op, Result, Tensor};
 use std::ops::Range;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A tensor in host memory, on the [`CpuDevice`].
 #[derive(Clone)]
@@ -27,6 +28,65 @@ enum Storage {
     Owned { words: RwLock<Vec<u32>>, start: usize, len: usize, guarded: bool },
     /// A read-only range of bytes someone else holds (a mapped GGUF file).
     Shared { bytes: Arc<dyn HostBytes>, range: Range<usize> },
+}
+
+/// The word buffers of dropped tensors, kept for [`CpuDevice::zeros`] to hand out again:
+/// a forward pass makes and drops the same few hundred output tensors at every step, and
+/// fresh allocations cost as much as the small ops themselves (malloc, and for buffers of
+/// 128 KiB and more, such as a step's logits, an mmap with its page faults and zeroing).
+/// Buffers are kept by length: at most [`RECYCLE_PER_LEN`] of each length, none above
+/// [`RECYCLE_MAX_BYTES`], [`RECYCLE_TOTAL_BYTES`] in all.
+struct Recycler {
+    by_len: HashMap<usize, Vec<Vec<u32>>>,
+    bytes: usize,
+}
+
+static RECYCLER: Mutex<Option<Recycler>> = Mutex::new(None);
+const RECYCLE_PER_LEN: usize = 8;
+const RECYCLE_MAX_BYTES: usize = 16 << 20;
+const RECYCLE_TOTAL_BYTES: usize = 64 << 20;
+
+/// A buffer of `words` zeroed words: a recycled one when there is one of that length.
+fn zeroed_words(words: usize) -> Vec<u32> {
+    let reused = RECYCLER.lock().ok().and_then(|mut r| {
+        let r = r.as_mut()?;
+        let v = r.by_len.get_mut(&words)?.pop()?;
+        r.bytes -= words * 4;
+        Some(v)
+    });
+    match reused {
+        Some(mut v) => {
+            v.fill(0);
+            v
+        }
+        None => vec![0u32; words],
+    }
+}
+
+/// Keeps `v` for [`zeroed_words`] when the limits allow; otherwise it is freed.
+fn recycle(v: Vec<u32>) {
+    let n = v.len();
+    if n == 0 || n * 4 > RECYCLE_MAX_BYTES {
+        return;
+    }
+    if let Ok(mut r) = RECYCLER.lock() {
+        let r = r.get_or_insert_with(|| Recycler { by_len: HashMap::new(), bytes: 0 });
+        let slot = r.by_len.entry(n).or_default();
+        if slot.len() < RECYCLE_PER_LEN && r.bytes + n * 4 <= RECYCLE_TOTAL_BYTES {
+            r.bytes += n * 4;
+            slot.push(v);
+        }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::Owned { words, guarded: false, .. } = self {
+            if let Ok(w) = words.get_mut() {
+                recycle(std::mem::take(w));
+            }
+        }
+    }
 }
 
 /// The byte around a guarded tensor (and in the padding of its last word).
@@ -294,7 +354,7 @@ impl Device for CpuDevice {
 
     fn zeros(&self, dtype: DType, shape: &[usize]) -> Result<CpuTensor> {
         let len = bytes_for(dtype, shape)?;
-        CpuTensor::owned(dtype, shape, vec![0u32; len.div_ceil(4)])
+        CpuTensor::owned(dtype, shape, zeroed_words(len.div_ceil(4)))
     }
 
     fn run(&self, op: &Op, inputs: &DeviceTensors<CpuTensor>) -> Result<DeviceTensors<CpuTensor>> {
@@ -341,5 +401,33 @@ impl ingot_core::Backend for CpuDevice {
     }
     fn run_guarded(&self, op: &Op, inputs: &ingot_core::Tensors) -> Result<ingot_core::Tensors> {
         ingot_core::run_on_host_guarded(self, op, inputs)
+    }
+}
+
+#[cfg(test)]
+mod recycle_tests {
+    use super::*;
+    use crate::CpuDevice;
+
+    /// A dropped tensor's buffer comes back from `zeros` (same length), zeroed again; one of
+    /// another length is not handed out.
+    #[test]
+    fn recycled_buffers_come_back_zeroed() {
+        // A length no other test uses, so the pool's slot is this test's alone.
+        let shape = [3, 1237];
+        let t = CpuDevice.zeros(DType::F32, &shape).unwrap();
+        let ptr = {
+            let mut w = t.write().unwrap();
+            w.f32().fill(7.5);
+            w.f32().as_ptr() as usize
+        };
+        drop(t);
+        let again = CpuDevice.zeros(DType::F32, &shape).unwrap();
+        let v = again.view::<f32>().unwrap();
+        assert_eq!(v.as_ptr() as usize, ptr, "the dropped buffer was not reused");
+        assert!(v.iter().all(|&x| x == 0.0), "a recycled buffer must be zeroed");
+        drop(v);
+        let other = CpuDevice.zeros(DType::F32, &[1237]).unwrap();
+        assert_eq!(other.view::<f32>().unwrap().len(), 1237);
     }
 }
