@@ -62,6 +62,7 @@ impl SamplingArgs {
             seed: self.seed,
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
+            logprobs: None,
         };
         p.validate().map_err(flag_error)?;
         Ok(p)
@@ -184,6 +185,11 @@ pub struct RunArgs {
     /// stop string, "length" for --max-tokens).
     #[arg(long)]
     json: bool,
+    /// With --json: add `logprobs` (each generated token's log-probability) and
+    /// `top_logprobs` (per step, the K most likely tokens as {id, token, logprob}), from
+    /// the model's logits before penalties, temperature and filters; K at most 20.
+    #[arg(long, value_name = "K", requires = "json", allow_negative_numbers = true, value_parser = non_negative)]
+    top_logprobs: Option<usize>,
 }
 
 /// A model with its tokenizer, loaded from `--model` (or the default model).
@@ -233,7 +239,9 @@ impl Loaded {
 
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let prompt = a.prompt.or(a.prompt_flag).context("no prompt: give it as an argument or with --prompt")?;
-    let params = a.sampling.params()?;
+    let mut params = a.sampling.params()?;
+    params.logprobs = a.top_logprobs;
+    params.validate().map_err(flag_error)?;
     a.exec.apply()?;
     let m = load(a.model.as_deref(), &a.exec)?;
     let prompt_ids = if a.chat {
@@ -265,7 +273,12 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     let g = g?;
     if a.json {
         let finish = crate::serve_api::finish_reason(g.finish);
-        let j = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": g.tokens, "text": g.text, "finish_reason": finish});
+        let mut j = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": g.tokens, "text": g.text, "finish_reason": finish});
+        if a.top_logprobs.is_some() {
+            let entry = |id: u32, lp: f32| serde_json::json!({"id": id, "token": m.tok.decode(&[id], false), "logprob": lp});
+            j["logprobs"] = g.logprobs.iter().map(|t| serde_json::json!(t.logprob)).collect();
+            j["top_logprobs"] = g.logprobs.iter().map(|t| t.top.iter().map(|&(id, lp)| entry(id, lp)).collect::<serde_json::Value>()).collect();
+        }
         println!("{j}");
     } else if !g.text.is_empty() {
         println!();

@@ -35,6 +35,33 @@ fn json_output_has_llama_cpp_prompt_ids_and_greedy_is_deterministic() {
     assert!(top[0][1].as_f64().unwrap() - top[1][1].as_f64().unwrap() > 1.0);
     assert_eq!(gen[0], top[0][0]);
     assert!(j["text"].as_str().unwrap().contains("Paris"), "{}", j["text"]);
+    // --top-logprobs: per generated step the 3 most likely tokens, the greedy choice first.
+    let mut with_lp = args.to_vec();
+    with_lp.extend(["--top-logprobs", "3"]);
+    let o3 = ingot(&with_lp);
+    assert!(o3.status.success(), "{}", text(&o3));
+    let j3: serde_json::Value = serde_json::from_slice(&o3.stdout).unwrap();
+    assert_eq!(j3["generated_ids"], j["generated_ids"], "asking for logprobs changed the output");
+    let (lps, tops) = (j3["logprobs"].as_array().unwrap(), j3["top_logprobs"].as_array().unwrap());
+    assert_eq!((lps.len(), tops.len()), (gen.len(), gen.len()), "{j3}");
+    for ((lp, top), id) in lps.iter().zip(tops).zip(gen) {
+        let top = top.as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(&top[0]["id"], id, "greedy picks the most likely token");
+        assert_eq!(top[0]["logprob"], *lp);
+        let lp = lp.as_f64().unwrap();
+        assert!(lp <= 0.0 && top.iter().all(|t| t["token"].is_string()), "{top:?}");
+        let p: f64 = top.iter().map(|t| t["logprob"].as_f64().unwrap().exp()).sum();
+        assert!(p <= 1.0 + 1e-6, "{top:?}");
+    }
+    for (extra, want) in [(vec!["--top-logprobs", "21"], "--top-logprobs must be at most 20, got 21")] {
+        let mut a = args.to_vec();
+        a.extend(extra);
+        let o = ingot(&a);
+        assert!(!o.status.success() && text(&o).contains(want), "{}", text(&o));
+    }
+    let o = ingot(&["run", "--model", m, "--top-logprobs", "2", "Hi"]);
+    assert!(!o.status.success() && text(&o).contains("--json"), "{}", text(&o));
     // Plain mode: only the text on stdout, the same text as --json gave.
     let o2 = ingot(&args[..args.len() - 1]);
     assert!(o2.status.success());

@@ -114,6 +114,8 @@ pub struct Completion {
     pub text: String,
     pub finish: FinishReason,
     pub usage: Usage,
+    /// One entry per generated token when [`crate::SamplingParams::logprobs`] asked for them.
+    pub logprobs: Vec<crate::TokenLogprob>,
 }
 
 /// What a request's receiver gets, in order: Text events, then exactly one Done or Error.
@@ -124,7 +126,9 @@ pub enum Event {
     /// every generated token id is sent exactly once, in order. `text` is never empty,
     /// except in a last Text event (just before Done) that carries the ids of tokens whose
     /// text was held back and then dropped (a stop string) or is empty.
-    Text { text: String, token_ids: Vec<u32> },
+    /// With [`crate::SamplingParams::logprobs`], `logprobs` has one entry per id of
+    /// `token_ids` (empty otherwise).
+    Text { text: String, token_ids: Vec<u32>, logprobs: Vec<crate::TokenLogprob> },
     /// The request ended; the last event.
     Done { finish: FinishReason, usage: Usage },
     /// The request failed (or the engine shut down); the last event.
@@ -228,10 +232,12 @@ impl RequestHandle {
     pub fn wait(&mut self, mut on_text: impl FnMut(&str) -> std::io::Result<()>) -> Result<Completion> {
         let mut tokens = Vec::new();
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         loop {
             match self.events.blocking_recv() {
-                Some(Event::Text { text: t, token_ids }) => {
+                Some(Event::Text { text: t, token_ids, logprobs: lp }) => {
                     tokens.extend_from_slice(&token_ids);
+                    logprobs.extend(lp);
                     if !t.is_empty() {
                         if let Err(e) = on_text(&t) {
                             self.cancel();
@@ -240,7 +246,7 @@ impl RequestHandle {
                         text.push_str(&t);
                     }
                 }
-                Some(Event::Done { finish, usage }) => return Ok(Completion { tokens, text, finish, usage }),
+                Some(Event::Done { finish, usage }) => return Ok(Completion { tokens, text, finish, usage, logprobs }),
                 Some(Event::Error(e)) => return Err(Error::Failed(e)),
                 None => return Err(Error::Stopped),
             }

@@ -10,7 +10,7 @@ pub mod scheduler;
 mod stop;
 
 pub use engine::{Completion, Engine, EngineConfig, Event, FinishReason, GenRequest, Metrics, RequestHandle, Usage};
-pub use sampler::{Sampler, SamplingParams};
+pub use sampler::{Sampler, SamplingParams, TokenLogprob, MAX_TOP_LOGPROBS};
 pub use stop::{StopChecker, StopOutput};
 
 /// Errors of the engine.

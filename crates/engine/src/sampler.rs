@@ -41,6 +41,44 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     /// Generation stops when the text contains one of these (it is not returned).
     pub stop: Vec<String>,
+    /// Report each generated token's log-probability and the `k` most likely tokens of its
+    /// step ([`crate::TokenLogprob`]; at most [`MAX_TOP_LOGPROBS`]); `None` is off.
+    pub logprobs: Option<usize>,
+}
+
+/// The most alternatives [`SamplingParams::logprobs`] asks for (OpenAI's bound).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// One generated token's log-probability under the model and the most likely tokens of its
+/// step: the log-softmax of the model's logits, before penalties, bias, temperature and
+/// filters (what the model predicts, not what the sampler drew from).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// The `k` largest (id, log-probability) of the step, largest first (ties: lower id).
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    /// `id`'s entry for a step with `logits`, with the `k` most likely tokens. The
+    /// normaliser is summed in f64.
+    pub fn new(logits: &[f32], id: u32, k: usize) -> TokenLogprob {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = logits.iter().map(|&x| f64::from(x - max).exp()).sum();
+        let lse = f64::from(max) + z.ln();
+        let lp = |i: usize| (f64::from(logits[i]) - lse) as f32;
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        let k = k.min(logits.len());
+        if k > 0 {
+            order.select_nth_unstable_by(k - 1, |&a, &b| rank(logits, a, b));
+            order.truncate(k);
+            order.sort_by(|&a, &b| rank(logits, a, b));
+        } else {
+            order.clear();
+        }
+        TokenLogprob { id, logprob: lp(id as usize), top: order.into_iter().map(|i| (i as u32, lp(i))).collect() }
+    }
 }
 
 impl Default for SamplingParams {
@@ -57,6 +95,7 @@ impl Default for SamplingParams {
             seed: 0,
             max_tokens: 128,
             stop: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -94,6 +133,9 @@ impl SamplingParams {
         }
         if self.stop.iter().any(|s| s.is_empty()) {
             return Err(param_err("stop", "strings must not be empty"));
+        }
+        if let Some(k) = self.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return Err(param_err("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}, got {k}")));
         }
         Ok(())
     }

@@ -54,6 +54,8 @@ struct Seq {
     dec: StreamDecoder,
     /// Generated tokens not yet sent with a Text event.
     unsent: Vec<u32>,
+    /// Their log-probabilities, when the request asked for them.
+    unsent_logprobs: Vec<crate::TokenLogprob>,
     /// Prompt tokens found in the prefix cache at the first admission.
     cached_prompt: Option<usize>,
     /// When the first admission's step began, and when the prefill first completed
@@ -137,6 +139,7 @@ impl Scheduler {
             stop: StopChecker::new(&r.params.stop),
             dec: StreamDecoder::new(true),
             unsent: Vec::new(),
+            unsent_logprobs: Vec::new(),
             cached_prompt: None,
             started: None,
             prefilled: None,
@@ -477,7 +480,8 @@ impl Scheduler {
         if !rest.is_empty() || !s.unsent.is_empty() {
             // The last Text event carries every token id not sent yet, even with no text.
             let ids = std::mem::take(&mut s.unsent);
-            self.outbox.push((s.events.clone(), Event::Text { text: rest, token_ids: ids }));
+            let logprobs = std::mem::take(&mut s.unsent_logprobs);
+            self.outbox.push((s.events.clone(), Event::Text { text: rest, token_ids: ids, logprobs }));
         }
         self.release_pages(&s.pages);
         let now = Instant::now();
@@ -508,12 +512,16 @@ fn advance(
     if tok.is_eog(next) {
         return Ok(Some(FinishReason::Eog));
     }
+    if let Some(k) = s.sampler.params().logprobs {
+        s.unsent_logprobs.push(crate::TokenLogprob::new(logits, next, k));
+    }
     s.tokens.push(next);
     s.unsent.push(next);
     let piece = s.dec.push(tok, next).map_err(|e| e.to_string())?;
     let out = s.stop.push(&piece);
     if !out.text.is_empty() {
-        outbox.push((s.events.clone(), Event::Text { text: out.text, token_ids: std::mem::take(&mut s.unsent) }));
+        let logprobs = std::mem::take(&mut s.unsent_logprobs);
+        outbox.push((s.events.clone(), Event::Text { text: out.text, token_ids: std::mem::take(&mut s.unsent), logprobs }));
     }
     if out.stopped {
         return Ok(Some(FinishReason::Stop));

@@ -279,3 +279,49 @@ fn a_one_sequence_engine_streams_reuses_turns_and_cancels_on_output_errors() {
     let e = engine.submit(GenRequest { prompt: vec![1; c.num_pages * c.page_size], params: greedy(2) }).unwrap_err();
     assert!(e.to_string().contains("KV pages"), "{e}");
 }
+
+/// `logprobs`: one entry per generated token, the model's log-softmax before the sampler's
+/// penalties and temperature: each step's logits recomputed here through the model (a fresh
+/// cache, prompt + the tokens so far) give the same numbers in f64.
+#[test]
+fn logprobs_are_the_models_log_softmax() {
+    let Some((model, tok)) = smollm2() else { return };
+    let prompt = encode(&tok, PROMPTS[4]);
+    // Sampled, with a penalty: logprobs still describe the model's distribution.
+    let params = SamplingParams { temperature: 0.9, seed: 3, repetition_penalty: 1.3, max_tokens: 6, logprobs: Some(5), ..Default::default() };
+    let engine = Engine::start(model.clone(), tok.clone(), EngineConfig::for_one_sequence(prompt.len() + 8)).unwrap();
+    let done = engine.submit(GenRequest { prompt: prompt.clone(), params }).unwrap().wait(|_| Ok(())).unwrap();
+    engine.shutdown();
+    assert_eq!(done.logprobs.len(), done.tokens.len());
+    let mut seq = prompt.clone();
+    for (step, (lp, &id)) in done.logprobs.iter().zip(&done.tokens).enumerate() {
+        assert_eq!(lp.id, id);
+        let mut cache = model.new_cache().unwrap();
+        let logits = model.forward(&seq, &mut cache, ingot_model::Logits::Last, None).unwrap();
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max + logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        let want = |i: u32| logits[i as usize] as f64 - lse;
+        assert!((lp.logprob as f64 - want(id)).abs() < 1e-4, "step {step}: {} vs {}", lp.logprob, want(id));
+        assert_eq!(lp.top.len(), 5);
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        for (j, &(tid, tlp)) in lp.top.iter().enumerate() {
+            // The rank is checked where the recomputed logits leave no near-tie.
+            let gap = |a: u32, b: u32| (logits[a as usize] - logits[b as usize]).abs() > 1e-3;
+            if (j == 0 || gap(order[j - 1], order[j])) && gap(order[j], order[j + 1]) {
+                assert_eq!(tid, order[j], "step {step}: rank {j}");
+            }
+            assert!((tlp as f64 - want(tid)).abs() < 1e-4);
+        }
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1), "step {step}: not largest first");
+        seq.push(id);
+    }
+    // Off by default; more than 20 is refused at submit.
+    let engine = Engine::start(model.clone(), tok.clone(), EngineConfig::for_one_sequence(prompt.len() + 8)).unwrap();
+    let plain = engine.submit(GenRequest { prompt: prompt.clone(), params: greedy(2) }).unwrap().wait(|_| Ok(())).unwrap();
+    assert!(plain.logprobs.is_empty());
+    let bad = SamplingParams { logprobs: Some(21), ..greedy(2) };
+    let e = engine.submit(GenRequest { prompt, params: bad }).err().expect("refused");
+    assert!(e.to_string().contains("must be at most 20, got 21"), "{e}");
+    engine.shutdown();
+}

@@ -96,7 +96,7 @@ pub fn drain(h: &mut RequestHandle) -> (Outcome, Usage) {
     let mut text = String::new();
     loop {
         match h.events.blocking_recv() {
-            Some(Event::Text { text: t, token_ids }) => {
+            Some(Event::Text { text: t, token_ids, .. }) => {
                 tokens.extend(token_ids);
                 text.push_str(&t);
             }
