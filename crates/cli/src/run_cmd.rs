@@ -277,7 +277,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         if a.top_logprobs.is_some() {
             let entry = |id: u32, lp: f32| serde_json::json!({"id": id, "token": m.tok.decode(&[id], false), "logprob": lp});
             j["logprobs"] = g.logprobs.iter().map(|t| serde_json::json!(t.logprob)).collect();
-            j["top_logprobs"] = g.logprobs.iter().map(|t| t.top.iter().map(|&(id, lp)| entry(id, lp)).collect::<serde_json::Value>()).collect();
+            j["top_logprobs"] =
+                g.logprobs.iter().map(|t| t.top.iter().map(|&(id, lp)| entry(id, lp)).collect::<serde_json::Value>()).collect();
         }
         println!("{j}");
     } else if !g.text.is_empty() {

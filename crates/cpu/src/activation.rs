@@ -171,13 +171,7 @@ fn unary_fast(op: &'static str, p: &ingot_core::UnaryParams, act: impl Fn(f32) -
 
 /// act(gate)·up in f32 ([`fast::silu`], [`fast::gelu_tanh`]); generic over the activation
 /// so that it is inlined into the loop (through a function pointer it cost a call per element).
-fn gated_fast(
-    op: &'static str,
-    p: &ingot_core::GatedParams,
-    act: impl Fn(f32) -> f32 + Sync,
-    ins: &Tens,
-    alloc: Alloc,
-) -> Result<Tens> {
+fn gated_fast(op: &'static str, p: &ingot_core::GatedParams, act: impl Fn(f32) -> f32 + Sync, ins: &Tens, alloc: Alloc) -> Result<Tens> {
     let g = input(op, ins, "gate")?.view::<f32>()?;
     let u = input(op, ins, "up")?.view::<f32>()?;
     let out = alloc.zeros(DType::F32, &[p.num_tokens, p.intermediate_size])?;

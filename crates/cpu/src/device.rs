@@ -9,8 +9,8 @@
 //! tensors allocate them.
 
 use ingot_core::{ensure, DType, Device, DeviceTensor, DeviceTensors, Error, HostBytes, Op, Result, Tensor};
-use std::ops::Range;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A tensor in host memory, on the [`CpuDevice`].

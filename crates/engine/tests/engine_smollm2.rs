@@ -288,7 +288,8 @@ fn logprobs_are_the_models_log_softmax() {
     let Some((model, tok)) = smollm2() else { return };
     let prompt = encode(&tok, PROMPTS[4]);
     // Sampled, with a penalty: logprobs still describe the model's distribution.
-    let params = SamplingParams { temperature: 0.9, seed: 3, repetition_penalty: 1.3, max_tokens: 6, logprobs: Some(5), ..Default::default() };
+    let params =
+        SamplingParams { temperature: 0.9, seed: 3, repetition_penalty: 1.3, max_tokens: 6, logprobs: Some(5), ..Default::default() };
     let engine = Engine::start(model.clone(), tok.clone(), EngineConfig::for_one_sequence(prompt.len() + 8)).unwrap();
     let done = engine.submit(GenRequest { prompt: prompt.clone(), params }).unwrap().wait(|_| Ok(())).unwrap();
     engine.shutdown();

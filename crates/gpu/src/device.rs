@@ -186,8 +186,7 @@ impl<R: Runtime> Device<R> {
     pub(crate) fn guarded(&self, op: &'static str) -> Result<()> {
         let list = self.guard.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
         for (i, g) in list.into_iter().enumerate() {
-            let bytes =
-                self.client.read_one(g.whole).map_err(|e| Error::invalid(op, format!("device read failed: {e:?}")))?;
+            let bytes = self.client.read_one(g.whole).map_err(|e| Error::invalid(op, format!("device read failed: {e:?}")))?;
             let end = g.start + g.len;
             let before = bytes[..g.start].iter().rposition(|&b| b != SENTINEL);
             let after = bytes[end..].iter().position(|&b| b != SENTINEL);

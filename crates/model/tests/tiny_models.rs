@@ -40,7 +40,11 @@ fn max_diff(a: &[f32], b: &[f64]) -> f64 {
 fn load(path: &PathBuf, kind: BackendKind) -> Option<Model> {
     match Model::load_on(path, kind) {
         Ok(m) => Some(m),
-        Err(e) if kind != BackendKind::Cpu && std::env::var("INGOT_REQUIRE_GPU").as_deref() != Ok("1") && e.to_string().contains("no device") => {
+        Err(e)
+            if kind != BackendKind::Cpu
+                && std::env::var("INGOT_REQUIRE_GPU").as_deref() != Ok("1")
+                && e.to_string().contains("no device") =>
+        {
             eprintln!("SKIP (GPU part): no GPU adapter ({e})");
             None
         }
