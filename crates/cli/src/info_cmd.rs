@@ -10,6 +10,10 @@ use std::process::ExitCode;
 /// Arrays longer than this are summarized (length and element type) in `--json`.
 const ELIDE_ABOVE: usize = 64;
 
+/// The dtype of the engine's K/V pages (crates/model/src/kv.rs), and its bytes per element.
+const KV_DTYPE: &str = "f32";
+const KV_BYTES: u64 = 4;
+
 #[derive(clap::Args)]
 pub struct InfoArgs {
     /// The GGUF file.
@@ -92,8 +96,9 @@ impl Summary {
         }
     }
 
-    /// f16 K and V for one token over all layers: Σ_layers kv_heads · (key + value size) · 2 bytes.
-    fn kv_bytes_per_token(&self) -> Option<u64> {
+    /// K and V elements for one token over all layers: Σ_layers kv_heads · (key + value size).
+    /// Ingot's engine stores them as f32 ([`KV_DTYPE`]); llama.cpp's default is f16.
+    fn kv_elements_per_token(&self) -> Option<u64> {
         let kv = self.kv_heads.as_ref()?;
         let per_head = u64::from(self.key_size?) + u64::from(self.value_size?);
         let layers = self.layers? as usize;
@@ -101,7 +106,12 @@ impl Summary {
         if kv.len() < layers {
             return None;
         }
-        Some(kv[..layers].iter().map(|&h| u64::from(h) * per_head * 2).sum())
+        Some(kv[..layers].iter().map(|&h| u64::from(h) * per_head).sum())
+    }
+
+    /// Bytes of K and V for one token in the engine's cache ([`KV_DTYPE`]).
+    fn kv_bytes_per_token(&self) -> Option<u64> {
+        self.kv_elements_per_token().map(|n| n * KV_BYTES)
     }
 
     fn kv_note(&self) -> Option<String> {
@@ -195,12 +205,13 @@ fn print_text(f: &GgufFile, s: &Summary) {
     match s.kv_bytes_per_token() {
         Some(per_token) => {
             let full = s.context.map(|c| format!("; {} for the full {c}-token context", bytes_human(per_token * u64::from(c))));
-            row("KV cache (f16)", format!("{} per token{}", bytes_human(per_token), full.unwrap_or_default()));
+            row(&format!("KV cache ({KV_DTYPE})"), format!("{} per token{}", bytes_human(per_token), full.unwrap_or_default()));
+            row("", format!("(f16 and bf16, as llama.cpp stores it by default: {} per token)", bytes_human(per_token / 2)));
             if let Some(note) = s.kv_note() {
                 row("", format!("({note})"));
             }
         }
-        None => row("KV cache (f16)", "-".to_string()),
+        None => row(&format!("KV cache ({KV_DTYPE})"), "-".to_string()),
     }
 }
 
@@ -295,8 +306,9 @@ fn to_json(f: &GgufFile, s: &Summary, full: bool) -> Json {
         "weights_bytes": s.weight_bytes,
         "quantization": mix,
         "kv_cache": {
-            "dtype": "f16",
+            "dtype": KV_DTYPE,
             "bytes_per_token": per_token,
+            "bytes_per_token_by_dtype": s.kv_elements_per_token().map(|n| json!({"f32": n * 4, "f16": n * 2, "bf16": n * 2})),
             "context_length": s.context,
             "bytes_full_context": per_token.zip(s.context).map(|(p, c)| p * u64::from(c)),
             "sliding_window": s.sliding_window,

@@ -63,8 +63,10 @@ fn text_summary_of_a_synthetic_model() {
         "weights         3.06 KiB (3138 bytes)",
         "  Q4_0        1 tensor       2.25 KiB   73.4%",
         "  IQ2_XXS     1 tensor ",
-        // 2 layers · 2 KV heads · (16 + 16) · 2 bytes = 256 B per token, · 128 tokens
-        "KV cache (f16)  256 B per token; 32.00 KiB for the full 128-token context",
+        // 2 layers · 2 KV heads · (16 + 16) · 4 bytes (f32, as the engine stores K/V) = 512 B
+        // per token, · 128 tokens
+        "KV cache (f32)  512 B per token; 64.00 KiB for the full 128-token context",
+        "(f16 and bf16, as llama.cpp stores it by default: 256 B per token)",
     ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }
@@ -91,8 +93,10 @@ fn json_summary_metadata_and_tensors() {
     assert_eq!(j["vocab_size"], 3);
     assert_eq!(j["rope_freq_base"], 10000.0);
     assert_eq!(j["weights_bytes"], 3138);
-    assert_eq!(j["kv_cache"]["bytes_per_token"], 256);
-    assert_eq!(j["kv_cache"]["bytes_full_context"], 256 * 128);
+    assert_eq!(j["kv_cache"]["dtype"], "f32");
+    assert_eq!(j["kv_cache"]["bytes_per_token"], 512);
+    assert_eq!(j["kv_cache"]["bytes_full_context"], 512 * 128);
+    assert_eq!(j["kv_cache"]["bytes_per_token_by_dtype"], serde_json::json!({"f32": 512, "f16": 256, "bf16": 256}));
     assert_eq!(j["kv_cache"]["note"], Json::Null);
     let mix: Vec<&str> = j["quantization"].as_array().unwrap().iter().map(|q| q["type"].as_str().unwrap()).collect();
     assert_eq!(mix, ["Q4_0", "F32", "IQ2_XXS"]);
@@ -211,8 +215,8 @@ fn real_smollm2_when_present() {
     let j: Json = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(j["tensors"].as_array().unwrap().len(), 272);
     assert_eq!(j["parameters"], 134515008u64);
-    // 2 · 30 layers · 3 KV heads · 64 · 2 bytes
-    assert_eq!(j["kv_cache"]["bytes_per_token"], 2 * 30 * 3 * 64 * 2);
+    // 2 · 30 layers · 3 KV heads · 64 · 4 bytes (f32)
+    assert_eq!(j["kv_cache"]["bytes_per_token"], 2 * 30 * 3 * 64 * 4);
     let tokens = j["metadata"].as_array().unwrap().iter().find(|m| m["key"] == "tokenizer.ggml.tokens").unwrap().clone();
     assert_eq!(tokens["length"], 49152);
     assert_eq!(tokens["elided"], true);
