@@ -684,23 +684,4 @@ impl super::Lanes for Lanes8 {
     }
 }
 
-/// One query against keys `lo..=hi` of one kv head: [`super::attend_with`] in AVX2 (the
-/// same products as the portable path, summed over eight lanes in another order, and a
-/// polynomial `exp`).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn attend(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
-    off: usize,
-    lo: usize,
-    hi: usize,
-    scale: f32,
-    softcap: f32,
-    s: &mut Vec<f32>,
-    o: &mut [f32],
-) {
-    super::attend_with::<Lanes8>(q, k, v, stride, off, lo, hi, scale, softcap, s, o)
-}
+super::attend_entry!(Lanes8, "avx2,fma,f16c");

@@ -471,6 +471,37 @@ pub(crate) unsafe fn attend_with<L: Lanes>(
     }
 }
 
+/// An instruction set's `attend` entry point: [`attend_with`] over its [`Lanes`] type,
+/// compiled with its target features (so the `#[inline(always)]` skeleton and lane
+/// operations inline into it as that ISA's instructions).
+macro_rules! attend_entry {
+    ($lanes:ty, $features:literal) => {
+        /// One query against keys `lo..=hi` of one kv head: [`super::attend_with`] over
+        /// this path's lanes (see [`super::attend`]).
+        ///
+        /// # Safety
+        /// The CPU must have this path's features.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn attend(
+            q: &[f32],
+            k: &[f32],
+            v: &[f32],
+            stride: usize,
+            off: usize,
+            lo: usize,
+            hi: usize,
+            scale: f32,
+            softcap: f32,
+            s: &mut Vec<f32>,
+            o: &mut [f32],
+        ) {
+            super::attend_with::<$lanes>(q, k, v, stride, off, lo, hi, scale, softcap, s, o)
+        }
+    };
+}
+pub(crate) use attend_entry;
+
 /// A path's `kernel(dtype)`: the table of its row kernels. `kernel_table!(rows)` names
 /// the kernels of every weight format by the convention `f32_rows`, …, `q6_k_rows` (in
 /// scope where it expands); `kernel_table!(rows; FORMAT…; else FALLBACK)` lists only the

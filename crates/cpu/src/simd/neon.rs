@@ -693,23 +693,4 @@ impl super::Lanes for Lanes4 {
     }
 }
 
-/// One query against keys `lo..=hi` of one kv head: [`super::attend_with`] in NEON (the
-/// same products as the portable path, summed over four lanes in another order, and a
-/// polynomial `exp`).
-#[target_feature(enable = "neon")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn attend(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
-    off: usize,
-    lo: usize,
-    hi: usize,
-    scale: f32,
-    softcap: f32,
-    s: &mut Vec<f32>,
-    o: &mut [f32],
-) {
-    super::attend_with::<Lanes4>(q, k, v, stride, off, lo, hi, scale, softcap, s, o)
-}
+super::attend_entry!(Lanes4, "neon");
