@@ -306,6 +306,56 @@ pub fn router(state: Arc<AppState>, access: &Access) -> Router {
     if let Some(cors) = access.cors() {
         r = r.layer(cors);
     }
+    // Outermost: whatever answered, a request body left unread closes the connection.
+    r.layer(middleware::from_fn(close_if_body_unread))
+}
+
+/// A request body that records when it has been read to its end.
+struct TrackedBody {
+    inner: Body,
+    read_whole: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl axum::body::HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read_whole.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Answers that did not read the whole request body (unknown routes, wrong methods, 401,
+/// 415, 413, 408) carry `Connection: close`: the unread rest would otherwise be taken for
+/// the next request, or the server closes the connection after the reply and a client that
+/// pooled it finds it dead on its next request.
+async fn close_if_body_unread(req: Request, next: Next) -> Response {
+    use axum::body::HttpBody as _;
+    let (parts, body) = req.into_parts();
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let read_whole = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tracked = TrackedBody { inner: body, read_whole: read_whole.clone() };
+    let mut r = next.run(Request::from_parts(parts, Body::new(tracked))).await;
+    if !read_whole.load(Ordering::Relaxed) {
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     r
 }
 
@@ -1364,6 +1414,60 @@ mod tests {
             assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
         });
         result.await.unwrap();
+    }
+
+    /// Reads one reply head (through the blank line) and returns it lowercased.
+    fn read_head(c: &mut std::net::TcpStream) -> String {
+        use std::io::Read;
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            match c.read(&mut b) {
+                Ok(1) => got.push(b[0]),
+                other => panic!("no whole reply head ({other:?}): {:?}", String::from_utf8_lossy(&got)),
+            }
+        }
+        String::from_utf8_lossy(&got).to_ascii_lowercase()
+    }
+
+    /// A reply given without reading the request body says `Connection: close` (a pooled
+    /// connection would otherwise die under the client, or the body's rest be taken for the
+    /// next request); a reply that read the body keeps the connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reply_that_left_the_body_unread_closes_the_connection() {
+        use std::io::Write;
+        let addr = serve_script(limits(), ConnLimits { max_connections: 16, header_timeout: Duration::from_secs(5) }).await;
+        tokio::task::spawn_blocking(move || {
+            for (head, status) in [
+                ("POST /v2/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n", "404"),
+                ("POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n", "405"),
+                ("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n", "415"),
+            ] {
+                // The head alone: the server answers before the body comes.
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.write_all(head.as_bytes()).unwrap();
+                let got = read_head(&mut c);
+                assert!(got.starts_with(&format!("http/1.1 {status}")), "{head:?}: {got:?}");
+                assert!(got.contains("connection: close"), "{head:?}: {got:?}");
+            }
+            // A request whose body was read, and one without a body: kept alive.
+            let body = r#"{"prompt": "Hi", "max_tokens": 1}"#;
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            let req = format!(
+                "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            c.write_all(req.as_bytes()).unwrap();
+            let got = read_head(&mut c);
+            assert!(got.starts_with("http/1.1 200") && !got.contains("connection: close"), "{got:?}");
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let got = read_head(&mut c);
+            assert!(got.starts_with("http/1.1 404") && !got.contains("connection: close"), "{got:?}");
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
