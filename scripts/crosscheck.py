@@ -251,8 +251,10 @@ def sig_unary(p):
 def sig_gated(p):
     _pos(p, "num_tokens", "intermediate_size")
     d = _dt(p, "dtype", FLOAT_DTYPES)
-    s = [p["num_tokens"], p["intermediate_size"]]
-    return [("gate", d, s), ("up", d, s)], [("output", d, s)]
+    t, i = p["num_tokens"], p["intermediate_size"]
+    if p.get("packed", False):
+        return [("input", d, [t, 2 * i])], [("output", d, [t, i])]
+    return [("gate", d, [t, i]), ("up", d, [t, i])], [("output", d, [t, i])]
 
 
 def _logits(p):
@@ -313,6 +315,23 @@ def sig_rope(p):
     q, k = [t, p["num_heads"], hd], [t, p["num_kv_heads"], hd]
     return ([("q", d, q), ("k", d, k), ("pos_ids", "i32", [t])],
             [("q_out", d, q), ("k_out", d, k)])
+
+
+def sig_rope_qkv(p):
+    _pos(p, "num_tokens", "num_heads", "num_kv_heads", "head_size", "rotary_dim")
+    d = _dt(p, "dtype", FLOAT_DTYPES)
+    r, hd = p["rotary_dim"], p["head_size"]
+    if r % 2 or r > hd:
+        raise ArtifactError(f"rotary_dim={r} must be even and <= head_size={hd}")
+    t, hq, hk = p["num_tokens"], p["num_heads"], p["num_kv_heads"]
+    width = (hq + hk * (2 if p["with_v"] else 1)) * hd
+    ins = [("qkv", d, [t, width]), ("pos_ids", "i32", [t]), ("inv_freq", "f32", [r // 2])]
+    if p["qk_norm"]:
+        ins += [("q_norm", "f32", [hd]), ("k_norm", "f32", [hd])]
+    outs = [("q", d, [t, hq, hd]), ("k", d, [t, hk, hd])]
+    if p["with_v"]:
+        outs.append(("v", d, [t, hk, hd]))
+    return ins, outs
 
 
 def sig_rope_freqs(p):
@@ -550,7 +569,13 @@ def make_unary(fn):
 
 def make_gated(fn):
     def op(p, t):
-        return {"output": round_to(fn(f64(t["gate"])) * f64(t["up"]), p["dtype"])}
+        if p.get("packed", False):
+            # ops.md: each input row is gate then up, intermediate_size each.
+            x, i = f64(t["input"]), p["intermediate_size"]
+            gate, up = x[:, :i], x[:, i:]
+        else:
+            gate, up = f64(t["gate"]), f64(t["up"])
+        return {"output": round_to(fn(gate) * up, p["dtype"])}
     return op
 
 
@@ -674,6 +699,26 @@ def op_rope_freqs(p, t):
     if not np.isfinite(inv).all():
         raise ArtifactError("rope_freqs: non-finite inv_freq")
     return {"output": _rotate(t["input"], t["pos_ids"].astype(np.int64), inv, p)}
+
+
+def op_rope_qkv(p, t):
+    """ops.md rope_qkv: split the packed rows, RMS-normalise Q/K heads (qk_norm), rotate."""
+    inv = f64(t["inv_freq"])
+    if not np.isfinite(inv).all():
+        raise ArtifactError("rope_qkv: non-finite inv_freq")
+    T, hq, hk, hd = p["num_tokens"], p["num_heads"], p["num_kv_heads"], p["head_size"]
+    heads = hq + hk * (2 if p["with_v"] else 1)
+    x = f64(t["qkv"]).reshape(T, heads, hd)
+    q, k = x[:, :hq, :], x[:, hq:hq + hk, :]
+    if p["qk_norm"]:
+        def norm(h, w):
+            return h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + p["eps"]) * f64(w)
+        q, k = norm(q, t["q_norm"]), norm(k, t["k_norm"])
+    pos = t["pos_ids"].astype(np.int64)
+    out = {"q": _rotate(q, pos, inv, p), "k": _rotate(k, pos, inv, p)}
+    if p["with_v"]:
+        out["v"] = round_to(x[:, hq + hk:, :], p["dtype"])
+    return out
 
 
 def op_add_bias(p, t):
@@ -880,6 +925,9 @@ def op_dequantize_kv(p, t):
     return {"output": round_to(q * s + b, p["dtype"])}
 
 
+# Params an artifact may leave out (serialized only when set): op -> names.
+OPTIONAL_PARAMS = {"silu_and_mul": {"packed"}, "gelu_and_mul": {"packed"}}
+
 # op -> (params keys of ops.md, signature, compute)
 _LOGIT = ("num_tokens", "vocab_size")
 _NORM = ("num_tokens", "hidden_size", "eps", "gemma", "dtype")
@@ -917,6 +965,8 @@ OPS = {
               "original_max_position", "dtype"), sig_rope, op_rope),
     "rope_freqs": (("num_tokens", "num_heads", "head_size", "rotary_dim", "interleave", "dtype"),
                    sig_rope_freqs, op_rope_freqs),
+    "rope_qkv": (("num_tokens", "num_heads", "num_kv_heads", "with_v", "head_size", "rotary_dim",
+                  "interleave", "qk_norm", "eps", "dtype"), sig_rope_qkv, op_rope_qkv),
     "copy_pages": (("num_pages", "page_size", "num_kv_heads", "head_size", "num_copies", "dtype"),
                    sig_copy_pages, op_copy_pages),
     "write_columns": (("num_rows", "src_width", "dst_width", "offset", "dtype"), sig_write_columns,
@@ -1058,7 +1108,8 @@ def check_case(meta_path: str):
             raise ArtifactError(f"case/op {meta.get('case')}/{op} vs directory {case_dir}/{op_dir}")
         keys, sig, compute = OPS[op]
         params = meta.get("params")
-        if not isinstance(params, dict) or set(params) != set(keys):
+        optional = OPTIONAL_PARAMS.get(op, set())
+        if not isinstance(params, dict) or not set(keys) <= set(params) <= set(keys) | optional:
             got = sorted(params) if isinstance(params, dict) else params
             raise ArtifactError(f"params {got}, ops.md lists {sorted(keys)}")
         ins, outs = sig(params)

@@ -19,15 +19,19 @@
 #                                      # there: reassemble and verify (sha256) the models, check
 #                                      # their logits on gpu:cuda against exact math
 #                                      # (crates/model/tests/gpu_forward.rs), run the engine's
-#                                      # tests on gpu:cuda (crates/engine/tests/engine_smollm2.rs), then `ingot bench`
-#                                      # pp512/tg128 on gpu:cuda and on the machine's CPU (its
-#                                      # default path, AVX-512 on the lent Xeons, and AVX2)
+#                                      # tests on gpu:cuda (crates/engine/tests/engine_smollm2.rs), a greedy chat
+#                                      # reply; with MODELS_CPU_BENCH=1 `ingot bench` pp512/tg128 on the
+#                                      # machine's CPU (its default path, AVX-512 on the lent Xeons, and AVX2)
 #   device run: command "bash scripts/gpu_device.sh synth", carry [".gpu-bin"]
 #                                      # there, after `models` on the same warm machine: `ingot synth`
 #                                      # llama3-8b files (random weights, SmolLM2's tokenizer) in
 #                                      # q4_k_m, q8_0 and bf16 under /tmp, made there (16 GB for bf16:
 #                                      # nothing that large travels); prints their sizes. SYNTH_LIKE=FILE
 #                                      # another tokenizer file, SYNTH_SHAPE / SYNTH_TYPES other shapes / types
+#   device run: command "bash scripts/gpu_device.sh speed", carry [".gpu-bin", ".peer"]
+#                                      # there, after `models`: llama.cpp's llama-bench (built there from
+#                                      # .peer: mkdir -p .peer && cp ../shared/peers/* .peer/) and `ingot bench`
+#                                      # on the same files, side by side into $OUT/speed.md (see below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -124,7 +128,9 @@ models)
     | grep -v '^error: XDG' | tee "$out/engine_gpu.txt" || status=1
   for m in "$dir"/*.gguf; do
     .gpu-bin/ingot run --model "$m" --backend gpu:cuda --temperature 0 --max-tokens 48 --chat "Name three colours." 2>&1 | tee -a "$out/run.txt"
-    for be in gpu:cuda cpu; do
+    # GPU speed against llama.cpp: `speed`. The host CPU's paths, when asked.
+    [ "${MODELS_CPU_BENCH:-0}" = 1 ] || continue
+    for be in cpu; do
       .gpu-bin/ingot bench --model "$m" --backend "$be" -p 512 -n 128 -r 3 2>&1 | tee -a "$out/bench_models.md" || status=1
     done
     # The host CPU's AVX-512 path (the default there) against its AVX2 path.
@@ -148,8 +154,67 @@ synth)
   df -h /tmp
   exit $status
   ;;
+speed)
+  # Both engines on the same files in one call: llama.cpp's llama-bench (built here from
+  # ../shared/peers, staged as .peer: see build-llama-cuda.sh's header) and `ingot bench`,
+  # pp512 and tg128, SPEED_REPS repetitions (default 5), medians; the side-by-side table
+  # goes to $OUT/speed.md. Files: the real models that `models` assembled in
+  # /tmp/ingot-models, and synthetic ones made here by `ingot synth` with SmolLM2's
+  # tokenizer, one per SPEED_SYNTH entry SHAPE:TYPE (default: the three real shapes in
+  # Q4_K_M, which random weights make as fast to run as the real ones).
+  # INGOT_PROFILE_OPS=1 and =sync op profiles of SmolLM2's decode land in $OUT/profile_*.txt.
+  out=${OUT:-/tmp/ingot-gpu-out}
+  mkdir -p "$out"
+  if [ ! -x .peer/bin/llama-bench ]; then
+    bash .peer/build-llama-cuda.sh > "$out/peer_build.txt" 2>&1 || { tail -20 "$out/peer_build.txt"; exit 1; }
+  fi
+  export LD_LIBRARY_PATH="$PWD/.peer/bin:${LD_LIBRARY_PATH:-}"
+  reps=${SPEED_REPS:-5}
+  like=/tmp/ingot-models/SmolLM2-135M-Instruct.Q4_1.gguf
+  files=$(ls /tmp/ingot-models/*.gguf 2>/dev/null || true)
+  for st in ${SPEED_SYNTH:-gemma3-270m:q4_k_m qwen2.5-0.5b:q4_k_m}; do
+    f=/tmp/synth-${st/:/-}.gguf
+    [ -f "$f" ] || .gpu-bin/ingot synth --like "$like" --shape "${st%%:*}" --type "${st##*:}" --out "$f" > /dev/null
+    files="$files $f"
+  done
+  status=0
+  for f in $files; do
+    b=$(basename "$f" .gguf)
+    .peer/bin/llama-bench -m "$f" -p 512 -n 128 -ngl 99 -fa 1 -r "$reps" -o json > "$out/lb_$b.json" 2> "$out/lb_$b.err" || status=1
+    .gpu-bin/ingot bench --model "$f" --backend gpu:cuda -p 512 -n 128 -r "$reps" --json > "$out/ib_$b.json" 2> "$out/ib_$b.err" || status=1
+  done
+  if [ -f "$like" ]; then
+    for m in 1 sync; do
+      INGOT_PROFILE_OPS=$m .gpu-bin/ingot bench --model "$like" --backend gpu:cuda -p 0 -n 64 -r 1 > /dev/null 2> "$out/profile_$m.txt" || status=1
+    done
+  fi
+  python3 - "$out" $files > "$out/speed.md" <<'PY' || status=1
+import json, os, statistics, sys
+out, files = sys.argv[1], sys.argv[2:]
+print("| model | test | ingot t/s (median) | llama.cpp t/s (median) | ratio |")
+print("|---|---|---|---|---|")
+for f in files:
+    b = os.path.basename(f)[:-5]
+    try:
+        lb = json.load(open(f"{out}/lb_{b}.json"))
+        ib = json.load(open(f"{out}/ib_{b}.json"))
+    except Exception as e:
+        print(f"| {b} | (failed: {e}) | | | |")
+        continue
+    for row in ib["rows"]:
+        test = row["test"]
+        key = ("n_prompt", int(test[2:])) if test.startswith("pp") else ("n_gen", int(test[2:]))
+        peer = [r for r in lb if r[key[0]] == key[1] and r["n_prompt" if key[0] == "n_gen" else "n_gen"] == 0]
+        ours = statistics.median(row["ingot_tps"])
+        theirs = statistics.median(peer[0].get("samples_ts") or [peer[0]["avg_ts"]]) if peer else float("nan")
+        print(f"| {b} | {test} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} |")
+PY
+  cat "$out/speed.md"
+  for m in 1 sync; do head -30 "$out/profile_$m.txt" 2>/dev/null; done
+  exit $status
+  ;;
 *)
-  echo "usage: $0 build|run|models|synth" >&2
+  echo "usage: $0 build|run|models|synth|speed" >&2
   exit 2
   ;;
 esac

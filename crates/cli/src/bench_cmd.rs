@@ -171,6 +171,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     // Warm up: page the weights in.
     ingot_once(&model, 0, 2, 0)?;
+    ingot_model::profile::reset();
     let mut rows = Vec::new();
     for &(p, n) in &tests {
         let mut row = Row {
@@ -210,6 +211,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             }
         }
         engine.shutdown();
+    }
+    if let Some(table) = ingot_model::profile::report() {
+        eprint!("{table}");
     }
     if a.json {
         println!("{}", serde_json::json!({"threads": threads, "backend": model.backend(), "rows": rows}));

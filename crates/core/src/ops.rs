@@ -108,7 +108,7 @@ the product rounded once (Gemma's embedding scale).
 "#;
             /// silu(gate) * up.
             SiluAndMul "silu_and_mul" (GatedParams) activation::silu_and_mul in Activations r#"
-| `silu_and_mul` | `gate`, `up` → `output` [num_tokens, intermediate_size] | silu(gate)·up | |
+| `silu_and_mul` | `gate`, `up` → `output` [num_tokens, intermediate_size]; with `packed`, one `input` [num_tokens, 2·intermediate_size] holding gate then up in each row | silu(gate)·up | |
 "#;
             /// gelu_tanh(gate) * up.
             GeluAndMul "gelu_and_mul" (GatedParams) activation::gelu_and_mul in Activations r#"
@@ -224,6 +224,24 @@ Params `num_tokens, num_heads, head_size, rotary_dim, interleave, dtype`. Inputs
 [T, num_heads, head_size], `pos_ids` [T] i32 (≥ 0), `inv_freq` [rotary_dim/2] f32 (a
 model's frequency table; every value finite). Output `output`: `input` rotated as in
 `rope`, with θ = pos·inv_freq_i taken from the table.
+"#;
+            /// Split a packed QKV projection into heads, RoPE on Q and K (Q/K RMS norms first).
+            RopeQkv "rope_qkv" (RopeQkvParams) rope::rope_qkv in Attention r#"
+### `rope_qkv`
+Params `num_tokens, num_heads, num_kv_heads, with_v, head_size, rotary_dim, interleave,
+qk_norm, eps, dtype`. Inputs `qkv` [T, (num_heads + num_kv_heads + V)·head_size] with V =
+num_kv_heads if `with_v` else 0 (one row per token: the Q heads, then the K heads, then the
+V heads, as one matmul against the stacked Q, K, V weights writes them), `pos_ids` [T] i32
+(≥ 0), `inv_freq` [rotary_dim/2] f32 (finite), and with `qk_norm` also `q_norm`, `k_norm`
+[head_size] f32. Outputs `q` [T, num_heads, head_size], `k` [T, num_kv_heads, head_size]
+and, with `with_v`, `v` [T, num_kv_heads, head_size] (the V heads copied bit for bit).
+
+Each Q and K head x (head_size values) is, with `qk_norm`, first RMS-normalised with its
+weight w (`q_norm` for Q heads, `k_norm` for K heads): x_j ← x_j·w_j / √(mean(x²) + eps)
+(Gemma 3's per-head norms), then rotated as in `rope_freqs` with θ = pos·inv_freq_i. In
+exact arithmetic with one rounding per output: the same as `rms_norm` and `rope_freqs`
+in turn without the rounding between them. (One launch instead of the three row ranges of
+a QKV projection, two RoPEs and, for Gemma 3, two norms.)
 "#;
             /// Write new K/V rows into a paged cache.
             AppendPagedKvCache "append_paged_kv_cache" (AppendKvParams) kv::append_paged_kv_cache in Attention r#"
@@ -709,24 +727,31 @@ impl Params for ScaleParams {
 
 // ---------------------------------------------------------------- activations
 
-/// `silu_and_mul` / `gelu_and_mul`: out = act(gate) · up, all [num_tokens, intermediate_size].
+/// `silu_and_mul` / `gelu_and_mul`: out = act(gate) · up, all [num_tokens, intermediate_size]
+/// (or gate and up as the two halves of each row of one `input`: `packed`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatedParams {
     pub num_tokens: usize,
     pub intermediate_size: usize,
     pub dtype: DType,
+    /// One input `input` [num_tokens, 2·intermediate_size], the gate in the first half of
+    /// each row and up in the second (one matmul against the stacked gate and up weights
+    /// writes it; vLLM's layout), instead of `gate` and `up`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packed: bool,
 }
 
 impl Params for GatedParams {
     fn validate(&self, op: &'static str) -> Result<()> {
         positive(op, &[("num_tokens", self.num_tokens), ("intermediate_size", self.intermediate_size)])?;
-        total(op, &[self.num_tokens, self.intermediate_size])?;
+        total(op, &[self.num_tokens, self.intermediate_size, 2])?;
         float_dtype(op, "dtype", self.dtype)
     }
     fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         let (t, i, d) = (self.num_tokens, self.intermediate_size, self.dtype);
-        (vec![spec("gate", d, &[t, i]), spec("up", d, &[t, i])], vec![spec("output", d, &[t, i])])
+        let ins = if self.packed { vec![spec("input", d, &[t, 2 * i])] } else { vec![spec("gate", d, &[t, i]), spec("up", d, &[t, i])] };
+        (ins, vec![spec("output", d, &[t, i])])
     }
     fn dtype(&self) -> DType {
         self.dtype
@@ -1106,6 +1131,77 @@ impl Params for RopeFreqsParams {
             ],
             vec![spec("output", self.dtype, &s)],
         )
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// `rope_qkv`: a packed QKV projection [num_tokens, (num_heads + num_kv_heads + V)·head_size]
+/// split into heads, Q and K RMS-normalised per head (`qk_norm`) and rotated with the
+/// inverse-frequency table `inv_freq` [rotary_dim/2]; V = num_kv_heads when `with_v`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RopeQkvParams {
+    pub num_tokens: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub with_v: bool,
+    pub head_size: usize,
+    pub rotary_dim: usize,
+    pub interleave: bool,
+    pub qk_norm: bool,
+    pub eps: f64,
+    pub dtype: DType,
+}
+
+impl RopeQkvParams {
+    /// Heads in one packed row: Q, K and (with `with_v`) V.
+    pub fn row_heads(&self) -> usize {
+        self.num_heads + self.num_kv_heads * if self.with_v { 2 } else { 1 }
+    }
+}
+
+impl Params for RopeQkvParams {
+    fn validate(&self, op: &'static str) -> Result<()> {
+        positive(
+            op,
+            &[
+                ("num_tokens", self.num_tokens),
+                ("num_heads", self.num_heads),
+                ("num_kv_heads", self.num_kv_heads),
+                ("head_size", self.head_size),
+                ("rotary_dim", self.rotary_dim),
+            ],
+        )?;
+        let heads = self.num_heads.checked_add(self.num_kv_heads.saturating_mul(2)).unwrap_or(usize::MAX);
+        total(op, &[self.num_tokens, heads, self.head_size])?;
+        ensure!(
+            self.rotary_dim % 2 == 0 && self.rotary_dim <= self.head_size,
+            op,
+            "rotary_dim must be even and <= head_size {}, got {}",
+            self.head_size,
+            self.rotary_dim
+        );
+        ensure!(!self.qk_norm || (self.eps.is_finite() && self.eps > 0.0), op, "eps must be finite and > 0 with qk_norm, got {}", self.eps);
+        float_dtype(op, "dtype", self.dtype)
+    }
+    fn io(&self, _: OpKind) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+        let (t, d, dt) = (self.num_tokens, self.head_size, self.dtype);
+        let mut ins = vec![
+            spec("qkv", dt, &[t, self.row_heads() * d]),
+            spec("pos_ids", DType::I32, &[t]),
+            spec("inv_freq", DType::F32, &[self.rotary_dim / 2]),
+        ];
+        if self.qk_norm {
+            ins.push(spec("q_norm", DType::F32, &[d]));
+            ins.push(spec("k_norm", DType::F32, &[d]));
+        }
+        let mut outs = vec![spec("q", dt, &[t, self.num_heads, d]), spec("k", dt, &[t, self.num_kv_heads, d])];
+        if self.with_v {
+            outs.push(spec("v", dt, &[t, self.num_kv_heads, d]));
+        }
+        (ins, outs)
     }
     fn dtype(&self) -> DType {
         self.dtype

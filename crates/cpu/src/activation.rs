@@ -86,8 +86,19 @@ pub fn unary(act: Act, p: &UnaryParams, inputs: &Tensors) -> Result<Tensors> {
 /// `act(gate) · up` element-wise (the order of the seed's `silu_and_mul(out, gate, up)`).
 pub fn gated(act: Act, p: &GatedParams, inputs: &Tensors) -> Result<Tensors> {
     let op = act.op_name(true);
-    let g = f64_in(op, inputs, "gate")?;
-    let u = f64_in(op, inputs, "up")?;
+    let (g, u) = if p.packed {
+        // Each row is [gate | up].
+        let x = f64_in(op, inputs, "input")?;
+        let i = p.intermediate_size;
+        let (mut g, mut u) = (Vec::with_capacity(x.len() / 2), Vec::with_capacity(x.len() / 2));
+        for row in x.chunks_exact(2 * i) {
+            g.extend_from_slice(&row[..i]);
+            u.extend_from_slice(&row[i..]);
+        }
+        (g, u)
+    } else {
+        (f64_in(op, inputs, "gate")?, f64_in(op, inputs, "up")?)
+    };
     let y: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| act.apply(g) * u).collect();
     Ok(outputs([("output", float_out(p.dtype, &[p.num_tokens, p.intermediate_size], &y))]))
 }
@@ -172,10 +183,21 @@ fn unary_fast(op: &'static str, p: &ingot_core::UnaryParams, act: impl Fn(f32) -
 /// act(gate)·up in f32 ([`fast::silu`], [`fast::gelu_tanh`]); generic over the activation
 /// so that it is inlined into the loop (through a function pointer it cost a call per element).
 fn gated_fast(op: &'static str, p: &ingot_core::GatedParams, act: impl Fn(f32) -> f32 + Sync, ins: &Tens, alloc: Alloc) -> Result<Tens> {
-    let g = input(op, ins, "gate")?.view::<f32>()?;
-    let u = input(op, ins, "up")?.view::<f32>()?;
     let out = alloc.zeros(DType::F32, &[p.num_tokens, p.intermediate_size])?;
-    fast::zip_into(&g, &u, out.write()?.f32(), move |g, u| act(g) * u);
+    let f = move |g: f32, u: f32| act(g) * u;
+    if p.packed {
+        // Each input row is [gate | up]; row by row (a decode step has one or a few).
+        let x = input(op, ins, "input")?.view::<f32>()?;
+        let i = p.intermediate_size;
+        let mut w = out.write()?;
+        for (o, row) in w.f32().chunks_exact_mut(i).zip(x.chunks_exact(2 * i)) {
+            fast::zip_into(&row[..i], &row[i..], o, &f);
+        }
+    } else {
+        let g = input(op, ins, "gate")?.view::<f32>()?;
+        let u = input(op, ins, "up")?.view::<f32>()?;
+        fast::zip_into(&g, &u, out.write()?.f32(), f);
+    }
     Ok(outs([("output", out)]))
 }
 
@@ -199,6 +221,26 @@ mod tests {
         // 1e30 · 1e10 overflows f32: +Inf, as an f32 kernel gives.
         let p = ScaleParams { scale: 1e10, ..p };
         assert_eq!(scale(&p, &i).unwrap()["output"].to_f32().unwrap()[4], f32::INFINITY);
+    }
+
+    /// The packed form reads gate and up from the halves of each row.
+    #[test]
+    fn packed_gated_reads_the_row_halves() {
+        let (gate, up) = ([1.0f32, -2.0, 0.5, 3.0, -0.25, 4.0], [2.0f32, 0.5, -1.0, 1.5, 8.0, -3.0]);
+        let mut apart = Tensors::new();
+        apart.insert("gate".into(), Tensor::from_f32(DType::F32, vec![2, 3], &gate));
+        apart.insert("up".into(), Tensor::from_f32(DType::F32, vec![2, 3], &up));
+        let rows: Vec<f32> = gate.chunks(3).zip(up.chunks(3)).flat_map(|(g, u)| g.iter().chain(u).copied()).collect();
+        let mut packed = Tensors::new();
+        packed.insert("input".into(), Tensor::from_f32(DType::F32, vec![2, 6], &rows));
+        let p = GatedParams { num_tokens: 2, intermediate_size: 3, dtype: DType::F32, packed: false };
+        let pp = GatedParams { packed: true, ..p.clone() };
+        for (a, b) in [(silu_and_mul(&p, &apart), silu_and_mul(&pp, &packed)), (gelu_and_mul(&p, &apart), gelu_and_mul(&pp, &packed))] {
+            assert_eq!(a.unwrap()["output"], b.unwrap()["output"]);
+        }
+        // silu(1)·2 by hand.
+        let y = silu_and_mul(&pp, &packed).unwrap()["output"].to_f32().unwrap();
+        assert_eq!(y[0], (2.0 / (1.0 + (-1.0f64).exp())) as f32);
     }
 
     #[test]

@@ -317,7 +317,7 @@ mod tests {
         let gate = [f32::NEG_INFINITY, f32::INFINITY, f32::NAN, -100.0, -1e20, 1e20, 0.0, -0.0, 3.0, -3.0];
         let upv = [2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 5.0, 5.0, -1.0, 0.5];
         for op in [Op::SiluAndMul, Op::GeluAndMul] {
-            let op = op(GatedParams { num_tokens: 2, intermediate_size: 5, dtype: F32 });
+            let op = op(GatedParams { num_tokens: 2, intermediate_size: 5, dtype: F32, packed: false });
             let ins = vec![("gate", Tensor::from_f32(F32, vec![2, 5], &gate)), ("up", Tensor::from_f32(F32, vec![2, 5], &upv))];
             same_as_reference(&op, ins, 1e-6);
         }
@@ -469,7 +469,7 @@ mod tests {
         let (decode, _) = decode_case();
         let rows = |dtype| RowsParams { num_tokens: 2, hidden_size: 4, dtype };
         let norm = |dtype| RmsNormParams { num_tokens: 2, hidden_size: 4, eps: 1e-6, gemma: false, dtype };
-        let gated = |dtype| GatedParams { num_tokens: 2, intermediate_size: 4, dtype };
+        let gated = |dtype| GatedParams { num_tokens: 2, intermediate_size: 4, dtype, packed: false };
         let append = AppendKvParams {
             batch_size: 1,
             num_tokens: 1,

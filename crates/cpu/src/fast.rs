@@ -222,7 +222,7 @@ pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
 /// One row of [`rms_norm_into`], in place: mean(x²) accumulates in f64, the scale is
 /// rounded to f32 once, then x·scale·w (or x·scale·(1 + w)) in f32.
 #[inline]
-fn rms_norm_row(row: &mut [f32], w: &[f32], eps: f64, gemma: bool) {
+pub(crate) fn rms_norm_row(row: &mut [f32], w: &[f32], eps: f64, gemma: bool) {
     let ms = row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / row.len() as f64;
     let inv = (1.0 / (ms + eps).sqrt()) as f32;
     if gemma {

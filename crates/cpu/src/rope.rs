@@ -14,7 +14,7 @@ use crate::device_ops::{input, outs, Alloc, Kernel, Tens};
 use crate::fast;
 use crate::util::{f64_in, float_out, i32_in, outputs};
 use ingot_core::DType;
-use ingot_core::{Error, Op, Result, RopeFreqsParams, RopeParams, Tensors};
+use ingot_core::{Error, Op, Result, RopeFreqsParams, RopeParams, RopeQkvParams, Tensors};
 use rayon::prelude::*;
 use std::f64::consts::PI;
 
@@ -107,6 +107,42 @@ pub fn rope_freqs(p: &RopeFreqsParams, inputs: &Tensors) -> Result<Tensors> {
     Ok(outputs([("output", float_out(p.dtype, &[p.num_tokens, p.num_heads, p.head_size], &x))]))
 }
 
+/// `rope_qkv`: the packed rows split into Q, K (and V) heads; Q and K RMS-normalised per
+/// head (`qk_norm`) and rotated with the table, in f64, rounded once; V copied.
+pub fn rope_qkv(p: &RopeQkvParams, inputs: &Tensors) -> Result<Tensors> {
+    const OP: &str = "rope_qkv";
+    Op::RopeQkv(p.clone()).check_inputs(inputs)?;
+    let pos = positions(OP, inputs)?;
+    let inv_freq = f64_in(OP, inputs, "inv_freq")?;
+    if let Some((i, f)) = inv_freq.iter().enumerate().find(|(_, f)| !f.is_finite()) {
+        return Err(Error::invalid(OP, format!("inv_freq[{i}] = {f} is not finite")));
+    }
+    let x = f64_in(OP, inputs, "qkv")?;
+    let (t, d, hq, hk) = (p.num_tokens, p.head_size, p.num_heads, p.num_kv_heads);
+    let (mut q, mut k, mut v) = (Vec::with_capacity(t * hq * d), Vec::with_capacity(t * hk * d), Vec::new());
+    for row in x.chunks_exact(p.row_heads() * d) {
+        q.extend_from_slice(&row[..hq * d]);
+        k.extend_from_slice(&row[hq * d..(hq + hk) * d]);
+        v.extend_from_slice(&row[(hq + hk) * d..]);
+    }
+    if p.qk_norm {
+        for (x, name) in [(&mut q, "q_norm"), (&mut k, "k_norm")] {
+            let w = f64_in(OP, inputs, name)?;
+            for head in x.chunks_exact_mut(d) {
+                let inv = 1.0 / (head.iter().map(|v| v * v).sum::<f64>() / d as f64 + p.eps).sqrt();
+                head.iter_mut().zip(&w).for_each(|(v, w)| *v *= inv * w);
+            }
+        }
+    }
+    rotate(&mut q, d, p.interleave, &pos, &inv_freq);
+    rotate(&mut k, d, p.interleave, &pos, &inv_freq);
+    let mut out = outputs([("q", float_out(p.dtype, &[t, hq, d], &q)), ("k", float_out(p.dtype, &[t, hk, d], &k))]);
+    if p.with_v {
+        out.insert("v".into(), float_out(p.dtype, &[t, hk, d], &v));
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------- fast kernels (`cpu`)
 
 /// The fast kernels of this family's ops on the [`crate::CpuDevice`] ([`crate::device_ops`]): f32 only.
@@ -115,6 +151,7 @@ pub(crate) fn fast(op: &Op) -> Option<Kernel<'_>> {
     Some(match op {
         Op::Rope(p) if p.dtype == F32 => Box::new(move |i, a| rope_fast(p, i, a)),
         Op::RopeFreqs(p) if p.dtype == F32 => Box::new(move |i, a| rope_freqs_fast(p, i, a)),
+        Op::RopeQkv(p) if p.dtype == F32 => Box::new(move |i, a| rope_qkv_fast(p, i, a)),
         _ => return None,
     })
 }
@@ -149,6 +186,62 @@ fn rope_freqs_fast(p: &ingot_core::RopeFreqsParams, ins: &Tens, alloc: Alloc) ->
     }
     drop(w);
     Ok(outs([("output", out)]))
+}
+
+/// `rope_qkv` in f32: per token, the angles once (as [`rope_freqs_fast`]), each Q and K head
+/// copied out, RMS-normalised as the fast `rms_norm` does (mean of squares in f64, the
+/// scale rounded to f32) and rotated; V heads copied.
+fn rope_qkv_fast(p: &RopeQkvParams, ins: &Tens, alloc: Alloc) -> Result<Tens> {
+    let op = "rope_qkv";
+    let pos = input(op, ins, "pos_ids")?.view::<i32>()?;
+    if let Some((t, id)) = pos.iter().enumerate().find(|(_, &id)| id < 0) {
+        return Err(Error::invalid(op, format!("pos_ids[{t}] = {id} is negative")));
+    }
+    let inv = input(op, ins, "inv_freq")?.view::<f32>()?;
+    if let Some((i, f)) = inv.iter().enumerate().find(|(_, f)| !f.is_finite()) {
+        return Err(Error::invalid(op, format!("inv_freq[{i}] = {f} is not finite")));
+    }
+    let norms = if p.qk_norm { Some((input(op, ins, "q_norm")?.view::<f32>()?, input(op, ins, "k_norm")?.view::<f32>()?)) } else { None };
+    let (t, d, hq, hk) = (p.num_tokens, p.head_size, p.num_heads, p.num_kv_heads);
+    let width = p.row_heads() * d;
+    let x = input(op, ins, "qkv")?.view::<f32>()?;
+    let (q, k) = (alloc.zeros(DType::F32, &[t, hq, d])?, alloc.zeros(DType::F32, &[t, hk, d])?);
+    {
+        let (mut qw, mut kw) = (q.write()?, k.write()?);
+        let token = |cs: &mut Vec<(f32, f32)>, (((qo, ko), row), &pos): (((&mut [f32], &mut [f32]), &[f32]), &i32)| {
+            fast::rope_angles(pos as usize, inv.iter().map(|&f| f as f64), cs);
+            qo.copy_from_slice(&row[..hq * d]);
+            ko.copy_from_slice(&row[hq * d..(hq + hk) * d]);
+            for (o, w) in [(&mut *qo, norms.as_ref().map(|n| &n.0)), (&mut *ko, norms.as_ref().map(|n| &n.1))] {
+                if let Some(w) = w {
+                    o.chunks_exact_mut(d).for_each(|head| fast::rms_norm_row(head, w, p.eps, false));
+                }
+                fast::rope_rotate(o, d, cs, !p.interleave);
+            }
+        };
+        let (qs, ks) = (qw.f32(), kw.f32());
+        if t * width >= 1 << 15 && t > 1 {
+            qs.par_chunks_mut(hq * d)
+                .zip(ks.par_chunks_mut(hk * d))
+                .zip(x.par_chunks(width))
+                .zip(pos.par_iter())
+                .for_each_init(Vec::new, token);
+        } else {
+            let mut cs = Vec::with_capacity(inv.len());
+            qs.chunks_mut(hq * d).zip(ks.chunks_mut(hk * d)).zip(x.chunks(width)).zip(pos.iter()).for_each(|r| token(&mut cs, r));
+        }
+    }
+    let mut out = outs([("q", q), ("k", k)]);
+    if p.with_v {
+        let v = alloc.zeros(DType::F32, &[t, hk, d])?;
+        let mut w = v.write()?;
+        for (o, row) in w.f32().chunks_exact_mut(hk * d).zip(x.chunks_exact(width)) {
+            o.copy_from_slice(&row[(hq + hk) * d..]);
+        }
+        drop(w);
+        out.insert("v".into(), v);
+    }
+    Ok(out)
 }
 
 /// Rotary embedding with the op's inverse frequencies (in f64, Llama 3.1 scaling
@@ -450,6 +543,75 @@ mod tests {
             inf[0] = f32::INFINITY;
             bad.insert("inv_freq".into(), Tensor::from_f32(DType::F32, vec![r / 2], &inf));
             assert_eq!(rope_freqs(&fp, &bad).unwrap_err().to_string(), "[rope_freqs] inv_freq[0] = inf is not finite");
+        }
+    }
+
+    /// `rope_qkv` against `rms_norm` then `rope_freqs` on the split heads (the unfused path
+    /// a model took before): equal up to the one rounding between them, and V bit for bit.
+    #[test]
+    fn rope_qkv_is_the_split_norm_and_rope() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        for (with_v, qk_norm, interleave, d, r) in [(true, false, false, 16, 16), (false, true, true, 12, 8), (true, true, false, 10, 6)] {
+            let (t, hq, hk) = (3, 4, 2);
+            let p = RopeQkvParams {
+                num_tokens: t,
+                num_heads: hq,
+                num_kv_heads: hk,
+                with_v,
+                head_size: d,
+                rotary_dim: r,
+                interleave,
+                qk_norm,
+                eps: 1e-5,
+                dtype: DType::F32,
+            };
+            let width = p.row_heads() * d;
+            let x = random(&mut rng, t * width);
+            let pos = [0, 9, 1234];
+            let table: Vec<f32> = inv_freqs(&params(1, 1, 1, d, r, interleave)).iter().map(|&f| f as f32).collect();
+            let (wq, wk) = (random(&mut rng, d), random(&mut rng, d));
+            let mut m = Tensors::new();
+            m.insert("qkv".into(), Tensor::from_f32(DType::F32, vec![t, width], &x));
+            m.insert("pos_ids".into(), Tensor::from_i32(vec![t], &pos));
+            m.insert("inv_freq".into(), Tensor::from_f32(DType::F32, vec![r / 2], &table));
+            if qk_norm {
+                m.insert("q_norm".into(), Tensor::from_f32(DType::F32, vec![d], &wq));
+                m.insert("k_norm".into(), Tensor::from_f32(DType::F32, vec![d], &wk));
+            }
+            let got = rope_qkv(&p, &m).unwrap();
+            assert_eq!(got.contains_key("v"), with_v);
+            let split = |from: usize, heads: usize| -> Vec<f32> {
+                x.chunks(width).flat_map(|row| row[from * d..(from + heads) * d].to_vec()).collect()
+            };
+            for (name, from, heads, w) in [("q", 0, hq, &wq), ("k", hq, hk, &wk)] {
+                let mut part = split(from, heads);
+                if qk_norm {
+                    let np =
+                        ingot_core::RmsNormParams { num_tokens: t * heads, hidden_size: d, eps: 1e-5, gemma: false, dtype: DType::F32 };
+                    let mut n = Tensors::new();
+                    n.insert("input".into(), Tensor::from_f32(DType::F32, vec![t * heads, d], &part));
+                    n.insert("weight".into(), Tensor::from_f32(DType::F32, vec![d], w));
+                    part = crate::norm::rms_norm(&np, &n).unwrap()["output"].to_f32().unwrap();
+                }
+                let fp = RopeFreqsParams { num_tokens: t, num_heads: heads, head_size: d, rotary_dim: r, interleave, dtype: DType::F32 };
+                let mut f = Tensors::new();
+                f.insert("input".into(), Tensor::from_f32(DType::F32, vec![t, heads, d], &part));
+                f.insert("pos_ids".into(), Tensor::from_i32(vec![t], &pos));
+                f.insert("inv_freq".into(), Tensor::from_f32(DType::F32, vec![r / 2], &table));
+                let want = rope_freqs(&fp, &f).unwrap()["output"].to_f32().unwrap();
+                let have = got[name].to_f32().unwrap();
+                assert_eq!(got[name].shape, vec![t, heads, d]);
+                for (i, (a, b)) in have.iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{name}[{i}]: {a} vs {b}");
+                }
+            }
+            if with_v {
+                assert_eq!(got["v"].to_f32().unwrap(), split(hq + hk, hk));
+            }
+            // The wrong width is refused.
+            let mut bad = m.clone();
+            bad.insert("qkv".into(), Tensor::from_f32(DType::F32, vec![t, width + d], &vec![0.0; t * (width + d)]));
+            assert!(rope_qkv(&p, &bad).is_err());
         }
     }
 

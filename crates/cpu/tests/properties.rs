@@ -79,7 +79,7 @@ proptest! {
             // The tanh form approximates erf GELU to about 1e-3.
             prop_assert!((gelu[i] - gelu_t[i]).abs() < 2e-3, "x {} gelu {} tanh {}", x, gelu[i], gelu_t[i]);
         }
-        let g = GatedParams { num_tokens: 1, intermediate_size: n, dtype: DType::F32 };
+        let g = GatedParams { num_tokens: 1, intermediate_size: n, dtype: DType::F32, packed: false };
         let up: Vec<f32> = v.iter().map(|x| 1.0 - x / 40.0).collect();
         let sm = run(Op::SiluAndMul(g), &[("gate", f32t(&[1, n], &v)), ("up", f32t(&[1, n], &up))])["output"].to_f64().unwrap();
         for i in 0..n {

@@ -130,6 +130,17 @@ fn gated_kernel<F: Float>(gate: &Array<F>, up: &Array<F>, out: &mut Array<F>, n:
     }
 }
 
+/// `gated_kernel` on one packed input: row r of `x` is [gate | up], each `width` long.
+#[cube(launch_unchecked)]
+fn gated_packed_kernel<F: Float>(x: &Array<F>, out: &mut Array<F>, n: usize, width: usize, #[comptime] act: u32) {
+    let i = linear_pos();
+    if i < n {
+        let j = i % width;
+        let at = (i - j) * 2 + j;
+        out[i] = F::cast_from(act_f32(f32::cast_from(x[at]), act) * f32::cast_from(x[at + width]));
+    }
+}
+
 #[cube(launch_unchecked)]
 fn scale_kernel<F: Float>(x: &Array<F>, out: &mut Array<F>, n: usize, s: f32) {
     let i = linear_pos();
@@ -226,10 +237,32 @@ pub fn unary<R: Runtime>(d: &Device<R>, act: Act, p: &UnaryParams, inputs: &GpuT
 pub fn gated<R: Runtime>(d: &Device<R>, act: Act, p: &GatedParams, inputs: &GpuTensors) -> Result<GpuTensors> {
     let op = act.op_name(true);
     let n = p.num_tokens * p.intermediate_size;
-    let gate = input(op, inputs, "gate")?.handle.clone();
-    let up = input(op, inputs, "up")?.handle.clone();
     let out = d.alloc(p.dtype, n);
     let (count, dim) = grid_1d(n);
+    if p.packed {
+        let x = input(op, inputs, "input")?.handle.clone();
+        with_float!(p.dtype, F => {
+            // SAFETY: x holds 2n elements (num_tokens rows of 2·intermediate_size, checked by
+            // `check_inputs`), `out` was allocated for n; thread i < n reads elements
+            // (i − j)·2 + j and that + width of its own row (j = i mod width < width).
+            unsafe {
+                gated_packed_kernel::launch_unchecked::<F, R>(
+                    &d.client,
+                    count,
+                    dim,
+                    ArrayArg::from_raw_parts(x, 2 * n),
+                    ArrayArg::from_raw_parts(out.clone(), n),
+                    n,
+                    p.intermediate_size,
+                    act.code(),
+                )
+            }
+        });
+        let t = GpuTensor::new(out, p.dtype, &[p.num_tokens, p.intermediate_size]);
+        return Ok(GpuTensors::from([("output".to_string(), t)]));
+    }
+    let gate = input(op, inputs, "gate")?.handle.clone();
+    let up = input(op, inputs, "up")?.handle.clone();
     with_float!(p.dtype, F => {
         // SAFETY: gate and up hold n elements (checked by `check_inputs`), `out` was
         // allocated for n, and threads with an index >= n return at once.

@@ -9,6 +9,7 @@ mod error;
 pub mod kv;
 pub mod llm;
 mod net;
+pub mod profile;
 pub mod tokenizer;
 
 pub use backend::BackendKind;

@@ -15,11 +15,12 @@
 use crate::batch::{Logits, Plan, SeqChunk};
 use crate::config::{Arch, Config};
 use crate::kv::{Pages, PoolPages};
+use crate::profile;
 use crate::{Error, Result};
 use ingot_core::{
     AppendKvParams, CastParams, DType, DecodeParams, Device, DeviceTensor, DeviceTensors, EmbeddingParams, GatedParams, HostBytes,
-    LayerNormParams, Op, PrefillParams, QuantizedMatmulParams, RmsNormParams, RopeFreqsParams, RowsParams, ScaleParams, Tensor,
-    UnaryParams, WriteColumnsParams,
+    LayerNormParams, Op, PrefillParams, QuantizedMatmulParams, RmsNormParams, RopeFreqsParams, RopeQkvParams, RowsParams, ScaleParams,
+    Tensor, UnaryParams, WriteColumnsParams,
 };
 use ingot_gguf::GgufFile;
 use std::sync::Arc;
@@ -33,27 +34,37 @@ pub(crate) struct Weight<T> {
     cols: usize,
 }
 
+/// The Q, K, V projections of a block.
+enum Qkv<T> {
+    /// Q and K (and V, `with_v`) weights stacked by rows into one matrix, their biases into
+    /// one vector: one matmul, then one `rope_qkv` splits and rotates (Q/K norms included).
+    /// V has a matmul of its own when its format differs (Q4_K_M files keep some V in Q6_K).
+    Packed { w: Weight<T>, b: Option<T>, with_v: bool, wv: Option<Weight<T>>, bv: Option<T> },
+    /// Three matmuls (GPT-2's learned positions, or Q and K in different formats).
+    Separate { wq: Weight<T>, wk: Weight<T>, wv: Weight<T>, bq: Option<T>, bk: Option<T>, bv: Option<T> },
+}
+
+/// The feed-forward up projections of a block.
+enum Ffn<T> {
+    /// Gate and up stacked by rows: one matmul, one packed gated activation.
+    Packed(Weight<T>),
+    /// Gate and up apart (different formats), or no gate (GPT-2's plain MLP).
+    Separate { gate: Option<Weight<T>>, up: Weight<T>, up_b: Option<T> },
+}
+
 /// One transformer block's weights.
 struct Layer<T> {
     attn_norm: T,
     attn_norm_b: Option<T>,
-    wq: Weight<T>,
-    wk: Weight<T>,
-    wv: Weight<T>,
+    qkv: Qkv<T>,
     wo: Weight<T>,
-    bq: Option<T>,
-    bk: Option<T>,
-    bv: Option<T>,
     bo: Option<T>,
     q_norm: Option<T>,
     k_norm: Option<T>,
     post_attn_norm: Option<T>,
     ffn_norm: T,
     ffn_norm_b: Option<T>,
-    /// `None` for an ungated MLP (gpt2).
-    gate: Option<Weight<T>>,
-    up: Weight<T>,
-    up_b: Option<T>,
+    ffn: Ffn<T>,
     down: Weight<T>,
     down_b: Option<T>,
     post_ffn_norm: Option<T>,
@@ -111,9 +122,10 @@ impl<D: Device + 'static> Net<D> {
         let arch = cfg.arch.name();
         let bytes: Arc<dyn HostBytes> = Arc::new(MappedFile(file.clone()));
         let max = dev.max_tensor_bytes().min(usize::MAX as u64) as usize;
-        // Rows `first..first + take` of the matrix `name` [rows, cols] (gpt2's fused QKV is
-        // three row ranges of one matrix; a row range is a byte range of the file).
-        let weight_rows = |name: &str, rows: usize, cols: usize, first: usize, take: usize| -> Result<Weight<D::Tensor>> {
+        // Where rows `first..first + take` of the matrix `name` [rows, cols] lie in the file
+        // (gpt2's fused QKV is three row ranges of one matrix; a row range is a byte range),
+        // with the matrix's format and the bytes of one row.
+        let row_range = |name: &str, rows: usize, cols: usize, first: usize, take: usize| -> Result<(DType, usize, usize)> {
             let t = file.tensor(name)?;
             let dtype = file.tensor_dtype(name)?;
             let shape = t.shape_row_major();
@@ -132,17 +144,46 @@ impl<D: Device + 'static> Net<D> {
             if first + take > rows {
                 return Err(model_err(arch, format!("tensor '{name}': rows {first}..{} of {rows}", first + take)));
             }
-            let start = t.file_offset as usize + first * row_bytes;
+            Ok((dtype, t.file_offset as usize + first * row_bytes, row_bytes))
+        };
+        // `take` rows of `cols` at byte `start` of `src` onto the device, in parts of at most
+        // the device's largest tensor.
+        let upload_rows = |src: &Arc<dyn HostBytes>, dtype: DType, start: usize, row_bytes: usize, take: usize, cols: usize| {
             let per_part = (max / row_bytes.max(1)).max(1);
             let mut parts = Vec::new();
             for first in (0..take).step_by(per_part) {
                 let n = per_part.min(take - first);
                 let at = start + first * row_bytes;
-                parts.push(dev.upload_shared(dtype, &[n, cols], &bytes, at..at + n * row_bytes)?);
+                parts.push(dev.upload_shared(dtype, &[n, cols], src, at..at + n * row_bytes)?);
             }
-            Ok(Weight { parts, rows: take, cols })
+            Ok::<_, Error>(Weight { parts, rows: take, cols })
+        };
+        let weight_rows = |name: &str, rows: usize, cols: usize, first: usize, take: usize| -> Result<Weight<D::Tensor>> {
+            let (dtype, start, row_bytes) = row_range(name, rows, cols, first, take)?;
+            upload_rows(&bytes, dtype, start, row_bytes, take, cols)
         };
         let weight = |name: &str, rows: usize, cols: usize| weight_rows(name, rows, cols, 0, rows);
+        // The matrices `names` ([rows, cols] each) stacked by rows into one weight, or `None`
+        // when their formats differ. The stacked bytes are a copy (the CPU device reads it in
+        // place as it reads the file).
+        let stacked = |names: &[(&str, usize)], cols: usize| -> Result<Option<Weight<D::Tensor>>> {
+            let mut ranges = Vec::with_capacity(names.len());
+            for &(name, rows) in names {
+                ranges.push((row_range(name, rows, cols, 0, rows)?, rows));
+            }
+            let dtype = ranges[0].0 .0;
+            if ranges.iter().any(|((d, _, _), _)| *d != dtype) {
+                return Ok(None);
+            }
+            let row_bytes = ranges[0].0 .2;
+            let total: usize = ranges.iter().map(|(_, rows)| rows).sum();
+            let mut data = Vec::with_capacity(total * row_bytes);
+            for ((_, start, _), rows) in &ranges {
+                data.extend_from_slice(&file.bytes()[*start..*start + rows * row_bytes]);
+            }
+            let owned: Arc<dyn HostBytes> = Arc::new(data);
+            upload_rows(&owned, dtype, 0, row_bytes, total, cols).map(Some)
+        };
         let host_vector = |name: &str, len: usize| -> Result<Vec<f32>> {
             let t = file.tensor(name)?;
             let dtype = file.tensor_dtype(name)?;
@@ -172,47 +213,93 @@ impl<D: Device + 'static> Net<D> {
         for il in 0..c.n_layer {
             let n = |s: &str| layer_names(il, s);
             let only_gemma = |s: &str, len: usize| if gemma { vector(&n(s), len).map(Some) } else { Ok(None) };
-            let (wq, wk, wv, bq, bk, bv) = if gpt2 {
+            let (q_name, k_name, v_name) = (n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight"));
+            // Q and K norms go into `rope_qkv` together or not at all.
+            let qk_norms_paired =
+                file.find_tensor(&n("attn_q_norm.weight")).is_some() == file.find_tensor(&n("attn_k_norm.weight")).is_some();
+            let qk = if gpt2 || !c.rope || !qk_norms_paired {
+                None
+            } else if let Some(w) = stacked(&[(&q_name, qd), (&k_name, kvd), (&v_name, kvd)], c.n_embd)? {
+                Some((w, true))
+            } else {
+                stacked(&[(&q_name, qd), (&k_name, kvd)], c.n_embd)?.map(|w| (w, false))
+            };
+            let qkv = if let Some((w, with_v)) = qk {
+                // The biases stacked as the rows are (qwen2 has them on all three or none).
+                let biases = [("attn_q.bias", qd), ("attn_k.bias", kvd), ("attn_v.bias", kvd)];
+                let present = biases.iter().filter(|(b, _)| file.find_tensor(&n(b)).is_some()).count();
+                let stacked_bias = |parts: &[(&str, usize)]| -> Result<Option<D::Tensor>> {
+                    if present == 0 {
+                        return Ok(None);
+                    }
+                    let mut v = Vec::new();
+                    for &(b, len) in parts {
+                        match file.find_tensor(&n(b)) {
+                            Some(_) => v.extend(host_vector(&n(b), len)?),
+                            None => v.extend(std::iter::repeat(0.0).take(len)),
+                        }
+                    }
+                    up(&v).map(Some)
+                };
+                if with_v {
+                    Qkv::Packed { w, b: stacked_bias(&biases)?, with_v, wv: None, bv: None }
+                } else {
+                    Qkv::Packed {
+                        w,
+                        b: stacked_bias(&biases[..2])?,
+                        with_v,
+                        wv: Some(weight(&v_name, kvd, c.n_embd)?),
+                        bv: opt_vector(&n("attn_v.bias"), kvd)?,
+                    }
+                }
+            } else if gpt2 {
                 // One [q; k; v] matrix and bias.
                 let (name, rows) = (n("attn_qkv.weight"), qd + 2 * kvd);
                 let b = host_vector(&n("attn_qkv.bias"), rows)?;
-                (
-                    weight_rows(&name, rows, c.n_embd, 0, qd)?,
-                    weight_rows(&name, rows, c.n_embd, qd, kvd)?,
-                    weight_rows(&name, rows, c.n_embd, qd + kvd, kvd)?,
-                    Some(up(&b[..qd])?),
-                    Some(up(&b[qd..qd + kvd])?),
-                    Some(up(&b[qd + kvd..])?),
-                )
+                Qkv::Separate {
+                    wq: weight_rows(&name, rows, c.n_embd, 0, qd)?,
+                    wk: weight_rows(&name, rows, c.n_embd, qd, kvd)?,
+                    wv: weight_rows(&name, rows, c.n_embd, qd + kvd, kvd)?,
+                    bq: Some(up(&b[..qd])?),
+                    bk: Some(up(&b[qd..qd + kvd])?),
+                    bv: Some(up(&b[qd + kvd..])?),
+                }
             } else {
-                (
-                    weight(&n("attn_q.weight"), qd, c.n_embd)?,
-                    weight(&n("attn_k.weight"), kvd, c.n_embd)?,
-                    weight(&n("attn_v.weight"), kvd, c.n_embd)?,
-                    opt_vector(&n("attn_q.bias"), qd)?,
-                    opt_vector(&n("attn_k.bias"), kvd)?,
-                    opt_vector(&n("attn_v.bias"), kvd)?,
-                )
+                Qkv::Separate {
+                    wq: weight(&q_name, qd, c.n_embd)?,
+                    wk: weight(&k_name, kvd, c.n_embd)?,
+                    wv: weight(&v_name, kvd, c.n_embd)?,
+                    bq: opt_vector(&n("attn_q.bias"), qd)?,
+                    bk: opt_vector(&n("attn_k.bias"), kvd)?,
+                    bv: opt_vector(&n("attn_v.bias"), kvd)?,
+                }
+            };
+            let (gate_name, up_name) = (n("ffn_gate.weight"), n("ffn_up.weight"));
+            let packed_ffn = if c.gated_ffn && file.find_tensor(&n("ffn_up.bias")).is_none() {
+                stacked(&[(&gate_name, c.n_ff), (&up_name, c.n_ff)], c.n_embd)?
+            } else {
+                None
+            };
+            let ffn = match packed_ffn {
+                Some(w) => Ffn::Packed(w),
+                None => Ffn::Separate {
+                    gate: if c.gated_ffn { Some(weight(&gate_name, c.n_ff, c.n_embd)?) } else { None },
+                    up: weight(&up_name, c.n_ff, c.n_embd)?,
+                    up_b: opt_vector(&n("ffn_up.bias"), c.n_ff)?,
+                },
             };
             layers.push(Layer {
                 attn_norm: vector(&n("attn_norm.weight"), c.n_embd)?,
                 attn_norm_b: norm_bias(&n("attn_norm.bias"), c.n_embd)?,
-                wq,
-                wk,
-                wv,
+                qkv,
                 wo: weight(&n("attn_output.weight"), c.n_embd, qd)?,
-                bq,
-                bk,
-                bv,
                 bo: opt_vector(&n("attn_output.bias"), c.n_embd)?,
                 q_norm: only_gemma("attn_q_norm.weight", c.head_dim)?,
                 k_norm: only_gemma("attn_k_norm.weight", c.head_dim)?,
                 post_attn_norm: only_gemma("post_attention_norm.weight", c.n_embd)?,
                 ffn_norm: vector(&n("ffn_norm.weight"), c.n_embd)?,
                 ffn_norm_b: norm_bias(&n("ffn_norm.bias"), c.n_embd)?,
-                gate: if c.gated_ffn { Some(weight(&n("ffn_gate.weight"), c.n_ff, c.n_embd)?) } else { None },
-                up: weight(&n("ffn_up.weight"), c.n_ff, c.n_embd)?,
-                up_b: opt_vector(&n("ffn_up.bias"), c.n_ff)?,
+                ffn,
                 down: weight(&n("ffn_down.weight"), c.n_embd, c.n_ff)?,
                 down_b: opt_vector(&n("ffn_down.bias"), c.n_embd)?,
                 post_ffn_norm: only_gemma("post_ffw_norm.weight", c.n_embd)?,
@@ -252,20 +339,46 @@ impl<D: Device + 'static> Net<D> {
     /// Runs `op` and returns its output `out`.
     fn one(&self, op: Op, inputs: &[(&str, &D::Tensor)], out: &str) -> Result<D::Tensor> {
         let name = op.name();
+        let t0 = profile::start();
         let ins: DeviceTensors<D::Tensor> = inputs.iter().map(|(k, t)| (k.to_string(), (*t).clone())).collect();
-        self.dev.run(&op, &ins)?.remove(out).ok_or_else(|| self.err(format!("{name} returned no '{out}'")))
+        let y = self.dev.run(&op, &ins)?.remove(out).ok_or_else(|| self.err(format!("{name} returned no '{out}'")));
+        self.timed(name, t0);
+        y
+    }
+
+    /// Runs `op` and returns all its outputs.
+    fn many(&self, op: Op, inputs: &[(&str, &D::Tensor)]) -> Result<DeviceTensors<D::Tensor>> {
+        let t0 = profile::start();
+        let ins: DeviceTensors<D::Tensor> = inputs.iter().map(|(k, t)| (k.to_string(), (*t).clone())).collect();
+        let out = self.dev.run(&op, &ins)?;
+        self.timed(op.name(), t0);
+        Ok(out)
+    }
+
+    /// Records op `name` begun at `t0` in the op profile (waiting for it first when the
+    /// profile asks).
+    fn timed(&self, name: &'static str, t0: Option<std::time::Instant>) {
+        if t0.is_some() && profile::synchronised() {
+            self.dev.sync();
+        }
+        profile::record(name, t0);
     }
 
     /// Runs `op` writing its output `out` into `into` (in place).
     fn into(&self, op: Op, inputs: &[(&str, &D::Tensor)], out: &str, into: &D::Tensor) -> Result<()> {
+        let t0 = profile::start();
         let ins: DeviceTensors<D::Tensor> = inputs.iter().map(|(k, t)| (k.to_string(), (*t).clone())).collect();
         let mut outs: DeviceTensors<D::Tensor> = [(out.to_string(), into.clone())].into();
         self.dev.run_into(&op, &ins, &mut outs)?;
+        self.timed(op.name(), t0);
         Ok(())
     }
 
     fn upload_i32(&self, v: &[i32]) -> Result<D::Tensor> {
-        Ok(self.dev.upload(&Tensor::from_i32(vec![v.len()], v))?)
+        let t0 = profile::start();
+        let t = self.dev.upload(&Tensor::from_i32(vec![v.len()], v))?;
+        self.timed("(upload)", t0);
+        Ok(t)
     }
 
     /// Writes `src` [rows, w] into columns `at..at + w` of `dst` [rows, W], in place.
@@ -361,6 +474,23 @@ impl<D: Device + 'static> Net<D> {
         self.one(Op::AddResidual(p), &[("input", &a.reshape(&[t, e])?), ("residual", &b.reshape(&[t, e])?)], "output")
     }
 
+    /// `x + d` and the architecture's norm of it, (normed, sum): one `fused_add_rms_norm`
+    /// where the norm is RMSNorm, else an add and a LayerNorm.
+    fn add_norm(&self, x: &D::Tensor, d: &D::Tensor, w: &D::Tensor, b: Option<&D::Tensor>, t: usize) -> Result<(D::Tensor, D::Tensor)> {
+        if b.is_some() {
+            let sum = self.add(x, d, t)?;
+            return Ok((self.norm(&sum, w, b, t)?, sum));
+        }
+        let h = w.numel();
+        let p = RmsNormParams { num_tokens: t, hidden_size: h, eps: self.cfg.eps as f64, gemma: false, dtype: DType::F32 };
+        let ins: [(&str, &D::Tensor); 3] = [("input", &x.reshape(&[t, h])?), ("residual", &d.reshape(&[t, h])?), ("weight", w)];
+        let mut out = self.many(Op::FusedAddRmsNorm(p), &ins)?;
+        let (Some(normed), Some(sum)) = (out.remove("output"), out.remove("residual_out")) else {
+            return Err(self.err("fused_add_rms_norm returned too few outputs"));
+        };
+        Ok((normed, sum))
+    }
+
     fn add_bias(&self, x: &D::Tensor, b: Option<&D::Tensor>, t: usize) -> Result<D::Tensor> {
         let Some(b) = b else { return Ok(x.clone()) };
         let h = b.numel();
@@ -379,6 +509,97 @@ impl<D: Device + 'static> Net<D> {
             dtype: DType::F32,
         };
         self.one(Op::RopeFreqs(p), &[("input", &x.reshape(&[t, heads, c.head_dim])?), ("pos_ids", pos), ("inv_freq", freqs)], "output")
+    }
+
+    /// The block's Q [t, hq, hd], K and V [t, hk, hd] from the normed input `h`: RoPE'd
+    /// (with the Q/K norms first where the model has them).
+    fn qkv(
+        &self,
+        lw: &Layer<D::Tensor>,
+        h: &D::Tensor,
+        pos: &D::Tensor,
+        freqs: &D::Tensor,
+        t: usize,
+    ) -> Result<(D::Tensor, D::Tensor, D::Tensor)> {
+        let c = &self.cfg;
+        let (hd, hq, hk) = (c.head_dim, c.n_head, c.n_kv_head);
+        match &lw.qkv {
+            Qkv::Packed { w, b, with_v, wv, bv } => {
+                let y = self.add_bias(&self.linear(w, h, t)?, b.as_ref(), t)?;
+                let qk_norm = lw.q_norm.is_some();
+                let p = RopeQkvParams {
+                    num_tokens: t,
+                    num_heads: hq,
+                    num_kv_heads: hk,
+                    with_v: *with_v,
+                    head_size: hd,
+                    rotary_dim: c.rope_dim,
+                    interleave: !c.rope_neox,
+                    qk_norm,
+                    eps: c.eps as f64,
+                    dtype: DType::F32,
+                };
+                let mut ins: Vec<(&str, &D::Tensor)> = vec![("qkv", &y), ("pos_ids", pos), ("inv_freq", freqs)];
+                if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+                    ins.extend([("q_norm", qn), ("k_norm", kn)]);
+                }
+                let mut out = self.many(Op::RopeQkv(p), &ins)?;
+                let (Some(q), Some(k)) = (out.remove("q"), out.remove("k")) else {
+                    return Err(self.err("rope_qkv returned too few outputs"));
+                };
+                let v = match (out.remove("v"), wv) {
+                    (Some(v), _) => v,
+                    (None, Some(wv)) => self.add_bias(&self.linear(wv, h, t)?, bv.as_ref(), t)?.reshape(&[t, hk, hd])?,
+                    (None, None) => return Err(self.err("rope_qkv returned no 'v'")),
+                };
+                Ok((q, k, v))
+            }
+            Qkv::Separate { wq, wk, wv, bq, bk, bv } => {
+                let mut q = self.add_bias(&self.linear(wq, h, t)?, bq.as_ref(), t)?;
+                let mut k = self.add_bias(&self.linear(wk, h, t)?, bk.as_ref(), t)?;
+                let v = self.add_bias(&self.linear(wv, h, t)?, bv.as_ref(), t)?;
+                if let Some(w) = &lw.q_norm {
+                    q = self.rms_norm(&q, w, t * hq)?;
+                }
+                if let Some(w) = &lw.k_norm {
+                    k = self.rms_norm(&k, w, t * hk)?;
+                }
+                let (q, k) = if c.rope {
+                    (self.rope(&q, hq, pos, freqs, t)?, self.rope(&k, hk, pos, freqs, t)?)
+                } else {
+                    (q.reshape(&[t, hq, hd])?, k.reshape(&[t, hk, hd])?)
+                };
+                Ok((q, k, v.reshape(&[t, hk, hd])?))
+            }
+        }
+    }
+
+    /// The feed-forward block's activations [t, n_ff] from the normed input `h`: the gated
+    /// activation of gate and up, or GPT-2's GELU of up.
+    fn ffn_up(&self, ffn: &Ffn<D::Tensor>, h: &D::Tensor, t: usize) -> Result<D::Tensor> {
+        let c = &self.cfg;
+        let gated = |packed: bool| {
+            let gp = GatedParams { num_tokens: t, intermediate_size: c.n_ff, dtype: DType::F32, packed };
+            if c.arch == Arch::Gemma3 {
+                Op::GeluAndMul(gp)
+            } else {
+                Op::SiluAndMul(gp)
+            }
+        };
+        match ffn {
+            Ffn::Packed(w) => self.one(gated(true), &[("input", &self.linear(w, h, t)?)], "output"),
+            Ffn::Separate { gate, up, up_b } => {
+                let u = self.add_bias(&self.linear(up, h, t)?, up_b.as_ref(), t)?;
+                match gate {
+                    Some(gate) => self.one(gated(false), &[("gate", &self.linear(gate, h, t)?), ("up", &u)], "output"),
+                    None => {
+                        // GPT-2's GELU is the tanh approximation (ggml_gelu).
+                        let p = UnaryParams { num_elements: t * c.n_ff, dtype: DType::F32 };
+                        Ok(self.one(Op::GeluTanh(p), &[("input", &u.reshape(&[t * c.n_ff])?)], "output")?.reshape(&[t, c.n_ff])?)
+                    }
+                }
+            }
+        }
     }
 
     fn forward_pass(&self, kv: &mut Pages<D>, seqs: &[SeqChunk], plan: &Plan, mut trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
@@ -415,26 +636,20 @@ impl<D: Device + 'static> Net<D> {
         if let Some(pe) = &self.pos_embd {
             x = self.add(&x, &self.lookup(pe, &pos)?, t)?;
         }
+        // The last sub-block's output not yet added to `x`: added by the next norm, fused.
+        let mut pending: Option<D::Tensor> = None;
         for (il, lw) in self.layers.iter().enumerate() {
-            let h = self.norm(&x, &lw.attn_norm, lw.attn_norm_b.as_ref(), t)?;
-            let q = self.add_bias(&self.linear(&lw.wq, &h, t)?, lw.bq.as_ref(), t)?;
-            let mut k = self.add_bias(&self.linear(&lw.wk, &h, t)?, lw.bk.as_ref(), t)?;
-            let v = self.add_bias(&self.linear(&lw.wv, &h, t)?, lw.bv.as_ref(), t)?;
-            let mut q = q;
-            if let Some(w) = &lw.q_norm {
-                q = self.rms_norm(&q, w, t * hq)?;
-            }
-            if let Some(w) = &lw.k_norm {
-                k = self.rms_norm(&k, w, t * hk)?;
-            }
+            let h = match pending.take() {
+                Some(d) => {
+                    let (h, sum) = self.add_norm(&x, &d, &lw.attn_norm, lw.attn_norm_b.as_ref(), t)?;
+                    x = sum;
+                    h
+                }
+                None => self.norm(&x, &lw.attn_norm, lw.attn_norm_b.as_ref(), t)?,
+            };
             let swa = c.is_swa(il);
             let freqs = if swa { &self.inv_freq_swa } else { &self.inv_freq };
-            let (q, k) = if c.rope {
-                (self.rope(&q, hq, &pos_d, freqs, t)?, self.rope(&k, hk, &pos_d, freqs, t)?)
-            } else {
-                (q.reshape(&[t, hq, hd])?, k.reshape(&[t, hk, hd])?)
-            };
-            let v = v.reshape(&[t, hk, hd])?;
+            let (q, k, v) = self.qkv(lw, &h, &pos_d, freqs, t)?;
 
             let (kc, vc) = (&kv.k[il], &kv.v[il]);
             let ap = AppendKvParams {
@@ -457,7 +672,9 @@ impl<D: Device + 'static> Net<D> {
                     .collect();
             let mut outs: DeviceTensors<D::Tensor> =
                 [("k_cache_out".to_string(), kc.clone()), ("v_cache_out".to_string(), vc.clone())].into();
+            let t0 = profile::start();
             self.dev.run_into(&Op::AppendPagedKvCache(ap), &ins, &mut outs)?;
+            self.timed("append_paged_kv_cache", t0);
 
             let window_left = match (swa, c.sliding_window) {
                 (true, Some(w)) => w as i64 - 1,
@@ -504,30 +721,19 @@ impl<D: Device + 'static> Net<D> {
             if let Some(w) = &lw.post_attn_norm {
                 o = self.rms_norm(&o, w, t)?;
             }
-            x = self.add(&x, &o, t)?;
-
-            let h = self.norm(&x, &lw.ffn_norm, lw.ffn_norm_b.as_ref(), t)?;
-            let u = self.add_bias(&self.linear(&lw.up, &h, t)?, lw.up_b.as_ref(), t)?;
-            let a = match &lw.gate {
-                Some(gate) => {
-                    let g = self.linear(gate, &h, t)?;
-                    let gp = GatedParams { num_tokens: t, intermediate_size: c.n_ff, dtype: DType::F32 };
-                    let gated = if c.arch == Arch::Gemma3 { Op::GeluAndMul(gp) } else { Op::SiluAndMul(gp) };
-                    self.one(gated, &[("gate", &g), ("up", &u)], "output")?
-                }
-                None => {
-                    // GPT-2's GELU is the tanh approximation (ggml_gelu).
-                    let p = UnaryParams { num_elements: t * c.n_ff, dtype: DType::F32 };
-                    self.one(Op::GeluTanh(p), &[("input", &u.reshape(&[t * c.n_ff])?)], "output")?.reshape(&[t, c.n_ff])?
-                }
-            };
+            let (h, sum) = self.add_norm(&x, &o, &lw.ffn_norm, lw.ffn_norm_b.as_ref(), t)?;
+            x = sum;
+            let a = self.ffn_up(&lw.ffn, &h, t)?;
             let mut dn = self.add_bias(&self.linear(&lw.down, &a, t)?, lw.down_b.as_ref(), t)?;
             if let Some(w) = &lw.post_ffn_norm {
                 dn = self.rms_norm(&dn, w, t)?;
             }
-            x = self.add(&x, &dn, t)?;
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.push(self.dev.download(&x)?.to_f32()?);
+            match trace.as_deref_mut() {
+                Some(tr) => {
+                    x = self.add(&x, &dn, t)?;
+                    tr.push(self.dev.download(&x)?.to_f32()?);
+                }
+                None => pending = Some(dn),
             }
         }
 
@@ -547,10 +753,22 @@ impl<D: Device + 'static> Net<D> {
             return Ok(Vec::new());
         }
         let n = want.len();
-        let rows = if n == t { x } else { self.gather(&x.reshape(&[t, e])?, &self.upload_i32(&want)?)? };
-        let h = self.norm(&rows, &self.output_norm, self.output_norm_b.as_ref(), n)?;
+        let (norm_w, norm_b) = (&self.output_norm, self.output_norm_b.as_ref());
+        let h = match pending {
+            Some(d) if n == t => self.add_norm(&x, &d, norm_w, norm_b, t)?.0,
+            pending => {
+                if let Some(d) = pending {
+                    x = self.add(&x, &d, t)?;
+                }
+                let rows = if n == t { x } else { self.gather(&x.reshape(&[t, e])?, &self.upload_i32(&want)?)? };
+                self.norm(&rows, norm_w, norm_b, n)?
+            }
+        };
         let logits = self.linear(&self.output, &h, n)?;
-        Ok(self.dev.download(&logits)?.to_f32()?)
+        let t0 = profile::start();
+        let host = self.dev.download(&logits)?.to_f32()?;
+        profile::record("(download: waits for the device)", t0);
+        Ok(host)
     }
 }
 
@@ -574,6 +792,9 @@ impl<D: Device + 'static> Runner for Net<D> {
             .as_any_mut()
             .downcast_mut::<Pages<D>>()
             .ok_or_else(|| self.err(format!("this KV pool belongs to another device than {name}")))?;
-        self.dev.scope(|| self.forward_pass(kv, seqs, plan, trace))
+        let t0 = profile::start();
+        let r = self.dev.scope(|| self.forward_pass(kv, seqs, plan, trace));
+        profile::record_pass(t0);
+        r
     }
 }

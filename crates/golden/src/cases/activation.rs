@@ -21,13 +21,20 @@ fn silu_and_mul_like(kind: OpKind, f: &Flags, g: &mut Gen) -> Result<(Op, Tensor
             num_tokens: f.usize(&["num_tokens"], 8)?,
             intermediate_size: f.usize(&["intermediate_size"], 256)?,
             dtype: dt(f, DType::F32)?,
+            packed: f.bool(&["packed"], false)?,
         };
         let op = if kind == SiluAndMul { Op::SiluAndMul(p.clone()) } else { Op::GeluAndMul(p.clone()) };
         op.validate()?;
         limit(&op)?;
-        let n = p.num_tokens * p.intermediate_size;
-        let s = [p.num_tokens, p.intermediate_size];
-        let m = ins([("gate", float(p.dtype, &s, &g.normals(n, 2.0))), ("up", float(p.dtype, &s, &g.normals(n, 1.0)))]);
+        let (t, i) = (p.num_tokens, p.intermediate_size);
+        let (gate, up) = (g.normals(t * i, 2.0), g.normals(t * i, 1.0));
+        let m = if p.packed {
+            // Row r: gate row r, then up row r.
+            let x: Vec<f64> = gate.chunks(i).zip(up.chunks(i)).flat_map(|(a, b)| a.iter().chain(b).copied()).collect();
+            ins([("input", float(p.dtype, &[t, 2 * i], &x))])
+        } else {
+            ins([("gate", float(p.dtype, &[t, i], &gate)), ("up", float(p.dtype, &[t, i], &up))])
+        };
         (op, m)
     };
     Ok((op, inputs))
@@ -109,6 +116,10 @@ pub(crate) fn standard(v: &mut Vec<Entry>) {
         e(v, format!("llm_{n}"), SiluAndMul, &[("num_tokens", "4"), ("intermediate_size", "4864")], &[dt()]);
         e(v, format!("awk_{n}"), GeluAndMul, &[("num_tokens", "3"), ("intermediate_size", "31")], &[dt()]);
         e(v, format!("llm_{n}"), GeluAndMul, &[("num_tokens", "4"), ("intermediate_size", "2048")], &[dt()]);
+        e(v, format!("packed_awk_{n}"), SiluAndMul, &[("num_tokens", "3"), ("intermediate_size", "33"), ("packed", "true")], &[dt()]);
+        e(v, format!("packed_one_{n}"), SiluAndMul, &[("num_tokens", "1"), ("intermediate_size", "1536"), ("packed", "true")], &[dt()]);
+        e(v, format!("packed_awk_{n}"), GeluAndMul, &[("num_tokens", "5"), ("intermediate_size", "31"), ("packed", "true")], &[dt()]);
+        e(v, format!("packed_llm_{n}"), GeluAndMul, &[("num_tokens", "4"), ("intermediate_size", "2048"), ("packed", "true")], &[dt()]);
         for op in [Gelu, GeluTanh, Silu, Relu, Sigmoid] {
             e(v, format!("awk_{n}"), op, &[("num_elements", "33")], &[dt()]);
             e(v, format!("big_{n}"), op, &[("num_elements", "65537")], &[dt()]);
