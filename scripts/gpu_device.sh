@@ -162,7 +162,8 @@ speed)
   # /tmp/ingot-models, and synthetic ones made here by `ingot synth` with SmolLM2's
   # tokenizer, one per SPEED_SYNTH entry SHAPE:TYPE (default: the three real shapes in
   # Q4_K_M, which random weights make as fast to run as the real ones).
-  # INGOT_PROFILE_OPS=1 and =sync op profiles of SmolLM2's decode land in $OUT/profile_*.txt.
+  # INGOT_PROFILE_OPS=1 and =sync op profiles of SmolLM2's decode, and =sync of its pp512,
+  # land in $OUT/profile_*.txt.
   out=${OUT:-/tmp/ingot-gpu-out}
   mkdir -p "$out"
   if [ ! -x .peer/bin/llama-bench ]; then
@@ -187,6 +188,8 @@ speed)
     for m in 1 sync; do
       INGOT_PROFILE_OPS=$m .gpu-bin/ingot bench --model "$like" --backend gpu:cuda -p 0 -n 64 -r 1 > /dev/null 2> "$out/profile_$m.txt" || status=1
     done
+    # Prefill, op by op (each op waited for: the kernels' own time).
+    INGOT_PROFILE_OPS=sync .gpu-bin/ingot bench --model "$like" --backend gpu:cuda -p 512 -n 0 -r 1 > /dev/null 2> "$out/profile_pp512_sync.txt" || status=1
   fi
   python3 - "$out" $files > "$out/speed.md" <<'PY' || status=1
 import json, os, statistics, sys
@@ -210,7 +213,7 @@ for f in files:
         print(f"| {b} | {test} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} |")
 PY
   cat "$out/speed.md"
-  for m in 1 sync; do head -30 "$out/profile_$m.txt" 2>/dev/null; done
+  for m in 1 sync pp512_sync; do head -30 "$out/profile_$m.txt" 2>/dev/null; done
   exit $status
   ;;
 *)
