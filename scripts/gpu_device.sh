@@ -162,6 +162,7 @@ speed)
   # /tmp/ingot-models, and synthetic ones made here by `ingot synth` with SmolLM2's
   # tokenizer, one per SPEED_SYNTH entry SHAPE:TYPE (default: the three real shapes in
   # Q4_K_M, which random weights make as fast to run as the real ones).
+  # Each file also without CUDA graphs (INGOT_NO_CUDA_GRAPHS=1), the last column.
   # INGOT_PROFILE_OPS=1 and =sync op profiles of SmolLM2's decode, and =sync of its pp512,
   # land in $OUT/profile_*.txt.
   out=${OUT:-/tmp/ingot-gpu-out}
@@ -183,6 +184,9 @@ speed)
     b=$(basename "$f" .gguf)
     .peer/bin/llama-bench -m "$f" -p 512 -n 128 -ngl 99 -fa 1 -r "$reps" -o json > "$out/lb_$b.json" 2> "$out/lb_$b.err" || status=1
     .gpu-bin/ingot bench --model "$f" --backend gpu:cuda -p 512 -n 128 -r "$reps" --json > "$out/ib_$b.json" 2> "$out/ib_$b.err" || status=1
+    # The same with every kernel launched one by one (no CUDA graph replay of decode steps).
+    INGOT_NO_CUDA_GRAPHS=1 .gpu-bin/ingot bench --model "$f" --backend gpu:cuda -p 512 -n 128 -r "$reps" --json \
+      > "$out/ibng_$b.json" 2> "$out/ibng_$b.err" || status=1
   done
   if [ -f "$like" ]; then
     for m in 1 sync; do
@@ -194,15 +198,15 @@ speed)
   python3 - "$out" $files > "$out/speed.md" <<'PY' || status=1
 import json, os, statistics, sys
 out, files = sys.argv[1], sys.argv[2:]
-print("| model | test | ingot t/s (median) | llama.cpp t/s (median) | ratio |")
-print("|---|---|---|---|---|")
+print("| model | test | ingot t/s (median) | llama.cpp t/s (median) | ratio | ingot without CUDA graphs |")
+print("|---|---|---|---|---|---|")
 for f in files:
     b = os.path.basename(f)[:-5]
     try:
         lb = json.load(open(f"{out}/lb_{b}.json"))
         ib = json.load(open(f"{out}/ib_{b}.json"))
     except Exception as e:
-        print(f"| {b} | (failed: {e}) | | | |")
+        print(f"| {b} | (failed: {e}) | | | | |")
         continue
     for row in ib["rows"]:
         test = row["test"]
@@ -210,7 +214,13 @@ for f in files:
         peer = [r for r in lb if r[key[0]] == key[1] and r["n_prompt" if key[0] == "n_gen" else "n_gen"] == 0]
         ours = statistics.median(row["ingot_tps"])
         theirs = statistics.median(peer[0].get("samples_ts") or [peer[0]["avg_ts"]]) if peer else float("nan")
-        print(f"| {b} | {test} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} |")
+        try:
+            ng = json.load(open(f"{out}/ibng_{b}.json"))
+            plain = [statistics.median(r["ingot_tps"]) for r in ng["rows"] if r["test"] == test]
+            plain = f"{plain[0]:.1f}" if plain else ""
+        except Exception:
+            plain = ""
+        print(f"| {b} | {test} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | {plain} |")
 PY
   cat "$out/speed.md"
   for m in 1 sync pp512_sync; do head -30 "$out/profile_$m.txt" 2>/dev/null; done

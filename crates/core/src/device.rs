@@ -153,7 +153,41 @@ pub trait Device: Send + Sync {
     fn run_guarded(&self, op: &Op, inputs: &DeviceTensors<Self::Tensor>) -> Result<DeviceTensors<Self::Tensor>> {
         self.run(op, inputs)
     }
+
+    /// Whether this device can record a sequence of ops once and replay it
+    /// ([`Device::begin_capture`]; CUDA graphs). Devices that cannot say false and the
+    /// caller runs its ops one by one.
+    fn can_capture(&self) -> bool {
+        false
+    }
+
+    /// Starts recording: the ops run from now on (on this thread) are recorded, not run,
+    /// until [`Device::end_capture`]. `inputs` are the tensors, made before the capture,
+    /// that each replay overwrites in place ([`Device::replay`]). Everything the recorded
+    /// ops allocate stays allocated for the recording's lifetime. An op that cannot be
+    /// recorded (one that uploads host data, say) makes `end_capture` fail, nothing else.
+    fn begin_capture(&self, inputs: &[&Self::Tensor]) -> Result<()> {
+        let _ = inputs;
+        Err(crate::Error::invalid("capture", format!("device {} cannot record ops", self.name())))
+    }
+
+    /// Ends the recording begun by [`Device::begin_capture`]. The recorded ops have not run:
+    /// run them with [`Device::replay`].
+    fn end_capture(&self) -> Result<Capture> {
+        Err(crate::Error::invalid("capture", format!("device {} cannot record ops", self.name())))
+    }
+
+    /// Writes `data[i]` (at most that input's bytes) into input `i` of the recording, then
+    /// runs the recorded ops once, queued after the work before it.
+    fn replay(&self, recording: &Capture, data: &[&[u8]]) -> Result<()> {
+        let _ = (recording, data);
+        Err(crate::Error::invalid("capture", format!("device {} cannot record ops", self.name())))
+    }
 }
+
+/// A recorded sequence of ops ([`Device::begin_capture`]), owned by its device's form of
+/// it (a CUDA graph with the buffers it uses). Dropping it frees them.
+pub struct Capture(pub Box<dyn std::any::Any + Send + Sync>);
 
 /// The host form of an op call on `dev`: upload every input, run, download every output.
 /// Backends implement [`crate::Backend::run`] with it.

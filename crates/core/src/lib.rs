@@ -11,7 +11,9 @@ mod ops_doc;
 mod tensor;
 
 pub use backend::{Backend, Precision};
-pub use device::{check_into_outputs, check_reshape, run_on_host, run_on_host_guarded, Device, DeviceTensor, DeviceTensors, HostBytes};
+pub use device::{
+    check_into_outputs, check_reshape, run_on_host, run_on_host_guarded, Capture, Device, DeviceTensor, DeviceTensors, HostBytes,
+};
 pub use dtype::{DType, UnknownDType};
 pub use error::{Error, Result};
 pub use ops::*;

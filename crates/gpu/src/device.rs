@@ -25,6 +25,17 @@ pub struct Device<R: Runtime> {
     /// While `Some`, every buffer [`Device::alloc_bytes`] hands out lies between sentinel
     /// bytes, recorded here ([`Device::guarded`]).
     guard: Mutex<Option<Vec<Guarded>>>,
+    /// While `Some`, kernels are being recorded ([`crate::Recorder`]): every buffer
+    /// [`Device::alloc_bytes`] hands out is kept for the recording, and anything that
+    /// cannot be recorded (a host copy, a read, a wait) is noted as the reason it fails.
+    capture: Mutex<Option<CaptureLog>>,
+}
+
+/// What a recording in progress has allocated, and why it cannot be replayed (if so).
+#[derive(Default)]
+pub(crate) struct CaptureLog {
+    pub(crate) buffers: Vec<Handle>,
+    pub(crate) failed: Option<String>,
 }
 
 /// A buffer handed out between sentinel bytes: `whole` is the larger allocation, the
@@ -64,7 +75,7 @@ impl<R: Runtime> Device<R> {
             && hw.plane_size_max.is_power_of_two()
             && (8..=BLOCK).contains(&hw.plane_size_max))
         .then_some(hw.plane_size_max);
-        Device { client, f32_ok, f16_ok, bf16_ok, plane_dim, guard: Mutex::new(None) }
+        Device { client, f32_ok, f16_ok, bf16_ok, plane_dim, guard: Mutex::new(None), capture: Mutex::new(None) }
     }
 
     /// The plane (subgroup) width when kernels may use plane operations, `None` when they
@@ -94,15 +105,43 @@ impl<R: Runtime> Device<R> {
         }
     }
 
+    /// Starts a recording's log ([`Device::capture`]).
+    pub(crate) fn start_capture_log(&self) {
+        *self.capture.lock().unwrap_or_else(|e| e.into_inner()) = Some(CaptureLog::default());
+    }
+
+    /// Ends the recording's log and returns it (empty when none was started).
+    pub(crate) fn take_capture_log(&self) -> CaptureLog {
+        self.capture.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default()
+    }
+
+    /// Notes, while recording, that `what` happened and cannot be recorded; true if so.
+    pub(crate) fn unrecordable(&self, what: &str) -> bool {
+        let mut log = self.capture.lock().unwrap_or_else(|e| e.into_inner());
+        match log.as_mut() {
+            Some(l) => {
+                l.failed.get_or_insert_with(|| format!("{what} cannot be recorded"));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A new device buffer holding `bytes` (every host → device copy goes through here).
+    pub(crate) fn host_copy(&self, bytes: &[u8]) -> Handle {
+        self.unrecordable("a host-to-device copy");
+        self.client.create_from_slice(bytes)
+    }
+
     /// Copy a host tensor's bytes to a new device buffer (padded to whole u32 words,
     /// so kernels that read 16-bit data as words stay in bounds).
     pub(crate) fn upload(&self, t: &Tensor) -> Handle {
         if t.data.len() % 4 == 0 {
-            self.client.create_from_slice(&t.data)
+            self.host_copy(&t.data)
         } else {
             let mut v = t.data.clone();
             v.resize(t.data.len().next_multiple_of(4), 0);
-            self.client.create_from_slice(&v)
+            self.host_copy(&v)
         }
     }
 
@@ -116,11 +155,11 @@ impl<R: Runtime> Device<R> {
             return Err(Error::invalid("upload", format!("{} bytes for {dtype} {shape:?}, which needs {want}", bytes.len())));
         }
         let h = if bytes.len() % 4 == 0 && !bytes.is_empty() {
-            self.client.create_from_slice(bytes)
+            self.host_copy(bytes)
         } else {
             let mut v = bytes.to_vec();
             v.resize(bytes.len().next_multiple_of(4).max(4), 0);
-            self.client.create_from_slice(&v)
+            self.host_copy(&v)
         };
         Ok(GpuTensor::new(h, dtype, shape))
     }
@@ -140,7 +179,7 @@ impl<R: Runtime> Device<R> {
     /// Upload f32 values.
     pub(crate) fn upload_f32(&self, v: &[f32]) -> Handle {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.client.create_from_slice(&bytes)
+        self.host_copy(&bytes)
     }
 
     /// A new uninitialized buffer for `numel` elements of `dtype` (rounded up to whole words).
@@ -154,6 +193,11 @@ impl<R: Runtime> Device<R> {
     /// filled with [`SENTINEL`] bytes.
     pub(crate) fn alloc_bytes(&self, bytes: usize) -> Handle {
         let len = bytes.max(4).next_multiple_of(4);
+        if let Some(log) = self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let h = self.client.empty(len);
+            log.buffers.push(h.clone());
+            return h;
+        }
         let mut guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
         let Some(list) = guard.as_mut() else {
             return self.client.empty(len);
@@ -168,7 +212,7 @@ impl<R: Runtime> Device<R> {
         }
         // The tail pad also covers the bytes up to the next multiple of 256.
         let tail = pad + (len.next_multiple_of(256) - len);
-        let whole = self.client.create_from_slice(&vec![SENTINEL; pad + len + tail]);
+        let whole = self.host_copy(&vec![SENTINEL; pad + len + tail]);
         list.push(Guarded { whole: whole.clone(), start: pad, len });
         whole.offset_start(pad as u64).offset_end(tail as u64)
     }
@@ -208,6 +252,9 @@ impl<R: Runtime> Device<R> {
     pub(crate) fn download(&self, op: &'static str, h: Handle, dtype: DType, shape: &[usize]) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         let want = dtype.bytes_for(numel).unwrap_or(0);
+        if self.unrecordable("a device-to-host read") {
+            return Err(Error::invalid(op, "a device buffer cannot be read while kernels are being recorded"));
+        }
         let bytes = self.client.read_one(h).map_err(|e| Error::invalid(op, format!("device read failed: {e:?}")))?;
         if bytes.len() < want {
             return Err(Error::invalid(op, format!("device returned {} bytes, expected {want}", bytes.len())));
@@ -259,6 +306,9 @@ impl<R: Runtime> Device<R> {
     }
     /// Wait until every kernel queued on this device has finished.
     pub fn sync(&self) {
+        if self.unrecordable("waiting for the device") {
+            return;
+        }
         cubecl::future::block_on(self.client.sync()).ok();
     }
 }

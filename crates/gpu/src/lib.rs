@@ -15,7 +15,9 @@
 //! [`Device::plane_dim`]: plane ops where the runtime has them with a fixed width (CUDA),
 //! shared memory where it has none (CPU adapters such as lavapipe, which CI checks), and
 //! `INGOT_GPU_NO_PLANE=1` forces the shared-memory paths anywhere. On CUDA, dense f16/bf16
-//! `gemm` goes to cuBLASLt (`INGOT_NO_CUBLASLT=1` keeps the CubeCL kernel).
+//! `gemm` goes to cuBLASLt (`INGOT_NO_CUBLASLT=1` keeps the CubeCL kernel), and a
+//! sequence of ops can be recorded once and replayed as a CUDA graph
+//! ([`ingot_core::Device::begin_capture`]; `INGOT_NO_CUDA_GRAPHS=1` turns that off).
 
 pub mod activation;
 pub mod attention;
@@ -24,6 +26,8 @@ pub mod cast;
 pub mod copy;
 #[cfg(feature = "cuda")]
 mod cublaslt;
+#[cfg(feature = "cuda")]
+mod cuda_graph;
 mod device;
 pub mod embedding;
 pub mod gemm;
@@ -125,6 +129,21 @@ fn float_dtype(op: &Op) -> ingot_core::DType {
     }
 }
 
+/// Records kernels and replays them ([`ingot_core::Device::begin_capture`]): CUDA graphs.
+pub(crate) trait Recorder: Send + Sync {
+    /// Starts recording the stream that `inputs` live on.
+    fn begin(&self, inputs: &[&GpuTensor]) -> Result<Box<dyn std::any::Any + Send>>;
+    /// Ends it, keeping `buffers`; `failed` says why it cannot be replayed.
+    fn end(
+        &self,
+        started: Box<dyn std::any::Any + Send>,
+        buffers: Vec<cubecl::server::Handle>,
+        failed: Option<String>,
+    ) -> Result<ingot_core::Capture>;
+    /// Writes the inputs and replays.
+    fn replay(&self, rec: &ingot_core::Capture, data: &[&[u8]]) -> Result<()>;
+}
+
 /// The GPU backend on one device of runtime `R`.
 pub struct GpuBackend<R: Runtime> {
     dev: Device<R>,
@@ -133,6 +152,10 @@ pub struct GpuBackend<R: Runtime> {
     dense_gemm: Option<DenseGemm>,
     /// Which implementation serves dense f16/bf16 `gemm`, and why (for reports).
     gemm_path: String,
+    /// Kernel recording, where the runtime has it (CUDA graphs).
+    recorder: Option<Box<dyn Recorder>>,
+    /// The recording in progress.
+    started: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 type DenseGemm = Box<dyn Fn(&ingot_core::GemmParams, &GpuTensors) -> Result<GpuTensors> + Send + Sync>;
@@ -140,7 +163,14 @@ type DenseGemm = Box<dyn Fn(&ingot_core::GemmParams, &GpuTensors) -> Result<GpuT
 impl<R: Runtime> GpuBackend<R> {
     /// A backend on `device`, reported under `name` (`gpu:wgpu`, `gpu:cuda`, ...).
     pub fn new(device: &R::Device, name: impl Into<String>) -> Self {
-        GpuBackend { dev: Device::new(R::client(device)), name: name.into(), dense_gemm: None, gemm_path: "CubeCL kernel".into() }
+        GpuBackend {
+            dev: Device::new(R::client(device)),
+            name: name.into(),
+            dense_gemm: None,
+            gemm_path: "CubeCL kernel".into(),
+            recorder: None,
+            started: std::sync::Mutex::new(None),
+        }
     }
 
     /// Which implementation serves dense f16/bf16 `gemm` on this backend.
@@ -209,6 +239,8 @@ impl<R: Runtime> GpuBackend<R> {
         check_device_inputs(op, inputs)?;
         if let (Op::Gemm(p), Some(g)) = (op, &self.dense_gemm) {
             if matches!(p.dtype, ingot_core::DType::F16 | ingot_core::DType::BF16) {
+                // cuBLASLt runs on its own stream, waiting for the device first.
+                self.dev.unrecordable("cuBLASLt");
                 return g(p, inputs);
             }
         }
@@ -298,6 +330,11 @@ mod cuda_backend {
                     Err(why) => b.gemm_path = format!("CubeCL kernel ({why})"),
                 }
             }
+            // CUDA graphs for recorded op sequences; INGOT_NO_CUDA_GRAPHS=1 launches every
+            // kernel one by one (to compare and to check).
+            if !std::env::var("INGOT_NO_CUDA_GRAPHS").is_ok_and(|v| v == "1") {
+                b.recorder = Some(Box::new(super::cuda_graph::CudaRecorder(b.dev.client.clone())));
+            }
             Some(b)
         }
     }
@@ -367,7 +404,7 @@ impl<R: Runtime> ingot_core::Device for GpuBackend<R> {
             self.dev.max_buffer_bytes()
         );
         // Uploaded rather than filled by a kernel: allocation happens at load, not per step.
-        let h = self.dev.client.create_from_slice(&vec![0u8; bytes.next_multiple_of(4).max(4)]);
+        let h = self.dev.host_copy(&vec![0u8; bytes.next_multiple_of(4).max(4)]);
         Ok(GpuTensor::new(h, dtype, shape))
     }
 
@@ -415,5 +452,31 @@ impl<R: Runtime> ingot_core::Device for GpuBackend<R> {
 
     fn sync(&self) {
         self.dev.sync();
+    }
+
+    fn can_capture(&self) -> bool {
+        self.recorder.is_some()
+    }
+
+    fn begin_capture(&self, inputs: &[&GpuTensor]) -> Result<()> {
+        let r = self.recorder.as_ref().ok_or_else(|| Error::invalid("capture", format!("{} cannot record kernels", self.name)))?;
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        ensure!(started.is_none(), "capture", "a recording is already in progress on {}", self.name);
+        *started = Some(r.begin(inputs)?);
+        self.dev.start_capture_log();
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<ingot_core::Capture> {
+        let r = self.recorder.as_ref().ok_or_else(|| Error::invalid("capture", format!("{} cannot record kernels", self.name)))?;
+        let started = self.started.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let started = started.ok_or_else(|| Error::invalid("capture", "no recording is in progress"))?;
+        let log = self.dev.take_capture_log();
+        r.end(started, log.buffers, log.failed)
+    }
+
+    fn replay(&self, rec: &ingot_core::Capture, data: &[&[u8]]) -> Result<()> {
+        let r = self.recorder.as_ref().ok_or_else(|| Error::invalid("capture", format!("{} cannot record kernels", self.name)))?;
+        r.replay(rec, data)
     }
 }

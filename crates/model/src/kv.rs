@@ -7,9 +7,11 @@
 //! One pool type for every device: [`Pages`] is generic over [`Device`], and [`KvPool`]
 //! holds it behind a small object-safe trait so callers need not name the device.
 
+use crate::net::Recorded;
 use crate::{Config, Error, Result};
 use ingot_core::{CopyPagesParams, DType, Device, DeviceTensor, DeviceTensors, Op, Tensor, WriteColumnsParams};
 use std::any::Any;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The pages of one pool on device `D`.
@@ -21,6 +23,9 @@ pub(crate) struct Pages<D: Device> {
     pub(crate) head_dim: usize,
     pub(crate) k: Vec<D::Tensor>,
     pub(crate) v: Vec<D::Tensor>,
+    /// Decode steps recorded on this pool (their graphs read and write its pages), by
+    /// (batch size, padded page-list length, thread).
+    pub(crate) recorded: HashMap<(usize, usize, std::thread::ThreadId), Recorded<D::Tensor>>,
 }
 
 /// What [`KvPool`] needs of its pages, whatever the device.
@@ -45,7 +50,7 @@ impl<D: Device + 'static> Pages<D> {
         let layer = || dev.zeros(DType::F32, &shape);
         let k = (0..n_layer).map(|_| layer()).collect::<Result<Vec<_>, _>>()?;
         let v = (0..n_layer).map(|_| layer()).collect::<Result<Vec<_>, _>>()?;
-        Ok(Pages { dev, page_size, num_pages, n_kv, head_dim, k, v })
+        Ok(Pages { dev, page_size, num_pages, n_kv, head_dim, k, v, recorded: HashMap::new() })
     }
 
     fn cache_shape(&self) -> [usize; 4] {
@@ -89,6 +94,8 @@ impl<D: Device + 'static> PoolPages for Pages<D> {
         if num_pages <= self.num_pages {
             return Ok(());
         }
+        // Recorded steps hold the old pages.
+        self.recorded.clear();
         let d = &*self.dev;
         let old_n: usize = self.cache_shape().iter().product();
         self.num_pages = num_pages;

@@ -18,7 +18,7 @@ use crate::kv::{Pages, PoolPages};
 use crate::profile;
 use crate::{Error, Result};
 use ingot_core::{
-    AppendKvParams, CastParams, DType, DecodeParams, Device, DeviceTensor, DeviceTensors, EmbeddingParams, GatedParams, HostBytes,
+    AppendKvParams, Capture, CastParams, DType, DecodeParams, Device, DeviceTensor, DeviceTensors, EmbeddingParams, GatedParams, HostBytes,
     LayerNormParams, Op, PrefillParams, QuantizedMatmulParams, RmsNormParams, RopeFreqsParams, RopeQkvParams, RowsParams, ScaleParams,
     Tensor, UnaryParams, WriteColumnsParams,
 };
@@ -424,9 +424,13 @@ impl<D: Device + 'static> Net<D> {
     /// Rows `ids` of a weight matrix (the token embeddings) as f32 [ids.len(), cols]. A
     /// matrix in parts is looked up part by part, each with the ids that fall in it; the
     /// rows are stacked part after part and put back in order by one more gather.
-    fn lookup(&self, l: &Weight<D::Tensor>, ids: &[i32]) -> Result<D::Tensor> {
+    /// `ids_dev`, when given, holds `ids` on the device already.
+    fn lookup(&self, l: &Weight<D::Tensor>, ids: &[i32], ids_dev: Option<&D::Tensor>) -> Result<D::Tensor> {
         if let [w] = l.parts.as_slice() {
-            return self.gather(w, &self.upload_i32(ids)?);
+            return match ids_dev {
+                Some(d) => self.gather(w, d),
+                None => self.gather(w, &self.upload_i32(ids)?),
+            };
         }
         let (n, e) = (ids.len(), l.cols);
         let stacked = self.dev.zeros(DType::F32, &[1, n * e])?;
@@ -602,39 +606,125 @@ impl<D: Device + 'static> Net<D> {
         }
     }
 
-    fn forward_pass(&self, kv: &mut Pages<D>, seqs: &[SeqChunk], plan: &Plan, mut trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
+    fn forward_pass(&self, kv: &mut Pages<D>, seqs: &[SeqChunk], plan: &Plan, trace: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
+        let t = plan.rows.len();
+        let decode = seqs.iter().all(|s| s.tokens.len() == 1);
+        // The rows whose logits are wanted, in order.
+        let mut want: Vec<i32> = Vec::new();
+        let mut at = 0usize;
+        for s in seqs {
+            let n = s.tokens.len();
+            match s.logits {
+                Logits::All => want.extend((at..at + n).map(|r| r as i32)),
+                Logits::Last => want.push((at + n - 1) as i32),
+                Logits::None => {}
+            }
+            at += n;
+        }
+        // A decode step of a few sequences is recorded once per shape and replayed (CUDA
+        // graphs): its ~300 kernels cost more to launch one by one than to run.
+        let record = decode
+            && want.len() == t
+            && trace.is_none()
+            && seqs.len() <= MAX_RECORDED_BATCH
+            && !profile::enabled()
+            && self.dev.can_capture();
+        let ix = StepIndex::new(seqs, plan, kv.page_size, record);
+        if record {
+            let key = (seqs.len(), ix.kv_indices.len(), std::thread::current().id());
+            match kv.recorded.get(&key) {
+                Some(Recorded::Ready { rec, logits }) => {
+                    self.dev.replay(rec, &ix.bytes().iter().map(|v| v.as_slice()).collect::<Vec<_>>())?;
+                    return self.fetch(logits);
+                }
+                Some(Recorded::Seen) => {
+                    // Seen once (so every kernel is compiled and every buffer of the step
+                    // has been on this thread's stream): record it now.
+                    match self.record_step(kv, &ix, seqs.len(), t, &want) {
+                        Ok((rec, logits)) => {
+                            self.dev.replay(&rec, &ix.bytes().iter().map(|v| v.as_slice()).collect::<Vec<_>>())?;
+                            let out = self.fetch(&logits);
+                            kv.recorded.insert(key, Recorded::Ready { rec, logits });
+                            return out;
+                        }
+                        Err(e) => {
+                            record_failed(&self.dev.name(), &e);
+                            kv.recorded.insert(key, Recorded::OpByOp);
+                        }
+                    }
+                }
+                Some(Recorded::OpByOp) => {}
+                None if kv.recorded.len() < MAX_RECORDINGS => {
+                    kv.recorded.insert(key, Recorded::Seen);
+                }
+                None => {}
+            }
+        }
+        let st = self.upload_step(&ix)?;
+        match self.step(kv, &ix, &st, seqs.len(), t, decode, &want, trace)? {
+            Some(logits) => self.fetch(&logits),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Records the decode step of `ix` ([`Device::begin_capture`]): its kernels and the
+    /// device logits tensor each replay writes.
+    fn record_step(&self, kv: &mut Pages<D>, ix: &StepIndex, b: usize, t: usize, want: &[i32]) -> Result<(Capture, D::Tensor)> {
+        let st = self.upload_step(ix)?;
+        self.dev.begin_capture(&st.all())?;
+        let logits = self.step(kv, ix, &st, b, t, true, want, None);
+        let rec = self.dev.end_capture();
+        let logits = logits?.ok_or_else(|| self.err("a recorded step returned no logits"))?;
+        Ok((rec?, logits))
+    }
+
+    /// The step's index tensors on the device.
+    fn upload_step(&self, ix: &StepIndex) -> Result<StepTensors<D::Tensor>> {
+        Ok(StepTensors {
+            ids: self.upload_i32(&ix.ids)?,
+            pos: self.upload_i32(&ix.pos)?,
+            seq: self.upload_i32(&ix.seq_of)?,
+            qo: self.upload_i32(&ix.qo_indptr)?,
+            kvp: self.upload_i32(&ix.kv_indptr)?,
+            kvi: self.upload_i32(&ix.kv_indices)?,
+            last: self.upload_i32(&ix.last_len)?,
+        })
+    }
+
+    /// Copies logits back to the host.
+    fn fetch(&self, logits: &D::Tensor) -> Result<Vec<f32>> {
+        let t0 = profile::start();
+        let host = self.dev.download(logits)?.to_f32()?;
+        profile::record("(download: waits for the device)", t0);
+        Ok(host)
+    }
+
+    /// The forward pass proper on the step's index tensors: every layer (K/V appended to
+    /// the pool), then the logits of the rows in `want` on the device (`None` when no row
+    /// is wanted).
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        kv: &mut Pages<D>,
+        ix: &StepIndex,
+        st: &StepTensors<D::Tensor>,
+        b: usize,
+        t: usize,
+        decode: bool,
+        want: &[i32],
+        mut trace: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<Option<D::Tensor>> {
         let c = &self.cfg;
         let (e, hd, hq, hk) = (c.n_embd, c.head_dim, c.n_head, c.n_kv_head);
         let (ps, num_pages) = (kv.page_size, kv.num_pages);
-        let t = plan.rows.len();
-        let b = seqs.len();
-
-        // Per-step index tensors: token ids, positions, sequence of each row, and the page
-        // tables in FlashInfer's CSR form (each sequence lists the pages up to its last position).
-        let ids: Vec<i32> = seqs.iter().flat_map(|s| s.tokens.iter().map(|&x| x as i32)).collect();
-        let pos: Vec<i32> = plan.rows.iter().map(|&(_, p)| p as i32).collect();
-        let seq_of: Vec<i32> = plan.rows.iter().map(|&(s, _)| s as i32).collect();
-        let (mut qo_indptr, mut kv_indptr, mut kv_indices, mut last_len) = (vec![0i32], vec![0i32], Vec::new(), Vec::new());
-        for s in seqs {
-            let end = s.start + s.tokens.len();
-            kv_indices.extend(s.pages[..end.div_ceil(ps)].iter().map(|&p| p as i32));
-            kv_indptr.push(kv_indices.len() as i32);
-            qo_indptr.push(qo_indptr.last().copied().unwrap_or(0) + s.tokens.len() as i32);
-            last_len.push(((end - 1) % ps + 1) as i32);
-        }
-        let (pos_d, seq_d) = (self.upload_i32(&pos)?, self.upload_i32(&seq_of)?);
-        let (qo_d, kvp_d, kvi_d, last_d) =
-            (self.upload_i32(&qo_indptr)?, self.upload_i32(&kv_indptr)?, self.upload_i32(&kv_indices)?, self.upload_i32(&last_len)?);
-        let n_ids = kv_indices.len();
-        let decode = seqs.iter().all(|s| s.tokens.len() == 1);
-
-        let mut x = self.lookup(&self.embd, &ids)?;
+        let n_ids = ix.kv_indices.len();
+        let mut x = self.lookup(&self.embd, &ix.ids, Some(&st.ids))?;
         if c.embd_scale != 1.0 {
             let p = ScaleParams { num_elements: t * e, scale: c.embd_scale as f64, dtype: DType::F32 };
             x = self.one(Op::Scale(p), &[("input", &x.reshape(&[t * e])?)], "output")?.reshape(&[t, e])?;
         }
         if let Some(pe) = &self.pos_embd {
-            x = self.add(&x, &self.lookup(pe, &pos)?, t)?;
+            x = self.add(&x, &self.lookup(pe, &ix.pos, Some(&st.pos))?, t)?;
         }
         // The last sub-block's output not yet added to `x`: added by the next norm, fused.
         let mut pending: Option<D::Tensor> = None;
@@ -649,7 +739,7 @@ impl<D: Device + 'static> Net<D> {
             };
             let swa = c.is_swa(il);
             let freqs = if swa { &self.inv_freq_swa } else { &self.inv_freq };
-            let (q, k, v) = self.qkv(lw, &h, &pos_d, freqs, t)?;
+            let (q, k, v) = self.qkv(lw, &h, &st.pos, freqs, t)?;
 
             let (kc, vc) = (&kv.k[il], &kv.v[il]);
             let ap = AppendKvParams {
@@ -662,10 +752,10 @@ impl<D: Device + 'static> Net<D> {
                 num_page_ids: n_ids,
                 dtype: DType::F32,
             };
-            let tables: [(&str, &D::Tensor); 3] = [("kv_indices", &kvi_d), ("kv_indptr", &kvp_d), ("kv_last_page_len", &last_d)];
+            let tables: [(&str, &D::Tensor); 3] = [("kv_indices", &st.kvi), ("kv_indptr", &st.kvp), ("kv_last_page_len", &st.last)];
             // In place: the pool's tensors are the caches.
             let ins: DeviceTensors<D::Tensor> =
-                [("append_k", &k), ("append_v", &v), ("batch_indices", &seq_d), ("positions", &pos_d), ("k_cache", kc), ("v_cache", vc)]
+                [("append_k", &k), ("append_v", &v), ("batch_indices", &st.seq), ("positions", &st.pos), ("k_cache", kc), ("v_cache", vc)]
                     .into_iter()
                     .chain(tables)
                     .map(|(n, t)| (n.to_string(), t.clone()))
@@ -713,7 +803,7 @@ impl<D: Device + 'static> Net<D> {
                     logits_soft_cap: 0.0,
                     dtype: DType::F32,
                 };
-                let mut ins = vec![("q", &q), ("qo_indptr", &qo_d), ("k_cache", kc), ("v_cache", vc)];
+                let mut ins = vec![("q", &q), ("qo_indptr", &st.qo), ("k_cache", kc), ("v_cache", vc)];
                 ins.extend(tables);
                 self.one(Op::BatchPrefillWithPagedKvCache(p), &ins, "output")?
             };
@@ -737,20 +827,8 @@ impl<D: Device + 'static> Net<D> {
             }
         }
 
-        // The rows whose logits are wanted, in order.
-        let mut want: Vec<i32> = Vec::new();
-        let mut at = 0usize;
-        for s in seqs {
-            let n = s.tokens.len();
-            match s.logits {
-                Logits::All => want.extend((at..at + n).map(|r| r as i32)),
-                Logits::Last => want.push((at + n - 1) as i32),
-                Logits::None => {}
-            }
-            at += n;
-        }
         if want.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let n = want.len();
         let (norm_w, norm_b) = (&self.output_norm, self.output_norm_b.as_ref());
@@ -765,10 +843,88 @@ impl<D: Device + 'static> Net<D> {
             }
         };
         let logits = self.linear(&self.output, &h, n)?;
-        let t0 = profile::start();
-        let host = self.dev.download(&logits)?.to_f32()?;
-        profile::record("(download: waits for the device)", t0);
-        Ok(host)
+        Ok(Some(logits))
+    }
+}
+
+/// The most sequences in a decode step that is recorded and replayed.
+const MAX_RECORDED_BATCH: usize = 16;
+/// The most step shapes recorded per pool.
+const MAX_RECORDINGS: usize = 48;
+
+/// A decode step shape's recording state in a pool ([`Pages::recorded`]).
+pub(crate) enum Recorded<T> {
+    /// Run once op by op; recorded the next time.
+    Seen,
+    /// Recorded: replayed with each step's index tensors.
+    Ready { rec: Capture, logits: T },
+    /// Could not be recorded: op by op.
+    OpByOp,
+}
+
+/// Says once per process why a step could not be recorded (it then runs op by op).
+fn record_failed(dev: &str, e: &Error) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| eprintln!("note: {dev}: a decode step could not be recorded as a graph ({e}); it runs kernel by kernel"));
+}
+
+/// A step's index data on the host: token ids, positions, the sequence of each row, and
+/// the page tables in FlashInfer's CSR form (each sequence lists the pages up to its last
+/// position).
+struct StepIndex {
+    ids: Vec<i32>,
+    pos: Vec<i32>,
+    seq_of: Vec<i32>,
+    qo_indptr: Vec<i32>,
+    kv_indptr: Vec<i32>,
+    kv_indices: Vec<i32>,
+    last_len: Vec<i32>,
+}
+
+impl StepIndex {
+    /// With `pad`, the page list is padded (with page 0, never read: `kv_indptr` bounds
+    /// each sequence) to a bucket of at most ~12% more, so that a recorded step serves
+    /// the next steps of the same batch until its pages outgrow the bucket.
+    fn new(seqs: &[SeqChunk], plan: &Plan, ps: usize, pad: bool) -> Self {
+        let ids: Vec<i32> = seqs.iter().flat_map(|s| s.tokens.iter().map(|&x| x as i32)).collect();
+        let pos: Vec<i32> = plan.rows.iter().map(|&(_, p)| p as i32).collect();
+        let seq_of: Vec<i32> = plan.rows.iter().map(|&(s, _)| s as i32).collect();
+        let (mut qo_indptr, mut kv_indptr, mut kv_indices, mut last_len) = (vec![0i32], vec![0i32], Vec::new(), Vec::new());
+        for s in seqs {
+            let end = s.start + s.tokens.len();
+            kv_indices.extend(s.pages[..end.div_ceil(ps)].iter().map(|&p| p as i32));
+            kv_indptr.push(kv_indices.len() as i32);
+            qo_indptr.push(qo_indptr.last().copied().unwrap_or(0) + s.tokens.len() as i32);
+            last_len.push(((end - 1) % ps + 1) as i32);
+        }
+        if pad {
+            let n = kv_indices.len();
+            kv_indices.resize(n.next_multiple_of((n.next_power_of_two() / 8).max(8)), 0);
+        }
+        StepIndex { ids, pos, seq_of, qo_indptr, kv_indptr, kv_indices, last_len }
+    }
+
+    /// The vectors as bytes, in [`StepTensors::all`]'s order.
+    fn bytes(&self) -> [Vec<u8>; 7] {
+        let b = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        [b(&self.ids), b(&self.pos), b(&self.seq_of), b(&self.qo_indptr), b(&self.kv_indptr), b(&self.kv_indices), b(&self.last_len)]
+    }
+}
+
+/// [`StepIndex`] on the device.
+struct StepTensors<T> {
+    ids: T,
+    pos: T,
+    seq: T,
+    qo: T,
+    kvp: T,
+    kvi: T,
+    last: T,
+}
+
+impl<T> StepTensors<T> {
+    fn all(&self) -> [&T; 7] {
+        [&self.ids, &self.pos, &self.seq, &self.qo, &self.kvp, &self.kvi, &self.last]
     }
 }
 
