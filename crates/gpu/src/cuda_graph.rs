@@ -179,6 +179,22 @@ pub(crate) fn replay(client: &ComputeClient<CudaRuntime>, rec: &Capture, data: &
     check("cuGraphLaunch", r)
 }
 
+/// Whether CUDA device `ordinal` passes kernel arguments as grid constants in CubeCL 0.10
+/// (compute capability 7.0 and later). Older devices get them through a host-to-device
+/// copy per launch from a staging buffer that a graph would replay stale: no recording there.
+pub(crate) fn can_record(ordinal: i32) -> bool {
+    let mut dev: sys::CUdevice = 0;
+    let mut major = 0i32;
+    // SAFETY: out-pointers to locals; the driver is initialised (the client exists).
+    unsafe {
+        sys::cuDeviceGet(&mut dev, ordinal) == CUresult::CUDA_SUCCESS
+            && sys::cuDeviceGetAttribute(&mut major, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
+                == CUresult::CUDA_SUCCESS
+    }
+    .then_some(major >= 7)
+    .unwrap_or(false)
+}
+
 /// [`crate::Recorder`] on CUDA.
 pub(crate) struct CudaRecorder(pub(crate) ComputeClient<CudaRuntime>);
 

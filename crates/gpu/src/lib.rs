@@ -330,9 +330,9 @@ mod cuda_backend {
                     Err(why) => b.gemm_path = format!("CubeCL kernel ({why})"),
                 }
             }
-            // CUDA graphs for recorded op sequences; INGOT_NO_CUDA_GRAPHS=1 launches every
-            // kernel one by one (to compare and to check).
-            if !std::env::var("INGOT_NO_CUDA_GRAPHS").is_ok_and(|v| v == "1") {
+            // CUDA graphs for recorded op sequences (compute capability 7.0 and later);
+            // INGOT_NO_CUDA_GRAPHS=1 launches every kernel one by one (to compare and to check).
+            if !std::env::var("INGOT_NO_CUDA_GRAPHS").is_ok_and(|v| v == "1") && super::cuda_graph::can_record(0) {
                 b.recorder = Some(Box::new(super::cuda_graph::CudaRecorder(b.dev.client.clone())));
             }
             Some(b)
