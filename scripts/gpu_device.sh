@@ -124,6 +124,9 @@ models)
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
   INGOT_MODELS=$dir INGOT_TEST_GPU=gpu:cuda INGOT_REQUIRE_GPU=1 .gpu-bin/gpu_forward --nocapture --test-threads 1 2>&1 \
     | grep -v '^error: XDG' | tee "$out/gpu_forward.txt" || status=1
+  # Again with decode steps replayed as CUDA graphs (opt-in), token by token against exact math.
+  INGOT_CUDA_GRAPHS=1 INGOT_MODELS=$dir INGOT_TEST_GPU=gpu:cuda INGOT_REQUIRE_GPU=1 .gpu-bin/gpu_forward --nocapture --test-threads 1 2>&1 \
+    | grep -v '^error: XDG' | tee "$out/gpu_forward_graphs.txt" || status=1
   INGOT_MODELS=$dir INGOT_TEST_BACKEND=gpu:cuda INGOT_REQUIRE_MODELS=1 .gm-engine/engine_smollm2 --test-threads 1 2>&1 \
     | grep -v '^error: XDG' | tee "$out/engine_gpu.txt" || status=1
   for m in "$dir"/*.gguf; do
@@ -162,7 +165,7 @@ speed)
   # /tmp/ingot-models, and synthetic ones made here by `ingot synth` with SmolLM2's
   # tokenizer, one per SPEED_SYNTH entry SHAPE:TYPE (default: the three real shapes in
   # Q4_K_M, which random weights make as fast to run as the real ones).
-  # Each file also without CUDA graphs (INGOT_NO_CUDA_GRAPHS=1), the last column.
+  # Each file also with decode steps replayed as CUDA graphs (INGOT_CUDA_GRAPHS=1), the last column.
   # INGOT_PROFILE_OPS=1 and =sync op profiles of SmolLM2's decode, and =sync of its pp512,
   # land in $OUT/profile_*.txt.
   out=${OUT:-/tmp/ingot-gpu-out}
@@ -184,8 +187,8 @@ speed)
     b=$(basename "$f" .gguf)
     .peer/bin/llama-bench -m "$f" -p 512 -n 128 -ngl 99 -fa 1 -r "$reps" -o json > "$out/lb_$b.json" 2> "$out/lb_$b.err" || status=1
     .gpu-bin/ingot bench --model "$f" --backend gpu:cuda -p 512 -n 128 -r "$reps" --json > "$out/ib_$b.json" 2> "$out/ib_$b.err" || status=1
-    # The same with every kernel launched one by one (no CUDA graph replay of decode steps).
-    INGOT_NO_CUDA_GRAPHS=1 .gpu-bin/ingot bench --model "$f" --backend gpu:cuda -p 512 -n 128 -r "$reps" --json \
+    # The same with decode steps replayed as CUDA graphs (opt-in: INGOT_CUDA_GRAPHS=1).
+    INGOT_CUDA_GRAPHS=1 .gpu-bin/ingot bench --model "$f" --backend gpu:cuda -p 512 -n 128 -r "$reps" --json \
       > "$out/ibng_$b.json" 2> "$out/ibng_$b.err" || status=1
   done
   if [ -f "$like" ]; then
@@ -198,7 +201,7 @@ speed)
   python3 - "$out" $files > "$out/speed.md" <<'PY' || status=1
 import json, os, statistics, sys
 out, files = sys.argv[1], sys.argv[2:]
-print("| model | test | ingot t/s (median) | llama.cpp t/s (median) | ratio | ingot without CUDA graphs |")
+print("| model | test | ingot t/s (median) | llama.cpp t/s (median) | ratio | ingot with CUDA graphs (INGOT_CUDA_GRAPHS=1) |")
 print("|---|---|---|---|---|---|")
 for f in files:
     b = os.path.basename(f)[:-5]

@@ -17,7 +17,7 @@
 //! `INGOT_GPU_NO_PLANE=1` forces the shared-memory paths anywhere. On CUDA, dense f16/bf16
 //! `gemm` goes to cuBLASLt (`INGOT_NO_CUBLASLT=1` keeps the CubeCL kernel), and a
 //! sequence of ops can be recorded once and replayed as a CUDA graph
-//! ([`ingot_core::Device::begin_capture`]; `INGOT_NO_CUDA_GRAPHS=1` turns that off).
+//! ([`ingot_core::Device::begin_capture`]; opt-in with `INGOT_CUDA_GRAPHS=1` for now).
 
 pub mod activation;
 pub mod attention;
@@ -330,9 +330,10 @@ mod cuda_backend {
                     Err(why) => b.gemm_path = format!("CubeCL kernel ({why})"),
                 }
             }
-            // CUDA graphs for recorded op sequences (compute capability 7.0 and later);
-            // INGOT_NO_CUDA_GRAPHS=1 launches every kernel one by one (to compare and to check).
-            if !std::env::var("INGOT_NO_CUDA_GRAPHS").is_ok_and(|v| v == "1") && super::cuda_graph::can_record(0) {
+            // CUDA graphs for recorded op sequences (compute capability 7.0 and later), opt-in
+            // with INGOT_CUDA_GRAPHS=1 until the replay has been checked on a GPU (see
+            // docs/gpu.md); otherwise every kernel is launched one by one.
+            if std::env::var("INGOT_CUDA_GRAPHS").is_ok_and(|v| v == "1") && super::cuda_graph::can_record(0) {
                 b.recorder = Some(Box::new(super::cuda_graph::CudaRecorder(b.dev.client.clone())));
             }
             Some(b)

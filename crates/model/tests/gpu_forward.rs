@@ -157,7 +157,7 @@ fn check(file: &str, prompts: usize) {
 
     // 4. Token by token: the first 8 positions of a prompt decoded one step at a time,
     //    then of two prompts side by side over a pool of 1-position pages (their page lists
-    //    grow past a padding bucket of 8). On CUDA a decode step shape seen before is recorded as
+    //    grow past a padding bucket of 8). On CUDA with INGOT_CUDA_GRAPHS=1 a decode step shape seen before is recorded as
     //    a graph and replayed from then on: this checks replayed steps against exact math.
     const STEPS: usize = 8;
     let mut worst_steps = 0f64;
