@@ -70,6 +70,26 @@ fn worst(r: &Value, p: &Value, t: usize, row: &[f32]) -> f64 {
     known(r, p, t).iter().map(|&(id, want)| (row[id as usize] as f64 - want).abs()).fold(0.0, f64::max)
 }
 
+/// Page tables for `prompts` over one pool of `ps`-position pages, consecutive pages per
+/// prompt (each table reversed with `rev`), and the pages used in all.
+fn page_tables(prompts: &[Vec<u32>], ps: usize, rev: bool) -> (Vec<Vec<u32>>, u32) {
+    let mut next = 0u32;
+    let tables = prompts
+        .iter()
+        .map(|pr| {
+            let n = pr.len().div_ceil(ps) as u32;
+            next += n;
+            let t: Vec<u32> = (next - n..next).collect();
+            if rev {
+                t.into_iter().rev().collect()
+            } else {
+                t
+            }
+        })
+        .collect();
+    (tables, next)
+}
+
 fn check(file: &str, prompts: usize) {
     let Some((model, r)) = load(file) else { return };
     let vocab = model.config.vocab;
@@ -114,15 +134,7 @@ fn check(file: &str, prompts: usize) {
     //    (several tokens) or only its last token, all in one forward pass.
     let ps = 4;
     let prompts: Vec<Vec<u32>> = chosen.iter().map(|p| ids(&p["ids"])).collect();
-    let mut next = 0u32;
-    let tables: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|pr| {
-            let n = pr.len().div_ceil(ps) as u32;
-            next += n;
-            (next - n..next).rev().collect()
-        })
-        .collect();
+    let (tables, next) = page_tables(&prompts, ps, true);
     let mut pool = model.new_pool(ps, next as usize).unwrap();
     let split: Vec<usize> =
         prompts.iter().enumerate().map(|(i, pr)| if i % 2 == 0 { (i + 2).min(pr.len() - 1) } else { pr.len() - 1 }).collect();
@@ -173,15 +185,7 @@ fn check(file: &str, prompts: usize) {
         }
     }
     let ps = 1;
-    let mut next = 0u32;
-    let tables: Vec<Vec<u32>> = prs
-        .iter()
-        .map(|pr| {
-            let n = pr.len().div_ceil(ps) as u32;
-            next += n;
-            (next - n..next).collect()
-        })
-        .collect();
+    let (tables, next) = page_tables(&prs, ps, false);
     let mut pool = model.new_pool(ps, next as usize).unwrap();
     let longest = prs.iter().map(Vec::len).max().unwrap_or(0);
     for t in 0..longest {
