@@ -129,6 +129,8 @@ models)
     | grep -v '^error: XDG' | tee "$out/gpu_forward_graphs.txt" || status=1
   INGOT_MODELS=$dir INGOT_TEST_BACKEND=gpu:cuda INGOT_REQUIRE_MODELS=1 .gm-engine/engine_smollm2 --test-threads 1 2>&1 \
     | grep -v '^error: XDG' | tee "$out/engine_gpu.txt" || status=1
+  INGOT_CUDA_GRAPHS=1 INGOT_MODELS=$dir INGOT_TEST_BACKEND=gpu:cuda INGOT_REQUIRE_MODELS=1 .gm-engine/engine_smollm2 --test-threads 1 2>&1 \
+    | grep -v '^error: XDG' | tee "$out/engine_gpu_graphs.txt" || status=1
   for m in "$dir"/*.gguf; do
     .gpu-bin/ingot run --model "$m" --backend gpu:cuda --temperature 0 --max-tokens 48 --chat "Name three colours." 2>&1 | tee -a "$out/run.txt"
     # GPU speed against llama.cpp: `speed`. The host CPU's paths, when asked.

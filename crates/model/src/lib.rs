@@ -1,6 +1,7 @@
 //! Models: tokenizers and chat templates from GGUF metadata, the architectures
 //! (llama, qwen2, gemma3), and weight loading.
 
+mod arena;
 pub mod backend;
 mod batch;
 pub mod chat;

@@ -164,8 +164,9 @@ impl<D: Device + 'static> Net<D> {
         };
         let weight = |name: &str, rows: usize, cols: usize| weight_rows(name, rows, cols, 0, rows);
         // The matrices `names` ([rows, cols] each) stacked by rows into one weight, or `None`
-        // when their formats differ. The stacked bytes are a copy (the CPU device reads it in
-        // place as it reads the file).
+        // when their formats differ. The stacked bytes are a copy, in huge-page-backed memory
+        // (`arena.rs`; the CPU device reads it in place as it reads the file).
+        let arena = std::cell::RefCell::new(crate::arena::Arena::default());
         let stacked = |names: &[(&str, usize)], cols: usize| -> Result<Option<Weight<D::Tensor>>> {
             let mut ranges = Vec::with_capacity(names.len());
             for &(name, rows) in names {
@@ -177,11 +178,8 @@ impl<D: Device + 'static> Net<D> {
             }
             let row_bytes = ranges[0].0 .2;
             let total: usize = ranges.iter().map(|(_, rows)| rows).sum();
-            let mut data = Vec::with_capacity(total * row_bytes);
-            for ((_, start, _), rows) in &ranges {
-                data.extend_from_slice(&file.bytes()[*start..*start + rows * row_bytes]);
-            }
-            let owned: Arc<dyn HostBytes> = Arc::new(data);
+            let parts: Vec<&[u8]> = ranges.iter().map(|((_, start, _), rows)| &file.bytes()[*start..*start + rows * row_bytes]).collect();
+            let owned = arena.borrow_mut().concat(&parts).map_err(|e| model_err(arch, format!("cannot map memory for stacked weights: {e}")))?;
             upload_rows(&owned, dtype, 0, row_bytes, total, cols).map(Some)
         };
         let host_vector = |name: &str, len: usize| -> Result<Vec<f32>> {
