@@ -31,7 +31,8 @@
 #   device run: command "bash scripts/gpu_device.sh speed", carry [".gpu-bin", ".peer"]
 #                                      # there, after `models`: llama.cpp's llama-bench (built there from
 #                                      # .peer: mkdir -p .peer && cp ../shared/peers/* .peer/) and `ingot bench`
-#                                      # on the same files, side by side into $OUT/speed.md (see below)
+#                                      # on the same files, side by side into $OUT/speed.md (see below);
+#                                      # SPEED_PEER=0 skips llama-bench, SPEED_REPS=N repetitions
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -172,7 +173,10 @@ speed)
   # land in $OUT/profile_*.txt.
   out=${OUT:-/tmp/ingot-gpu-out}
   mkdir -p "$out"
-  if [ ! -x .peer/bin/llama-bench ]; then
+  # SPEED_PEER=0: no llama-bench (when the device time left cannot pay its ~6 min build):
+  # ingot alone, without and with CUDA graphs; the llama.cpp column stays empty.
+  peer=${SPEED_PEER:-1}
+  if [ "$peer" = 1 ] && [ ! -x .peer/bin/llama-bench ]; then
     bash .peer/build-llama-cuda.sh > "$out/peer_build.txt" 2>&1 || { tail -20 "$out/peer_build.txt"; exit 1; }
   fi
   export LD_LIBRARY_PATH="$PWD/.peer/bin:${LD_LIBRARY_PATH:-}"
@@ -187,7 +191,11 @@ speed)
   status=0
   for f in $files; do
     b=$(basename "$f" .gguf)
-    .peer/bin/llama-bench -m "$f" -p 512 -n 128 -ngl 99 -fa 1 -r "$reps" -o json > "$out/lb_$b.json" 2> "$out/lb_$b.err" || status=1
+    if [ "$peer" = 1 ]; then
+      .peer/bin/llama-bench -m "$f" -p 512 -n 128 -ngl 99 -fa 1 -r "$reps" -o json > "$out/lb_$b.json" 2> "$out/lb_$b.err" || status=1
+    else
+      echo '[]' > "$out/lb_$b.json"
+    fi
     .gpu-bin/ingot bench --model "$f" --backend gpu:cuda -p 512 -n 128 -r "$reps" --json > "$out/ib_$b.json" 2> "$out/ib_$b.err" || status=1
     # The same with decode steps replayed as CUDA graphs (opt-in: INGOT_CUDA_GRAPHS=1).
     INGOT_CUDA_GRAPHS=1 .gpu-bin/ingot bench --model "$f" --backend gpu:cuda -p 512 -n 128 -r "$reps" --json \
