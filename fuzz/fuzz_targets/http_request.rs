@@ -12,10 +12,16 @@
 #[path = "../../crates/cli/src/serve_api.rs"]
 mod serve_api;
 
+use ingot_engine::SamplingParams;
 use libfuzzer_sys::fuzz_target;
 use serve_api::{ApiError, GenOptions, MaxTokens, Prompt};
 
 const VOCAB: usize = 1000;
+
+/// The server's sampling defaults for fields a request leaves out (llama.cpp's).
+fn defaults() -> SamplingParams {
+    SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, ..SamplingParams::default() }
+}
 
 /// An error must be a 400 with a message, and its JSON body must serialize.
 fn check_error(e: &ApiError) {
@@ -56,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(b) => b,
         Err(e) => return check_error(&e),
     };
-    match serve_api::completion_request(&body, VOCAB) {
+    match serve_api::completion_request(&body, VOCAB, &defaults()) {
         Ok(r) => {
             let len = match &r.prompt {
                 Prompt::Text(t) => {
@@ -72,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => check_error(&e),
     }
-    match serve_api::chat_request(&body, VOCAB) {
+    match serve_api::chat_request(&body, VOCAB, &defaults()) {
         Ok(r) => {
             assert!(!r.messages.is_empty());
             assert!(r.messages.iter().all(|m| ["system", "user", "assistant"].contains(&m.role.as_str())), "{:?}", r.messages);

@@ -5,6 +5,7 @@
 //! Stdin may be a pipe: one user turn per line.
 
 use crate::run_cmd::{flag_error, load, SamplingArgs};
+use crate::sampling_defaults::SamplingDefaults;
 use anyhow::Result;
 use ingot_engine::{Engine, EngineConfig, FinishReason, GenRequest, SamplingParams};
 use ingot_model::chat::Message;
@@ -58,10 +59,12 @@ impl Interrupt {
 }
 
 pub fn run(a: ChatArgs) -> Result<ExitCode> {
-    let params = a.sampling.params()?;
-    let max_tokens = params.max_tokens;
+    // Flags checked before the model is loaded; the model's defaults fill the rest after.
+    a.sampling.params(&SamplingDefaults::default())?;
     a.exec.apply()?;
     let m = load(a.model.as_deref(), &a.exec)?;
+    let params = a.sampling.params_for(&m)?;
+    let max_tokens = params.max_tokens;
     let template = m.chat_template()?;
     let context = m.model.config.context;
     let engine = Engine::start(m.model.clone(), m.tok.clone(), EngineConfig::for_one_sequence(context))?;

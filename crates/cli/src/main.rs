@@ -10,6 +10,7 @@ mod models;
 mod perplexity_cmd;
 mod pull_cmd;
 mod run_cmd;
+mod sampling_defaults;
 mod serve_api;
 mod serve_cmd;
 mod serve_http;

@@ -1,6 +1,7 @@
 //! `ingot run`: generate text from a prompt, streaming it to stdout.
 
 use crate::models;
+use crate::sampling_defaults::{describe, SamplingDefaults};
 use anyhow::{bail, Context, Result};
 use ingot_engine::{Engine, EngineConfig, GenRequest, SamplingParams};
 use ingot_model::chat::{default_template, ChatTemplate, Message};
@@ -12,59 +13,91 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The sampling flags shared by `run` and `chat`.
+/// The sampling flags shared by `run` and `chat`. Those left out take the model's
+/// recommended settings (`general.sampling.*` in its file), else llama.cpp's defaults
+/// ([`SamplingDefaults`]).
 #[derive(clap::Args, Clone, Debug)]
 pub struct SamplingArgs {
     /// Most tokens to generate (0: none, the prompt is only checked).
     #[arg(long = "max-tokens", short = 'n', default_value_t = 128, allow_negative_numbers = true, value_parser = non_negative)]
     max_tokens: usize,
-    /// 0: greedy; above 0: sample from softmax(logits / temperature).
-    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
-    temperature: f32,
-    /// Keep only the k most likely tokens (0: off).
-    #[arg(long = "top-k", default_value_t = 0, allow_negative_numbers = true, value_parser = non_negative)]
-    top_k: usize,
-    /// Keep the most likely tokens up to this probability mass, in (0, 1] (1: off).
-    #[arg(long = "top-p", default_value_t = 1.0, allow_hyphen_values = true)]
-    top_p: f32,
-    /// Drop tokens less likely than min-p times the most likely one, in [0, 1] (0: off).
-    #[arg(long = "min-p", default_value_t = 0.0, allow_hyphen_values = true)]
-    min_p: f32,
-    /// Repetition penalty on tokens already generated, llama.cpp's (1: off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0, allow_hyphen_values = true)]
-    repeat_penalty: f32,
+    /// 0: greedy; above 0: sample from softmax(logits / temperature) [default: the model's
+    /// general.sampling.temp, else 0.8].
+    #[arg(long, allow_hyphen_values = true)]
+    temperature: Option<f32>,
+    /// Keep only the k most likely tokens (0: off) [default: the model's, else 40].
+    #[arg(long = "top-k", allow_negative_numbers = true, value_parser = non_negative)]
+    top_k: Option<usize>,
+    /// Keep the most likely tokens up to this probability mass, in (0, 1] (1: off) [default:
+    /// the model's, else 0.95].
+    #[arg(long = "top-p", allow_hyphen_values = true)]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than min-p times the most likely one, in [0, 1] (0: off)
+    /// [default: the model's, else 0.05].
+    #[arg(long = "min-p", allow_hyphen_values = true)]
+    min_p: Option<f32>,
+    /// Repetition penalty on tokens already generated, llama.cpp's (1: off) [default: the
+    /// model's general.sampling.penalty_repeat, else 1].
+    #[arg(long = "repeat-penalty", allow_hyphen_values = true)]
+    repeat_penalty: Option<f32>,
     /// Subtracted per earlier occurrence of a token, OpenAI's (0: off).
     #[arg(long = "frequency-penalty", default_value_t = 0.0, allow_hyphen_values = true)]
     frequency_penalty: f32,
     /// Subtracted once from every token already generated, OpenAI's (0: off).
     #[arg(long = "presence-penalty", default_value_t = 0.0, allow_hyphen_values = true)]
     presence_penalty: f32,
-    /// Seed of the sampler (temperature > 0): the same seed gives the same output.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = seed_value)]
-    seed: u64,
+    /// Seed of the sampler: the same seed (and settings) gives the same output [default: a
+    /// random one, printed on stderr].
+    #[arg(long, allow_negative_numbers = true, value_parser = seed_value)]
+    seed: Option<u64>,
     /// Stop when the output contains this text (not printed); repeatable.
     #[arg(long, value_name = "STR")]
     stop: Vec<String>,
 }
 
 impl SamplingArgs {
-    /// The engine's parameters, checked; errors name the flag.
-    pub fn params(&self) -> Result<SamplingParams> {
+    /// The engine's parameters, checked (errors name the flag): the flags given, `defaults`
+    /// for the sampling settings left out, and a random seed when `--seed` is.
+    pub fn params(&self, defaults: &SamplingDefaults) -> Result<SamplingParams> {
         let p = SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repetition_penalty: self.repeat_penalty,
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_k: self.top_k.unwrap_or(defaults.top_k),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            min_p: self.min_p.unwrap_or(defaults.min_p),
+            repetition_penalty: self.repeat_penalty.unwrap_or(defaults.repetition_penalty),
             frequency_penalty: self.frequency_penalty,
             presence_penalty: self.presence_penalty,
             logit_bias: Vec::new(),
-            seed: self.seed,
+            seed: self.seed.unwrap_or_else(rand::random),
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             logprobs: None,
         };
         p.validate().map_err(flag_error)?;
+        Ok(p)
+    }
+
+    /// Whether any of the settings that the model's defaults fill was left out.
+    fn uses_defaults(&self) -> bool {
+        self.temperature.is_none() || self.top_k.is_none() || self.top_p.is_none() || self.min_p.is_none() || self.repeat_penalty.is_none()
+    }
+
+    /// The model's sampling defaults, with a line on stderr for each unusable key of its
+    /// file (only when a setting is left to them), then the engine's parameters and a
+    /// line that says how this run samples (when it is not greedy): the settings, where
+    /// the ones left out came from, and the seed that repeats it.
+    pub fn params_for(&self, m: &Loaded) -> Result<SamplingParams> {
+        let defaults = SamplingDefaults::from_gguf(m.model.file());
+        if self.uses_defaults() {
+            for why in &defaults.ignored {
+                eprintln!("ingot: the model's {why}; not used");
+            }
+        }
+        let p = self.params(&defaults)?;
+        if p.temperature > 0.0 {
+            let from = if self.uses_defaults() { format!(" (settings not given: {})", defaults.source()) } else { String::new() };
+            eprintln!("ingot: sampling with {}, seed {}{from}", describe(&p), p.seed);
+        }
         Ok(p)
     }
 }
@@ -239,11 +272,13 @@ impl Loaded {
 
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let prompt = a.prompt.or(a.prompt_flag).context("no prompt: give it as an argument or with --prompt")?;
-    let mut params = a.sampling.params()?;
-    params.logprobs = a.top_logprobs;
-    params.validate().map_err(flag_error)?;
+    // Every flag is checked before the model is loaded (with llama.cpp's defaults for the
+    // settings left out), then the parameters are made with the model's defaults.
+    let checked = SamplingParams { logprobs: a.top_logprobs, ..a.sampling.params(&SamplingDefaults::default())? };
+    checked.validate().map_err(flag_error)?;
     a.exec.apply()?;
     let m = load(a.model.as_deref(), &a.exec)?;
+    let params = SamplingParams { logprobs: a.top_logprobs, ..a.sampling.params_for(&m)? };
     let prompt_ids = if a.chat {
         m.encode_chat(&m.chat_template()?, &[Message::new("user", prompt)], a.parse_special)?
     } else {
@@ -275,7 +310,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         let finish = crate::serve_api::finish_reason(g.finish);
         let mut j = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": g.tokens, "text": g.text, "finish_reason": finish});
         if a.top_logprobs.is_some() {
-            let entry = |id: u32, lp: f32| serde_json::json!({"id": id, "token": m.tok.decode(&[id], false), "logprob": lp});
+            // A token's own bytes (as the server's logprobs give them), as text.
+            let token = |id: u32| String::from_utf8_lossy(&m.tok.token_piece(id).unwrap_or_default()).into_owned();
+            let entry = |id: u32, lp: f32| serde_json::json!({"id": id, "token": token(id), "logprob": lp});
             j["logprobs"] = g.logprobs.iter().map(|t| serde_json::json!(t.logprob)).collect();
             j["top_logprobs"] =
                 g.logprobs.iter().map(|t| t.top.iter().map(|&(id, lp)| entry(id, lp)).collect::<serde_json::Value>()).collect();

@@ -6,10 +6,14 @@
 //! Unknown fields are ignored, as OpenAI clients send extras. Fields of OpenAI's API that
 //! Ingot does not implement are type-checked and ignored when they ask for nothing
 //! (`echo: false`, `n: 1`, `tools: []`) and refused with a 400 when they ask for something
-//! (`echo: true`, `logprobs`, `n: 2`, tools), never silently dropped.
+//! (`echo: true`, `n: 2`, tools), never silently dropped.
+//!
+//! Sampling fields a request leaves out take the server's defaults (the model's
+//! recommended settings, else llama.cpp's: sampling_defaults.rs), passed in as a
+//! [`SamplingParams`]; the fields given have OpenAI's meaning.
 
 use axum::http::StatusCode;
-use ingot_engine::{FinishReason, SamplingParams};
+use ingot_engine::{FinishReason, SamplingParams, MAX_TOP_LOGPROBS};
 use ingot_model::chat::Message;
 use serde_json::{json, Map, Value};
 
@@ -246,7 +250,8 @@ pub fn check_prompt_bytes(param: &str, bytes: usize, context: usize, max_token_b
 
 /// Reads the generation fields both endpoints share. `max_names` are the names of the
 /// token budget, first match wins (chat: `max_completion_tokens`, then `max_tokens`).
-fn gen_options(f: &Fields, max_names: &[&str], default_max: MaxTokens, vocab: usize) -> Result<GenOptions> {
+/// Temperature, top-k, top-p, min-p and the repetition penalty left out are `defaults`'.
+fn gen_options(f: &Fields, max_names: &[&str], default_max: MaxTokens, vocab: usize, defaults: &SamplingParams) -> Result<GenOptions> {
     if let Some(n) = f.integer("n")? {
         if n != 1 {
             let msg = if n < 1 {
@@ -269,7 +274,14 @@ fn gen_options(f: &Fields, max_names: &[&str], default_max: MaxTokens, vocab: us
             break;
         }
     }
-    let mut p = SamplingParams::default();
+    let mut p = SamplingParams {
+        temperature: defaults.temperature,
+        top_k: defaults.top_k,
+        top_p: defaults.top_p,
+        min_p: defaults.min_p,
+        repetition_penalty: defaults.repetition_penalty,
+        ..SamplingParams::default()
+    };
     if let Some(t) = f.number_in("temperature", 0.0, false, f64::INFINITY)? {
         p.temperature = t as f32;
     }
@@ -398,9 +410,20 @@ fn token_ids(a: &[Value], param: &str, vocab: usize) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// `logprobs` of `/v1/completions` / `top_logprobs` of chat: how many alternatives, in
+/// `[0, MAX_TOP_LOGPROBS]`.
+fn top_count(f: &Fields, name: &str, note: &str) -> Result<Option<usize>> {
+    match f.integer(name)? {
+        None => Ok(None),
+        Some(n) if (0..=MAX_TOP_LOGPROBS as i128).contains(&n) => Ok(Some(n as usize)),
+        Some(n) => Err(ApiError::invalid(Some(name), format!("'{name}' must be in [0, {MAX_TOP_LOGPROBS}]{note}, got {n}"))),
+    }
+}
+
 /// Reads a completion request: `prompt` is a string, an array of one string, an array of
-/// token ids or an array of one such array.
-pub fn completion_request(body: &Map<String, Value>, vocab: usize) -> Result<CompletionRequest> {
+/// token ids or an array of one such array. `defaults`: the sampling settings of fields
+/// left out ([`gen_options`]).
+pub fn completion_request(body: &Map<String, Value>, vocab: usize, defaults: &SamplingParams) -> Result<CompletionRequest> {
     let f = Fields(body);
     let one_prompt = |n: usize| ApiError::unsupported("prompt", &format!("an array of {n} prompts (one prompt per request)"));
     let prompt = match f.get("prompt") {
@@ -423,9 +446,9 @@ pub fn completion_request(body: &Map<String, Value>, vocab: usize) -> Result<Com
     if f.boolean("echo")? == Some(true) {
         return Err(ApiError::unsupported("echo", "'echo'"));
     }
-    if f.integer("logprobs")?.is_some() {
-        return Err(ApiError::unsupported("logprobs", "'logprobs'"));
-    }
+    // The legacy `logprobs: N`: the chosen token's log-probability and the N most likely
+    // (OpenAI takes at most 5; vLLM, and this server, at most 20).
+    let logprobs = top_count(&f, "logprobs", " (OpenAI's limit is 5; this server takes up to 20, as vLLM)")?;
     if f.integer("best_of")?.is_some_and(|b| b != 1) {
         return Err(ApiError::unsupported("best_of", "'best_of' other than 1"));
     }
@@ -433,7 +456,8 @@ pub fn completion_request(body: &Map<String, Value>, vocab: usize) -> Result<Com
         return Err(ApiError::unsupported("suffix", "'suffix'"));
     }
     // OpenAI's default for completions is 16 tokens.
-    let opts = gen_options(&f, &["max_tokens"], MaxTokens::UpTo(16), vocab)?;
+    let mut opts = gen_options(&f, &["max_tokens"], MaxTokens::UpTo(16), vocab, defaults)?;
+    opts.params.logprobs = logprobs;
     let parse_special = f.boolean("parse_special")?.unwrap_or(false);
     Ok(CompletionRequest { prompt, opts, parse_special })
 }
@@ -479,7 +503,8 @@ fn message_content(v: Option<&Value>, param: &str, role: &str) -> Result<String>
 }
 
 /// Reads a chat request: `messages` of roles system (or developer), user and assistant.
-pub fn chat_request(body: &Map<String, Value>, vocab: usize) -> Result<ChatRequest> {
+/// `defaults`: the sampling settings of fields left out ([`gen_options`]).
+pub fn chat_request(body: &Map<String, Value>, vocab: usize, defaults: &SamplingParams) -> Result<ChatRequest> {
     let f = Fields(body);
     let Some(list) = f.array("messages")? else { return Err(ApiError::invalid(Some("messages"), "'messages' is required")) };
     if list.is_empty() {
@@ -511,11 +536,12 @@ pub fn chat_request(body: &Map<String, Value>, vocab: usize) -> Result<ChatReque
         let content = message_content(mf.get("content"), &format!("{param}.content"), role)?;
         messages.push(Message::new(role, content));
     }
-    if f.boolean("logprobs")? == Some(true) {
-        return Err(ApiError::unsupported("logprobs", "'logprobs'"));
-    }
-    if f.integer("top_logprobs")?.is_some_and(|n| n > 0) {
-        return Err(ApiError::unsupported("top_logprobs", "'top_logprobs'"));
+    // `logprobs: true`: each token's log-probability; `top_logprobs: N` (only with it, as
+    // OpenAI's API checks) adds the N most likely tokens of each step.
+    let logprobs = f.boolean("logprobs")?.unwrap_or(false);
+    let top = top_count(&f, "top_logprobs", "")?;
+    if top.is_some() && !logprobs {
+        return Err(ApiError::invalid(Some("top_logprobs"), "'top_logprobs' requires 'logprobs' to be true"));
     }
     for name in ["tools", "functions"] {
         if f.array(name)?.is_some_and(|t| !t.is_empty()) {
@@ -534,7 +560,8 @@ pub fn chat_request(body: &Map<String, Value>, vocab: usize) -> Result<ChatReque
         }
     }
     // Like vLLM, without a limit the reply may use the rest of the context.
-    let opts = gen_options(&f, &["max_completion_tokens", "max_tokens"], MaxTokens::Rest, vocab)?;
+    let mut opts = gen_options(&f, &["max_completion_tokens", "max_tokens"], MaxTokens::Rest, vocab, defaults)?;
+    opts.params.logprobs = logprobs.then(|| top.unwrap_or(0));
     let parse_special = f.boolean("parse_special")?.unwrap_or(false);
     Ok(ChatRequest { messages, opts, parse_special })
 }
@@ -567,6 +594,59 @@ impl Usage {
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         })
     }
+}
+
+/// One generated token's log-probability, for a response: the token's bytes, and the most
+/// likely tokens of its step as (bytes, log-probability), largest first (the engine's
+/// [`ingot_engine::TokenLogprob`] with ids turned into bytes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<(Vec<u8>, f32)>,
+}
+
+/// A token's bytes as the `token` string of a response (bytes that are not UTF-8 become
+/// U+FFFD; `bytes` has them exactly).
+fn token_str(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Chat's `logprobs`: `{"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token",
+/// "logprob", "bytes"}, ...]}, ...]}`.
+fn chat_logprobs(entries: &[TokenLogprobs]) -> Value {
+    let content: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let top: Vec<Value> = e.top.iter().map(|(b, lp)| json!({"token": token_str(b), "logprob": lp, "bytes": b})).collect();
+            json!({"token": token_str(&e.bytes), "logprob": e.logprob, "bytes": e.bytes, "top_logprobs": top})
+        })
+        .collect();
+    json!({"content": content})
+}
+
+/// The legacy `logprobs` of `/v1/completions`: `tokens`, `token_logprobs`, `top_logprobs`
+/// (per token an object token → log-probability of the most likely tokens, and the chosen
+/// one where it is not among them, as OpenAI's) and `text_offset` (where each token starts
+/// in the completion's text, in characters, as vLLM counts them). `offset` is the text's
+/// length in characters before these tokens; it is advanced past them.
+fn completion_logprobs(entries: &[TokenLogprobs], offset: &mut usize) -> Value {
+    let (mut tokens, mut lps, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for e in entries {
+        let token = token_str(&e.bytes);
+        let mut top = Map::new();
+        for (b, lp) in &e.top {
+            top.entry(token_str(b)).or_insert(json!(lp));
+        }
+        top.entry(token.clone()).or_insert(json!(e.logprob));
+        offsets.push(*offset);
+        // Characters start at every byte that is not a UTF-8 continuation byte.
+        *offset += e.bytes.iter().filter(|&&b| b & 0xC0 != 0x80).count();
+        tokens.push(token);
+        lps.push(e.logprob);
+        tops.push(Value::Object(top));
+    }
+    json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
 }
 
 /// Which endpoint a response belongs to.
@@ -613,13 +693,23 @@ impl ResponseMeta {
         m
     }
 
-    /// The whole response of a non-streamed request.
-    pub fn response(&self, text: &str, finish: &str, usage: &Usage) -> Value {
+    /// A choice's `logprobs` for `entries`, in the endpoint's format (`null` for `None`: the
+    /// request did not ask). `offset`: see [`completion_logprobs`].
+    pub fn logprobs(&self, entries: Option<&[TokenLogprobs]>, offset: &mut usize) -> Value {
+        match (entries, self.endpoint) {
+            (None, _) => Value::Null,
+            (Some(e), Endpoint::Chat) => chat_logprobs(e),
+            (Some(e), Endpoint::Completions) => completion_logprobs(e, offset),
+        }
+    }
+
+    /// The whole response of a non-streamed request; `logprobs` as [`ResponseMeta::logprobs`] gives it.
+    pub fn response(&self, text: &str, finish: &str, usage: &Usage, logprobs: Value) -> Value {
         let (object, choice) = match self.endpoint {
-            Endpoint::Completions => ("text_completion", json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})),
+            Endpoint::Completions => ("text_completion", json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish})),
             Endpoint::Chat => (
                 "chat.completion",
-                json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}),
+                json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish}),
             ),
         };
         let mut m = self.head(object, json!([choice]));
@@ -634,18 +724,19 @@ impl ResponseMeta {
         }
     }
 
-    /// A stream chunk: text (chat: `role` marks the first chunk), or the end (`finish`).
-    /// With `include_usage` every chunk carries `"usage": null`, as OpenAI's do.
-    pub fn chunk(&self, text: &str, first: bool, finish: Option<&str>, include_usage: bool) -> Value {
+    /// A stream chunk: text (chat: `role` marks the first chunk), or the end (`finish`);
+    /// `logprobs` those of the chunk's tokens ([`ResponseMeta::logprobs`]), or null. With
+    /// `include_usage` every chunk carries `"usage": null`, as OpenAI's do.
+    pub fn chunk(&self, text: &str, first: bool, finish: Option<&str>, include_usage: bool, logprobs: Value) -> Value {
         let choice = match self.endpoint {
-            Endpoint::Completions => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+            Endpoint::Completions => json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}),
             Endpoint::Chat => {
                 let delta = match (first, finish) {
                     (true, _) => json!({"role": "assistant", "content": text}),
                     (false, Some(_)) if text.is_empty() => json!({}),
                     _ => json!({"content": text}),
                 };
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
         };
         let mut m = self.head(self.chunk_object(), json!([choice]));
@@ -676,12 +767,18 @@ mod tests {
         }
     }
 
+    /// The server's defaults in these tests: greedy (what a request gets for fields it
+    /// leaves out is checked in `omitted_fields_take_the_server_defaults`).
+    fn greedy() -> SamplingParams {
+        SamplingParams::default()
+    }
+
     fn completion(v: Value) -> Result<CompletionRequest> {
-        completion_request(&body(v), VOCAB)
+        completion_request(&body(v), VOCAB, &greedy())
     }
 
     fn chat(v: Value) -> Result<ChatRequest> {
-        chat_request(&body(v), VOCAB)
+        chat_request(&body(v), VOCAB, &greedy())
     }
 
     #[test]
@@ -795,14 +892,19 @@ mod tests {
             (json!({"user": []}), "user", "a string"),
             (json!({"echo": true}), "echo", "not supported"),
             (json!({"echo": "no"}), "echo", "a boolean"),
-            (json!({"logprobs": 2}), "logprobs", "not supported"),
+            (json!({"logprobs": -1}), "logprobs", "must be in [0, 20] (OpenAI's limit is 5; this server takes up to 20, as vLLM), got -1"),
+            (json!({"logprobs": 21}), "logprobs", "must be in [0, 20]"),
+            (json!({"logprobs": 1e20}), "logprobs", "must be in [0, 20]"),
+            (json!({"logprobs": 2.5}), "logprobs", "must be an integer, got a number"),
+            (json!({"logprobs": true}), "logprobs", "must be an integer, got a boolean"),
+            (json!({"logprobs": "5"}), "logprobs", "must be an integer, got a string"),
             (json!({"best_of": 3}), "best_of", "not supported"),
             (json!({"suffix": "x"}), "suffix", "not supported"),
         ];
         for (extra, param, want) in cases {
             let mut b = body(extra.clone());
             b.insert("prompt".into(), "Hi".into());
-            let e = completion_request(&b, VOCAB).unwrap_err();
+            let e = completion_request(&b, VOCAB, &greedy()).unwrap_err();
             assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some(param)), "{extra}: {e:?}");
             assert!(e.message.contains(want), "{extra}: {}", e.message);
             assert_eq!(e.body()["error"]["type"], "invalid_request_error");
@@ -841,7 +943,20 @@ mod tests {
             (json!({"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]}), "messages[0].content[0].text", "a string"),
             (json!({"messages": [{"role": "assistant", "content": "", "tool_calls": [{}]}]}), "messages[0].tool_calls", "not supported"),
             (json!({"messages": [{"role": "user", "content": "x"}], "n": 3}), "n", "only one choice"),
-            (json!({"messages": [{"role": "user", "content": "x"}], "logprobs": true}), "logprobs", "not supported"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "logprobs": 1}), "logprobs", "must be a boolean"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}), "top_logprobs", "requires 'logprobs' to be true"),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "logprobs": false, "top_logprobs": 0}),
+                "top_logprobs",
+                "requires 'logprobs' to be true",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21}),
+                "top_logprobs",
+                "'top_logprobs' must be in [0, 20], got 21",
+            ),
+            (json!({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": -3}), "top_logprobs", "got -3"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 0.5}), "top_logprobs", "integer"),
             (json!({"messages": [{"role": "user", "content": "x"}], "tools": [{}]}), "tools", "not supported"),
             (
                 json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}),
@@ -907,7 +1022,7 @@ mod tests {
         let m = ResponseMeta::new(Endpoint::Chat, "smol");
         assert!(m.id.starts_with("chatcmpl-"));
         let u = Usage { prompt_tokens: 5, completion_tokens: 3, cached_tokens: 2 };
-        let r = m.response("hi", "stop", &u);
+        let r = m.response("hi", "stop", &u, Value::Null);
         assert_eq!(r["object"], "chat.completion");
         assert_eq!(r["model"], "smol");
         assert_eq!(r["choices"][0]["message"], json!({"role": "assistant", "content": "hi"}));
@@ -916,24 +1031,116 @@ mod tests {
             r["usage"],
             json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "prompt_tokens_details": {"cached_tokens": 2}})
         );
-        let first = m.chunk("", true, None, true);
+        let first = m.chunk("", true, None, true, Value::Null);
         assert_eq!(first["object"], "chat.completion.chunk");
         assert_eq!(first["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
         assert_eq!(first["usage"], Value::Null);
         assert!(first.as_object().unwrap().contains_key("usage"));
-        assert_eq!(m.chunk("a", false, None, false)["choices"][0]["delta"], json!({"content": "a"}));
-        let end = m.chunk("", false, Some("length"), false);
+        assert_eq!(m.chunk("a", false, None, false, Value::Null)["choices"][0]["delta"], json!({"content": "a"}));
+        let end = m.chunk("", false, Some("length"), false, Value::Null);
         assert_eq!((&end["choices"][0]["delta"], &end["choices"][0]["finish_reason"]), (&json!({}), &json!("length")));
         assert!(!end.as_object().unwrap().contains_key("usage"));
         assert_eq!(m.usage_chunk(&u)["choices"], json!([]));
         let c = ResponseMeta::new(Endpoint::Completions, "smol");
         assert!(c.id.starts_with("cmpl-"));
-        assert_eq!(c.response("x", "length", &u)["choices"][0]["text"], "x");
-        assert_eq!(c.chunk("y", true, None, false)["object"], "text_completion");
-        assert_eq!(c.chunk("y", true, None, false)["choices"][0]["text"], "y");
+        assert_eq!(c.response("x", "length", &u, Value::Null)["choices"][0]["text"], "x");
+        assert_eq!(c.chunk("y", true, None, false, Value::Null)["object"], "text_completion");
+        assert_eq!(c.chunk("y", true, None, false, Value::Null)["choices"][0]["text"], "y");
+        assert_eq!(c.chunk("y", true, None, false, Value::Null)["choices"][0]["logprobs"], Value::Null);
         assert_eq!(finish_reason(FinishReason::Eog), Some("stop"));
         assert_eq!(finish_reason(FinishReason::Stop), Some("stop"));
         assert_eq!(finish_reason(FinishReason::MaxTokens), Some("length"));
         assert_eq!(finish_reason(FinishReason::Cancelled), None);
+    }
+    #[test]
+    fn omitted_fields_take_the_server_defaults() {
+        let d = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repetition_penalty: 1.1, ..Default::default() };
+        let msgs = json!([{"role": "user", "content": "x"}]);
+        for r in [
+            completion_request(&body(json!({"prompt": "x"})), VOCAB, &d).unwrap().opts,
+            chat_request(&body(json!({"messages": msgs, "temperature": null})), VOCAB, &d).unwrap().opts,
+        ] {
+            let p = &r.params;
+            assert_eq!((p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty), (0.8, 40, 0.95, 0.05, 1.1));
+            assert_eq!((p.presence_penalty, p.frequency_penalty, p.logprobs), (0.0, 0.0, None));
+        }
+        // Each field given has OpenAI's meaning and replaces only its default.
+        let r = chat_request(&body(json!({"messages": msgs, "temperature": 0, "top_p": 1})), VOCAB, &d).unwrap().opts;
+        let p = &r.params;
+        assert_eq!((p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty), (0.0, 40, 1.0, 0.05, 1.1));
+        let r = completion_request(&body(json!({"prompt": "x", "top_k": 0, "min_p": 0, "repeat_penalty": 1})), VOCAB, &d).unwrap().opts;
+        assert_eq!((r.params.temperature, r.params.top_k, r.params.min_p, r.params.repetition_penalty), (0.8, 0, 0.0, 1.0));
+        // The rest of the defaults' fields are not the request's.
+        let odd = SamplingParams { max_tokens: 3, stop: vec!["z".into()], logprobs: Some(4), seed: 5, ..d.clone() };
+        let r = completion_request(&body(json!({"prompt": "x"})), VOCAB, &odd).unwrap().opts;
+        assert_eq!((r.params.stop.len(), r.params.logprobs, r.max_tokens), (0, None, MaxTokens::UpTo(16)));
+    }
+
+    #[test]
+    fn logprobs_fields_set_the_engine_count() {
+        let msgs = json!([{"role": "user", "content": "x"}]);
+        let lp = |v: Value| chat(v).unwrap().opts.params.logprobs;
+        assert_eq!(lp(json!({"messages": msgs})), None);
+        assert_eq!(lp(json!({"messages": msgs, "logprobs": false})), None);
+        assert_eq!(lp(json!({"messages": msgs, "logprobs": null, "top_logprobs": null})), None);
+        assert_eq!(lp(json!({"messages": msgs, "logprobs": true})), Some(0));
+        assert_eq!(lp(json!({"messages": msgs, "logprobs": true, "top_logprobs": 0})), Some(0));
+        assert_eq!(lp(json!({"messages": msgs, "logprobs": true, "top_logprobs": 20})), Some(20));
+        assert_eq!(lp(json!({"messages": msgs, "logprobs": true, "top_logprobs": 3.0})), Some(3));
+        let lp = |v: Value| completion(v).unwrap().opts.params.logprobs;
+        assert_eq!(lp(json!({"prompt": "x"})), None);
+        assert_eq!(lp(json!({"prompt": "x", "logprobs": null})), None);
+        assert_eq!(lp(json!({"prompt": "x", "logprobs": 0})), Some(0));
+        assert_eq!(lp(json!({"prompt": "x", "logprobs": 5})), Some(5));
+        assert_eq!(lp(json!({"prompt": "x", "logprobs": 20})), Some(20));
+        // top_logprobs is not a field of /v1/completions: ignored as any unknown field.
+        assert_eq!(lp(json!({"prompt": "x", "top_logprobs": 50})), None);
+        // echo stays refused, with or without logprobs.
+        let e = completion(json!({"prompt": "x", "logprobs": 2, "echo": true})).unwrap_err();
+        assert_eq!((e.param.as_deref(), e.code), (Some("echo"), Some("unsupported_parameter")));
+    }
+
+    #[test]
+    fn logprobs_shapes() {
+        let e = |s: &str, lp: f32, top: &[(&str, f32)]| TokenLogprobs {
+            bytes: s.as_bytes().to_vec(),
+            logprob: lp,
+            top: top.iter().map(|(t, l)| (t.as_bytes().to_vec(), *l)).collect(),
+        };
+        // "é" in two tokens of one byte each (not UTF-8 alone), then " b".
+        let entries = vec![
+            e("a", -0.5, &[("a", -0.5), ("c", -1.5)]),
+            TokenLogprobs { bytes: vec![0xC3], logprob: -0.25, top: vec![(vec![0xC3], -0.25), (b"x".to_vec(), -2.0)] },
+            TokenLogprobs { bytes: vec![0xA9], logprob: -3.0, top: vec![(b"y".to_vec(), -1.0), (b"z".to_vec(), -2.0)] },
+            e(" b", -0.125, &[(" b", -0.125), ("c", -4.0)]),
+        ];
+        let chat = ResponseMeta::new(Endpoint::Chat, "m");
+        let v = chat.logprobs(Some(&entries), &mut 0);
+        let content = v["content"].as_array().unwrap();
+        assert_eq!(content.len(), 4);
+        assert_eq!(
+            content[0],
+            json!({"token": "a", "logprob": -0.5, "bytes": [97],
+            "top_logprobs": [{"token": "a", "logprob": -0.5, "bytes": [97]}, {"token": "c", "logprob": -1.5, "bytes": [99]}]})
+        );
+        assert_eq!((&content[1]["token"], &content[1]["bytes"]), (&json!("\u{FFFD}"), &json!([0xC3])));
+        assert_eq!(chat.logprobs(None, &mut 0), Value::Null);
+        assert_eq!(chat.logprobs(Some(&[]), &mut 0), json!({"content": []}));
+        let r = chat.response("aé b", "stop", &Usage::default(), v.clone());
+        assert_eq!(r["choices"][0]["logprobs"], v);
+        assert_eq!(chat.chunk("a", false, None, false, v.clone())["choices"][0]["logprobs"], v);
+
+        let comp = ResponseMeta::new(Endpoint::Completions, "m");
+        let mut offset = 10;
+        let v = comp.logprobs(Some(&entries), &mut offset);
+        assert_eq!(v["tokens"], json!(["a", "\u{FFFD}", "\u{FFFD}", " b"]));
+        assert_eq!(v["token_logprobs"], json!([-0.5, -0.25, -3.0, -0.125]));
+        // Offsets in characters: "é" is one character over two tokens.
+        assert_eq!(v["text_offset"], json!([10, 11, 12, 12]));
+        assert_eq!(offset, 14);
+        assert_eq!(v["top_logprobs"][0], json!({"a": -0.5, "c": -1.5}));
+        // The chosen token is added where it is not among the most likely (N + 1 entries).
+        assert_eq!(v["top_logprobs"][2], json!({"y": -1.0, "z": -2.0, "\u{FFFD}": -3.0}));
+        assert_eq!(comp.response("x", "length", &Usage::default(), v.clone())["choices"][0]["logprobs"], v);
     }
 }

@@ -4,7 +4,8 @@
 //! starts the engine, binds and shuts down on Ctrl-C / SIGTERM.
 
 use crate::run_cmd::load;
-use crate::serve_api::Usage;
+use crate::sampling_defaults::{describe, SamplingDefaults};
+use crate::serve_api::{TokenLogprobs, Usage};
 use crate::serve_http::{
     self, Access, AppState, ConnLimits, EncodeError, EventStream, GenEvent, Generator, Limits, Metric, MetricKind, SubmitError,
 };
@@ -146,6 +147,8 @@ struct EngineGenerator {
     vocab: usize,
     /// The longest token's bytes ([`Generator::max_token_bytes`]).
     max_token_bytes: usize,
+    /// The sampling settings of requests that leave them out.
+    defaults: SamplingParams,
 }
 
 /// A request handle that cancels its request when dropped before the last event (the
@@ -180,6 +183,10 @@ impl Generator for EngineGenerator {
         self.max_token_bytes
     }
 
+    fn default_params(&self) -> SamplingParams {
+        self.defaults.clone()
+    }
+
     fn encode_text(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, String> {
         // BOS as the model wants it; control-token texts only when the request asks.
         self.tok.encode(text, true, parse_special).map_err(|e| e.to_string())
@@ -201,12 +208,24 @@ impl Generator for EngineGenerator {
             ingot_engine::Error::Request(_) | ingot_engine::Error::Param { .. } => SubmitError::Invalid(e.to_string()),
             e => SubmitError::Unavailable(e.to_string()),
         })?;
-        let events = stream::unfold(Cancelling { handle, ended: false }, |mut c| async move {
+        let tok = self.tok.clone();
+        let events = stream::unfold((Cancelling { handle, ended: false }, tok), |(mut c, tok)| async move {
             if c.ended {
                 return None;
             }
             let ev = match c.handle.events.recv().await? {
-                Event::Text { text, .. } => GenEvent::Text(text),
+                Event::Text { text, logprobs, .. } => {
+                    let bytes = |id: u32| tok.token_piece(id).unwrap_or_default();
+                    let logprobs = logprobs
+                        .into_iter()
+                        .map(|t| TokenLogprobs {
+                            bytes: bytes(t.id),
+                            logprob: t.logprob,
+                            top: t.top.iter().map(|&(id, lp)| (bytes(id), lp)).collect(),
+                        })
+                        .collect();
+                    GenEvent::Text { text, logprobs }
+                }
                 Event::Done { finish, usage } => {
                     c.ended = true;
                     let u = Usage {
@@ -221,7 +240,7 @@ impl Generator for EngineGenerator {
                     GenEvent::Error(e)
                 }
             };
-            Some((ev, c))
+            Some((ev, (c, tok)))
         });
         Ok(events.boxed())
     }
@@ -301,6 +320,12 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     // Each token of an encoding stands for at most its piece's bytes of the text (a byte
     // token for one byte, a special token for its text), so the longest piece bounds them.
     let max_token_bytes = (0..m.tok.n_tokens()).filter_map(|i| m.tok.token_piece(i as u32).ok()).map(|p| p.len()).max().unwrap_or(1).max(1);
+    let sampling = SamplingDefaults::from_gguf(m.model.file());
+    for why in &sampling.ignored {
+        eprintln!("ingot: the model's {why}; not used");
+    }
+    let defaults = sampling.params(SamplingParams::default());
+    eprintln!("ingot: sampling defaults of requests: {} ({})", describe(&defaults), sampling.source());
     let tok = m.tok;
     let engine = Engine::start(m.model, tok.clone(), cfg).context("starting the engine")?;
     let c = engine.config();
@@ -316,7 +341,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         }
         _ => context,
     };
-    let gen = EngineGenerator { engine: engine.clone(), tok, template, context, vocab, max_token_bytes };
+    let gen = EngineGenerator { engine: engine.clone(), tok, template, context, vocab, max_token_bytes, defaults };
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let limits = Limits { body_timeout, ..Limits::default() };
     let state = Arc::new(AppState::new(Arc::new(gen), model_id, created, limits));

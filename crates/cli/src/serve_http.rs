@@ -20,7 +20,7 @@
 //! streams send an SSE comment each second while they have nothing else to say (a queued
 //! request, a long prefill).
 
-use crate::serve_api::{self, ApiError, Endpoint, GenOptions, Prompt, ResponseMeta, Usage};
+use crate::serve_api::{self, ApiError, Endpoint, GenOptions, Prompt, ResponseMeta, TokenLogprobs, Usage};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -47,8 +47,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 /// One event of a running request.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GenEvent {
-    /// Settled text (stop strings already removed).
-    Text(String),
+    /// Settled text (stop strings already removed), and when the request asked for them
+    /// the log-probabilities of the tokens generated since the last Text event (a last Text
+    /// event may have tokens and no text: those of a stop string).
+    Text { text: String, logprobs: Vec<TokenLogprobs> },
     /// The last event of a request that ended normally.
     Done { finish: FinishReason, usage: Usage },
     /// The last event of a request that failed (the engine stopped, a kernel failed).
@@ -108,6 +110,9 @@ pub trait Generator: Send + Sync + 'static {
     /// tokens: the template's markup gives control tokens, message content only text unless
     /// `parse_special`; a rendered text of more than `max_bytes` bytes is not tokenized.
     fn encode_chat(&self, messages: &[Message], max_bytes: usize, parse_special: bool) -> Result<Vec<u32>, EncodeError>;
+    /// The sampling settings of a request that leaves them out (temperature, top-k, top-p,
+    /// min-p, repetition penalty; the rest of it is ignored).
+    fn default_params(&self) -> SamplingParams;
     /// Queues a request.
     fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<EventStream, SubmitError>;
     /// The engine's counters and gauges now.
@@ -464,7 +469,7 @@ async fn json_body(limits: &Limits, headers: &HeaderMap, body: Body) -> Result<B
 /// A completion request's prompt tokens and options, checked against the context (runs
 /// on a blocking thread).
 fn prepare_completion(st: &AppState, body: &[u8]) -> Result<(Vec<u32>, GenOptions), ApiError> {
-    let req = serve_api::completion_request(&serve_api::parse_body(body)?, st.gen.vocab())?;
+    let req = serve_api::completion_request(&serve_api::parse_body(body)?, st.gen.vocab(), &st.gen.default_params())?;
     let context = st.gen.context();
     let prompt = match req.prompt {
         Prompt::Text(t) => {
@@ -480,7 +485,7 @@ fn prepare_completion(st: &AppState, body: &[u8]) -> Result<(Vec<u32>, GenOption
 
 /// A chat request's prompt tokens and options (runs on a blocking thread).
 fn prepare_chat(st: &AppState, body: &[u8]) -> Result<(Vec<u32>, GenOptions), ApiError> {
-    let req = serve_api::chat_request(&serve_api::parse_body(body)?, st.gen.vocab())?;
+    let req = serve_api::chat_request(&serve_api::parse_body(body)?, st.gen.vocab(), &st.gen.default_params())?;
     let (context, token_bytes) = (st.gen.context(), st.gen.max_token_bytes());
     let max_bytes = context.saturating_mul(token_bytes.max(1));
     let prompt = st.gen.encode_chat(&req.messages, max_bytes, req.parse_special).map_err(|e| match e {
@@ -531,15 +536,17 @@ async fn generate(st: &AppState, endpoint: Endpoint, prompt: Vec<u32>, opts: Gen
         })?
     };
     let meta = ResponseMeta::new(endpoint, &st.model_id);
+    let logprobs = opts.params.logprobs.is_some();
     if opts.stream {
         // Comment lines while nothing else is sent (a request still queued, a long prefill):
         // writing to a closed connection is how hyper learns that the client left, so a
         // client that leaves before its first token is noticed within about two intervals.
         let keep_alive = KeepAlive::new().interval(SSE_KEEP_ALIVE).text("");
-        return Ok(Sse::new(sse_stream(events, meta, opts.include_usage)).keep_alive(keep_alive).into_response());
+        return Ok(Sse::new(sse_stream(events, meta, opts.include_usage, logprobs)).keep_alive(keep_alive).into_response());
     }
-    let (text, finish, usage) = collect(events).await?;
-    Ok(Json(meta.response(&text, finish, &usage)).into_response())
+    let (text, finish, usage, entries) = collect(events).await?;
+    let lp = meta.logprobs(logprobs.then_some(entries.as_slice()), &mut 0);
+    Ok(Json(meta.response(&text, finish, &usage, lp)).into_response())
 }
 
 /// Limits on connections, for [`serve`].
@@ -612,15 +619,20 @@ const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 const ENDED_EARLY: &str = "the engine stopped before the request finished";
 
-/// Waits for a whole reply.
-async fn collect(mut events: EventStream) -> Result<(String, &'static str, Usage), ApiError> {
+/// Waits for a whole reply: its text, finish reason, usage and the log-probabilities of
+/// its tokens (empty unless asked for).
+async fn collect(mut events: EventStream) -> Result<(String, &'static str, Usage, Vec<TokenLogprobs>), ApiError> {
     let mut text = String::new();
+    let mut entries = Vec::new();
     while let Some(ev) = events.next().await {
         match ev {
-            GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Text { text: t, logprobs } => {
+                text.push_str(&t);
+                entries.extend(logprobs);
+            }
             GenEvent::Done { finish, usage } => {
                 let finish = serve_api::finish_reason(finish).ok_or_else(|| engine_error("the request was cancelled"))?;
-                return Ok((text, finish, usage));
+                return Ok((text, finish, usage, entries));
             }
             GenEvent::Error(e) => return Err(engine_error(&e)),
         }
@@ -629,26 +641,31 @@ async fn collect(mut events: EventStream) -> Result<(String, &'static str, Usage
 }
 
 /// The SSE events of a streamed reply: (chat) a first chunk with the role, a chunk per text
-/// event, a last chunk with the finish reason, (include_usage) a chunk with the usage, and
-/// `[DONE]`. A failure mid-stream sends `{"error": …}` and `[DONE]`.
+/// event (with `logprobs`: the log-probabilities of its tokens; an event with tokens but no
+/// text gets a chunk too), a last chunk with the finish reason, (include_usage) a chunk with
+/// the usage, and `[DONE]`. A failure mid-stream sends `{"error": …}` and `[DONE]`.
 fn sse_stream(
     events: EventStream,
     meta: ResponseMeta,
     include_usage: bool,
+    logprobs: bool,
 ) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
     struct St {
         events: EventStream,
         meta: ResponseMeta,
         include_usage: bool,
+        logprobs: bool,
+        /// Characters of text sent so far (the legacy `text_offset`).
+        offset: usize,
         /// Data lines ready to send.
         out: VecDeque<String>,
         ended: bool,
     }
     let mut out = VecDeque::new();
     if meta.endpoint == Endpoint::Chat {
-        out.push_back(meta.chunk("", true, None, include_usage).to_string());
+        out.push_back(meta.chunk("", true, None, include_usage, Value::Null).to_string());
     }
-    let st = St { events, meta, include_usage, out, ended: false };
+    let st = St { events, meta, include_usage, logprobs, offset: 0, out, ended: false };
     stream::unfold(st, |mut st| async move {
         loop {
             if let Some(data) = st.out.pop_front() {
@@ -659,13 +676,16 @@ fn sse_stream(
             }
             let fail = |msg: &str| engine_error(msg).body().to_string();
             match st.events.next().await {
-                Some(GenEvent::Text(t)) if t.is_empty() => {}
-                Some(GenEvent::Text(t)) => st.out.push_back(st.meta.chunk(&t, false, None, st.include_usage).to_string()),
+                Some(GenEvent::Text { text, logprobs }) if text.is_empty() && (!st.logprobs || logprobs.is_empty()) => {}
+                Some(GenEvent::Text { text, logprobs }) => {
+                    let lp = st.meta.logprobs(st.logprobs.then_some(logprobs.as_slice()), &mut st.offset);
+                    st.out.push_back(st.meta.chunk(&text, false, None, st.include_usage, lp).to_string());
+                }
                 Some(GenEvent::Done { finish, usage }) => {
                     st.ended = true;
                     match serve_api::finish_reason(finish) {
                         Some(f) => {
-                            st.out.push_back(st.meta.chunk("", false, Some(f), st.include_usage).to_string());
+                            st.out.push_back(st.meta.chunk("", false, Some(f), st.include_usage, Value::Null).to_string());
                             if st.include_usage {
                                 st.out.push_back(st.meta.usage_chunk(&usage).to_string());
                             }
@@ -753,6 +773,9 @@ mod tests {
         fn max_token_bytes(&self) -> usize {
             1
         }
+        fn default_params(&self) -> SamplingParams {
+            SamplingParams { temperature: 0.7, top_k: 12, ..SamplingParams::default() }
+        }
         fn encode_text(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, String> {
             self.parse_special.lock().unwrap().push(parse_special);
             self.encoded.fetch_add(text.len(), Ordering::SeqCst);
@@ -779,17 +802,28 @@ mod tests {
             self.submitted.lock().unwrap().push((prompt.clone(), params.clone()));
             let mut evs = Vec::new();
             let mut finish = FinishReason::Eog;
+            // With logprobs each word is one token of log-probability -(i + 1) / 4, its
+            // alternatives `w`, `w1`, `w2`, ... each 1 less likely than the one before.
+            let lp = |i: usize, w: &str| match params.logprobs {
+                None => Vec::new(),
+                Some(k) => {
+                    let l = -(i as f32 + 1.0) / 4.0;
+                    let alt = |j: usize| if j == 0 { w.to_string() } else { format!("{w}{j}") };
+                    let top = (0..k).map(|j| (alt(j).into_bytes(), l - j as f32)).collect();
+                    vec![TokenLogprobs { bytes: w.as_bytes().to_vec(), logprob: l, top }]
+                }
+            };
             for (i, w) in self.reply.iter().enumerate() {
                 if i == params.max_tokens {
                     finish = FinishReason::MaxTokens;
                     break;
                 }
                 if let Some(s) = params.stop.iter().find(|s| w.contains(s.as_str())) {
-                    evs.push(GenEvent::Text(w[..w.find(s.as_str()).unwrap()].to_string()));
+                    evs.push(GenEvent::Text { text: w[..w.find(s.as_str()).unwrap()].to_string(), logprobs: lp(i, w) });
                     finish = FinishReason::Stop;
                     break;
                 }
-                evs.push(GenEvent::Text(w.to_string()));
+                evs.push(GenEvent::Text { text: w.to_string(), logprobs: lp(i, w) });
             }
             let n = evs.len();
             match &self.fail_with {
@@ -947,6 +981,77 @@ mod tests {
             assert!(!serde_json::from_str::<Value>(d).unwrap().as_object().unwrap().contains_key("usage"));
         }
         assert_eq!(serde_json::from_str::<Value>(&data[2]).unwrap()["choices"][0]["finish_reason"], "length");
+    }
+
+    #[tokio::test]
+    async fn logprobs_whole_and_streamed_agree() {
+        let (app, s) = app(Script::new(&["Hi", " there", "", "."]));
+        let chat = json!({"messages": [{"role": "user", "content": "U"}], "logprobs": true, "top_logprobs": 2});
+        let (st, v) = post_json(&app, "/v1/chat/completions", chat.clone()).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let whole = v["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
+        let tokens: Vec<&str> = whole.iter().map(|e| e["token"].as_str().unwrap()).collect();
+        assert_eq!(tokens, ["Hi", " there", "", "."]);
+        assert_eq!(whole[1]["logprob"], json!(-0.5));
+        assert_eq!(whole[1]["bytes"], json!(b" there".to_vec()));
+        assert_eq!(
+            whole[1]["top_logprobs"],
+            json!([{"token": " there", "logprob": -0.5, "bytes": b" there".to_vec()},
+            {"token": " there1", "logprob": -1.5, "bytes": b" there1".to_vec()}])
+        );
+        assert_eq!(s.submitted.lock().unwrap()[0].1.logprobs, Some(2));
+        // Streamed: the same entries, spread over the chunks of their text; the token with no
+        // text gets a chunk of its own; the role and finish chunks have none.
+        let mut req = chat.clone();
+        req["stream"] = json!(true);
+        let (_, body, _) = send(&app, "POST", "/v1/chat/completions", req.to_string()).await;
+        let data = sse_data(&body);
+        let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+        assert_eq!(chunks.len(), 1 + 4 + 1, "{data:?}");
+        assert!(chunks[0]["choices"][0]["logprobs"].is_null() && chunks[5]["choices"][0]["logprobs"].is_null());
+        let streamed: Vec<Value> =
+            chunks[1..5].iter().flat_map(|c| c["choices"][0]["logprobs"]["content"].as_array().unwrap().clone()).collect();
+        assert_eq!(streamed, whole);
+        assert_eq!(chunks[3]["choices"][0]["delta"], json!({"content": ""}));
+
+        // Completions: the legacy format, whole and streamed alike.
+        let (_, v) = post_json(&app, "/v1/completions", json!({"prompt": "x", "logprobs": 1})).await;
+        let lp = &v["choices"][0]["logprobs"];
+        assert_eq!(lp["tokens"], json!(["Hi", " there", "", "."]));
+        assert_eq!(lp["token_logprobs"], json!([-0.25, -0.5, -0.75, -1.0]));
+        assert_eq!(lp["text_offset"], json!([0, 2, 8, 8]));
+        assert_eq!(lp["top_logprobs"][0], json!({"Hi": -0.25}));
+        let (_, body, _) = send(&app, "POST", "/v1/completions", json!({"prompt": "x", "logprobs": 1, "stream": true}).to_string()).await;
+        let data = sse_data(&body);
+        let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+        let field = |name: &str| -> Vec<Value> {
+            chunks[..4].iter().flat_map(|c| c["choices"][0]["logprobs"][name].as_array().unwrap().clone()).collect()
+        };
+        for name in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+            assert_eq!(Value::Array(field(name)), lp[name], "{name}");
+        }
+        assert!(chunks[4]["choices"][0]["logprobs"].is_null());
+
+        // Not asked: null, and requests that leave sampling out get the generator's defaults.
+        let (_, v) = post_json(&app, "/v1/completions", json!({"prompt": "x"})).await;
+        assert!(v["choices"][0]["logprobs"].is_null());
+        let p = s.submitted.lock().unwrap().last().unwrap().1.clone();
+        assert_eq!((p.temperature, p.top_k, p.logprobs), (0.7, 12, None));
+        // Bad values: 400 before anything is queued.
+        let n = s.submitted.lock().unwrap().len();
+        for (path, body, param) in [
+            ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "U"}], "top_logprobs": 3}), "top_logprobs"),
+            (
+                "/v1/chat/completions",
+                json!({"messages": [{"role": "user", "content": "U"}], "logprobs": true, "top_logprobs": 99}),
+                "top_logprobs",
+            ),
+            ("/v1/completions", json!({"prompt": "x", "logprobs": -2}), "logprobs"),
+        ] {
+            let (st, v) = post_json(&app, path, body).await;
+            assert_eq!((st, v["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some(param)), "{v}");
+        }
+        assert_eq!(s.submitted.lock().unwrap().len(), n);
     }
 
     #[tokio::test]

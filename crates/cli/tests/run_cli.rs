@@ -104,7 +104,7 @@ fn converted_copies_hold_the_values_and_run() {
     let Some(model) = smollm2() else { return };
     let dir = tempfile::tempdir().unwrap();
     let gen = |m: &str| {
-        let o = ingot(&["run", "--model", m, "--prompt", "The capital of France is", "-n", "12", "--json"]);
+        let o = ingot(&["run", "--model", m, "--prompt", "The capital of France is", "-n", "12", "--temperature", "0", "--json"]);
         assert!(o.status.success(), "{}", text(&o));
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         j["generated_ids"].as_array().unwrap().clone()

@@ -5,128 +5,17 @@
 //! requests get OpenAI-shaped errors; a client that goes away frees its sequence.
 
 mod common;
+#[path = "common/server.rs"]
+mod server;
 use common::{ingot, smollm2, text};
+use server::Server;
 
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// A running `ingot serve`; killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl Server {
-    fn start(model: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ingot"))
-            .args(["serve", "--model", model.to_str().unwrap(), "--host", "127.0.0.1", "--port", "0"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ingot serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Forward the server's stderr to the test's (shown on failure) and find the address.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[serve] {line}");
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let base = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("ingot serve printed no 'listening on' line: {:?}", child.wait());
-            }
-        };
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(300))).build().into();
-        Server { child, base, agent }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// POST a body; the status and the body parsed as JSON.
-    fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let mut r = self.agent.post(self.url(path)).header("content-type", "application/json").send(body).expect("POST");
-        let s = r.body_mut().read_to_string().unwrap();
-        (r.status().as_u16(), serde_json::from_str(&s).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {s}")))
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut r = self.agent.get(self.url(path)).call().expect("GET");
-        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
-    }
-
-    /// `/metrics` as name -> value.
-    fn metrics(&self) -> HashMap<String, f64> {
-        let (status, body) = self.get("/metrics");
-        assert_eq!(status, 200);
-        body.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.split_once(' ').unwrap();
-                (k.to_string(), v.parse().unwrap())
-            })
-            .collect()
-    }
-
-    /// Polls `/metrics` until `ok` holds (at most `secs`); the last metrics.
-    fn wait_metrics(&self, secs: u64, what: &str, ok: impl Fn(&HashMap<String, f64>) -> bool) -> HashMap<String, f64> {
-        let t = Instant::now();
-        loop {
-            let m = self.metrics();
-            if ok(&m) {
-                return m;
-            }
-            assert!(t.elapsed() < Duration::from_secs(secs), "waited {secs}s for {what}: {m:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// POST a streaming request: every SSE data payload up to and including `[DONE]`
-    /// (comment lines skipped, any other line that is not `data: …` fails the test).
-    fn stream(&self, path: &str, body: &Value) -> Vec<String> {
-        let r = self.agent.post(self.url(path)).header("content-type", "application/json").send(body.to_string()).expect("POST");
-        assert_eq!(r.status().as_u16(), 200);
-        let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
-        assert_eq!(ct.as_deref(), Some("text/event-stream"));
-        let mut data = Vec::new();
-        for line in BufReader::new(r.into_body().into_reader()).lines() {
-            let line = line.unwrap();
-            // Blank lines end events; lines starting with ':' are SSE comments (the
-            // server's keep-alives while a request waits), which clients ignore.
-            if line.is_empty() || line.starts_with(':') {
-                continue;
-            }
-            let d = line.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {line:?}"));
-            data.push(d.to_string());
-            if d == "[DONE]" {
-                break;
-            }
-        }
-        data
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The text of a streamed chat reply (checking each chunk's shape), and its finish reason.
 fn chat_stream_text(data: &[String]) -> (String, String) {
@@ -377,7 +266,8 @@ fn bad_requests_get_openai_errors() {
         (comp, json!({"prompt": "Hi", "n": 2}).to_string(), 400, Some("n"), "n = 1"),
         (chat, json!({"messages": user, "n": 4}).to_string(), 400, Some("n"), "n = 1"),
         (comp, json!({"prompt": "Hi", "echo": true}).to_string(), 400, Some("echo"), "not supported"),
-        (chat, json!({"messages": user, "logprobs": true}).to_string(), 400, Some("logprobs"), "not supported"),
+        (chat, json!({"messages": user, "top_logprobs": 2}).to_string(), 400, Some("top_logprobs"), "requires 'logprobs' to be true"),
+        (comp, json!({"prompt": "Hi", "logprobs": 21}).to_string(), 400, Some("logprobs"), "must be in [0, 20]"),
     ];
     for (path, body, status, param, want) in &cases {
         let (s, v) = server.post(path, body);
