@@ -179,7 +179,8 @@ impl<D: Device + 'static> Net<D> {
             let row_bytes = ranges[0].0 .2;
             let total: usize = ranges.iter().map(|(_, rows)| rows).sum();
             let parts: Vec<&[u8]> = ranges.iter().map(|((_, start, _), rows)| &file.bytes()[*start..*start + rows * row_bytes]).collect();
-            let owned = arena.borrow_mut().concat(&parts).map_err(|e| model_err(arch, format!("cannot map memory for stacked weights: {e}")))?;
+            let owned =
+                arena.borrow_mut().concat(&parts).map_err(|e| model_err(arch, format!("cannot map memory for stacked weights: {e}")))?;
             upload_rows(&owned, dtype, 0, row_bytes, total, cols).map(Some)
         };
         let host_vector = |name: &str, len: usize| -> Result<Vec<f32>> {
