@@ -14,6 +14,7 @@ mod sampling_defaults;
 mod serve_api;
 mod serve_cmd;
 mod serve_http;
+mod serve_page;
 mod synth_cmd;
 
 use clap::{Parser, Subcommand};

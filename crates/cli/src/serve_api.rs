@@ -410,6 +410,102 @@ fn token_ids(a: &[Value], param: &str, vocab: usize) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// The most inputs one `/v1/embeddings` request may hold (OpenAI's limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// A checked `POST /v1/embeddings` body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddingRequest {
+    /// The texts (or token ids) to embed, in order.
+    pub inputs: Vec<Prompt>,
+    /// `encoding_format: "base64"`: each vector as the base64 of its little-endian f32
+    /// bytes, as OpenAI sends it; else an array of numbers.
+    pub base64: bool,
+}
+
+/// Reads an embeddings request: `input` is a string, an array of strings, an array of token
+/// ids or an array of such arrays (at most [`MAX_EMBEDDING_INPUTS`], none empty);
+/// `encoding_format` `float` (the default) or `base64`. `dimensions` (shortened vectors)
+/// is refused: the vectors have the model's width.
+pub fn embedding_request(body: &Map<String, Value>, vocab: usize) -> Result<EmbeddingRequest> {
+    let f = Fields(body);
+    let empty = |param: &str| ApiError::invalid(Some(param), format!("'{param}' is empty: there is nothing to embed"));
+    let inputs = match f.get("input") {
+        None => return Err(ApiError::invalid(Some("input"), "'input' is required")),
+        Some(Value::String(s)) => vec![Prompt::Text(s.clone())],
+        Some(Value::Array(a)) => match a.first() {
+            None => return Err(empty("input")),
+            Some(Value::String(_)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(Prompt::Text(s.clone())),
+                    v => Err(wrong_type(&format!("input[{i}]"), "a string (as input[0] is)", v)),
+                })
+                .collect::<Result<_>>()?,
+            Some(Value::Array(_)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::Array(ids) => Ok(Prompt::Tokens(token_ids(ids, &format!("input[{i}]"), vocab)?)),
+                    v => Err(wrong_type(&format!("input[{i}]"), "an array of token ids (as input[0] is)", v)),
+                })
+                .collect::<Result<_>>()?,
+            Some(_) => vec![Prompt::Tokens(token_ids(a, "input", vocab)?)],
+        },
+        Some(v) => return Err(wrong_type("input", "a string, an array of strings, or token ids", v)),
+    };
+    if inputs.len() > MAX_EMBEDDING_INPUTS {
+        return Err(ApiError::invalid(
+            Some("input"),
+            format!("'input' holds {} inputs, more than the {MAX_EMBEDDING_INPUTS} one request may hold", inputs.len()),
+        ));
+    }
+    for (i, p) in inputs.iter().enumerate() {
+        let is_empty = match p {
+            Prompt::Text(s) => s.is_empty(),
+            Prompt::Tokens(t) => t.is_empty(),
+        };
+        if is_empty {
+            return Err(empty(&format!("input[{i}]")));
+        }
+    }
+    let base64 = match f.string("encoding_format")? {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                Some("encoding_format"),
+                format!("'encoding_format' must be \"float\" or \"base64\", got {other:?}"),
+            ))
+        }
+    };
+    if f.get("dimensions").is_some() {
+        return Err(ApiError::unsupported("dimensions", "'dimensions' (shortened embeddings)"));
+    }
+    Ok(EmbeddingRequest { inputs, base64 })
+}
+
+/// The body of an embeddings response: one `embedding` object per vector, in order, and
+/// the usage (`prompt_tokens` = `total_tokens`: the tokens run through the model).
+pub fn embedding_response(model: &str, vectors: &[Vec<f32>], base64: bool, tokens: usize) -> Value {
+    use base64::Engine as _;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+}
+
 /// `logprobs` of `/v1/completions` / `top_logprobs` of chat: how many alternatives, in
 /// `[0, MAX_TOP_LOGPROBS]`.
 fn top_count(f: &Fields, name: &str, note: &str) -> Result<Option<usize>> {

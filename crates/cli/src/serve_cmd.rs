@@ -14,6 +14,7 @@ use futures_util::stream::{self, StreamExt};
 use ingot_engine::{Engine, EngineConfig, Event, GenRequest, RequestHandle, SamplingParams};
 use ingot_model::chat::{ChatTemplate, Message};
 use ingot_model::tokenizer::Tokenizer;
+use ingot_model::Pooling;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,13 +66,17 @@ pub struct ServeArgs {
     /// it below the open-file limit (`ulimit -n`).
     #[arg(long = "max-connections", value_name = "N", default_value_t = 512)]
     max_connections: usize,
-    /// Require `Authorization: Bearer KEY` on every endpoint but /health (401 otherwise).
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health and the chat page (401 otherwise).
     #[arg(long = "api-key", value_name = "KEY", env = "INGOT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Let web pages from ORIGIN (scheme://host[:port], or * for any) call the server: CORS
     /// preflights are answered and CORS headers added for it. Repeatable; default: none.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
+    /// How /v1/embeddings pools a text's final hidden states: mean, cls or last (default:
+    /// the model file's pooling_type, else mean).
+    #[arg(long, value_name = "HOW", value_parser = ["mean", "cls", "last"])]
+    pooling: Option<String>,
 }
 
 /// Most seconds a timeout flag may be (a day).
@@ -149,6 +154,8 @@ struct EngineGenerator {
     max_token_bytes: usize,
     /// The sampling settings of requests that leave them out.
     defaults: SamplingParams,
+    /// How embeddings pool a text's hidden states.
+    pooling: Pooling,
 }
 
 /// A request handle that cancels its request when dropped before the last event (the
@@ -177,6 +184,11 @@ impl Generator for EngineGenerator {
 
     fn vocab(&self) -> usize {
         self.vocab
+    }
+
+    fn embed(&self, texts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, SubmitError> {
+        let refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
+        self.engine.model().embed(&refs, self.pooling).map_err(|e| SubmitError::Invalid(e.to_string()))
     }
 
     fn max_token_bytes(&self) -> usize {
@@ -326,6 +338,10 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     }
     let defaults = sampling.params(SamplingParams::default());
     eprintln!("ingot: sampling defaults of requests: {} ({})", describe(&defaults), sampling.source());
+    let pooling = match a.pooling.as_deref() {
+        Some(p) => Pooling::parse(p).with_context(|| format!("--pooling {p}"))?,
+        None => m.model.config.pooling.unwrap_or(Pooling::Mean),
+    };
     let tok = m.tok;
     let engine = Engine::start(m.model, tok.clone(), cfg).context("starting the engine")?;
     let c = engine.config();
@@ -341,7 +357,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         }
         _ => context,
     };
-    let gen = EngineGenerator { engine: engine.clone(), tok, template, context, vocab, max_token_bytes, defaults };
+    let gen = EngineGenerator { engine: engine.clone(), tok, template, context, vocab, max_token_bytes, defaults, pooling };
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let limits = Limits { body_timeout, ..Limits::default() };
     let state = Arc::new(AppState::new(Arc::new(gen), model_id, created, limits));

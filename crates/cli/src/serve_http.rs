@@ -119,6 +119,12 @@ pub trait Generator: Send + Sync + 'static {
     fn metrics(&self) -> Vec<Metric>;
     /// Whether the engine still serves requests (`/health` answers 503 once it stopped).
     fn healthy(&self) -> bool;
+    /// Embeddings of `texts` (token ids each, none empty, none over the context), one unit
+    /// vector each, in order (runs on a blocking thread).
+    fn embed(&self, texts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, SubmitError> {
+        let _ = texts;
+        Err(SubmitError::Unavailable("this server computes no embeddings".into()))
+    }
 }
 
 /// What a request may cost before it reaches the engine.
@@ -151,7 +157,8 @@ impl Default for Limits {
 /// Who may call the API: an API key, and the origins of web pages allowed to (CORS).
 #[derive(Clone, Debug, Default)]
 pub struct Access {
-    /// When set, every endpoint but `/health` requires `Authorization: Bearer KEY` (401).
+    /// When set, every endpoint but `/health` and the chat page's files requires
+    /// `Authorization: Bearer KEY` (401).
     pub api_key: Option<String>,
     /// Origins whose pages may call the API, as browsers send them in `Origin`; `*` for any.
     /// None: no CORS headers, and preflight requests get a 405.
@@ -285,9 +292,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The router: the OpenAI-compatible endpoints, `/health` and `/metrics`; JSON errors for
-/// unknown routes (404), wrong methods (405), bodies that are not sent as JSON (415), too
-/// large (413) or too slow (408); with `access`, the API key (401) and CORS.
+/// The router: the OpenAI-compatible endpoints, `/health`, `/metrics` and the chat page at
+/// `/` (serve_page.rs); JSON errors for unknown routes (404), wrong methods (405), bodies
+/// that are not sent as JSON (415), too large (413) or too slow (408); with `access`, the
+/// API key (401) and CORS.
 pub fn router(state: Arc<AppState>, access: &Access) -> Router {
     let mut r = Router::new()
         .route("/health", get(health))
@@ -295,6 +303,8 @@ pub fn router(state: Arc<AppState>, access: &Access) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .merge(crate::serve_page::routes())
         .fallback(|method: Method, uri: Uri| async move {
             ApiError::status(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {}", uri.path()))
         })
@@ -364,10 +374,11 @@ async fn close_if_body_unread(req: Request, next: Next) -> Response {
     r
 }
 
-/// Lets requests with the right `Authorization: Bearer KEY` through (and any to `/health`);
-/// the key's digest is compared, in time that does not depend on where they differ.
+/// Lets requests with the right `Authorization: Bearer KEY` through (and any to `/health` or
+/// the chat page's files, whose API calls send the key); the key's digest is compared, in
+/// time that does not depend on where they differ.
 async fn require_api_key(State(key): State<Arc<[u8; 32]>>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/health" {
+    if req.uri().path() == "/health" || crate::serve_page::is_page(req.uri().path()) {
         return next.run(req).await;
     }
     let token = req
@@ -521,6 +532,54 @@ async fn chat_completions(State(st): State<Arc<AppState>>, headers: HeaderMap, b
         generate(&st, Endpoint::Chat, prompt, opts).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn embeddings(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let run = async {
+        let body = json_body(&st.limits, &headers, body).await?;
+        let job = st.clone();
+        let out = st.work.run(move || embed_request(&job, &body)).await??;
+        Ok::<_, ApiError>(Json(out).into_response())
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// An embeddings request answered whole (runs on a blocking thread): its inputs tokenized
+/// as completion prompts are (BOS as the model wants it, control-token texts as plain
+/// text), each within the context, then embedded together.
+fn embed_request(st: &AppState, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    let req = serve_api::embedding_request(&serve_api::parse_body(body)?, st.gen.vocab())?;
+    let context = st.gen.context();
+    let mut texts = Vec::with_capacity(req.inputs.len());
+    for (i, p) in req.inputs.into_iter().enumerate() {
+        let param = format!("input[{i}]");
+        let tokens = match p {
+            Prompt::Text(t) => {
+                serve_api::check_prompt_bytes(&param, t.len(), context, st.gen.max_token_bytes())?;
+                st.gen.encode_text(&t, false).map_err(|e| ApiError::invalid(Some(&param), e))?
+            }
+            Prompt::Tokens(t) => t,
+        };
+        if tokens.is_empty() {
+            return Err(ApiError::invalid(Some(&param), format!("'{param}' encodes to no tokens")));
+        }
+        if tokens.len() > context {
+            return Err(ApiError {
+                code: Some("context_length_exceeded"),
+                ..ApiError::invalid(
+                    Some(&param),
+                    format!("'{param}' is {} tokens, more than the context of {context} tokens", tokens.len()),
+                )
+            });
+        }
+        texts.push(tokens);
+    }
+    let tokens = texts.iter().map(Vec::len).sum();
+    let vectors = st.gen.embed(&texts).map_err(|e| match e {
+        SubmitError::Invalid(m) => ApiError::invalid(Some("input"), m),
+        SubmitError::Unavailable(m) => ApiError::server(StatusCode::SERVICE_UNAVAILABLE, m),
+    })?;
+    Ok(serve_api::embedding_response(&st.model_id, &vectors, req.base64, tokens))
 }
 
 /// Queues the request (its budget already fitted to the context) and answers it whole or

@@ -10,6 +10,10 @@ pub enum Logits {
     All,
     /// None (a prefill chunk that is not the prompt's last).
     None,
+    /// Instead of logits, every position's final hidden state (after the output norm, the
+    /// vector the output matrix would multiply): [tokens, n_embd]. For embeddings; a batch
+    /// asks for hidden states or for logits, not both.
+    Hidden,
 }
 
 /// One sequence's share of a batched forward pass.

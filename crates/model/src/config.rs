@@ -64,6 +64,41 @@ pub struct Config {
     pub pos_embd: bool,
     /// A gated feed-forward (SwiGLU / GeGLU) rather than up → GELU → down (GPT-2).
     pub gated_ffn: bool,
+    /// How embeddings pool the hidden states of a text: the file's `{arch}.pooling_type`
+    /// (llama.cpp's numbering), `None` where the file does not say.
+    pub pooling: Option<Pooling>,
+}
+
+/// How an embedding pools the final hidden states of a text's positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over every position.
+    Mean,
+    /// The first position's (BERT's CLS token).
+    Cls,
+    /// The last position's (the only one a causal model lets see the whole text).
+    Last,
+}
+
+impl Pooling {
+    /// `mean`, `cls` or `last`.
+    pub fn parse(s: &str) -> Option<Pooling> {
+        match s {
+            "mean" => Some(Pooling::Mean),
+            "cls" => Some(Pooling::Cls),
+            "last" => Some(Pooling::Last),
+            _ => None,
+        }
+    }
+
+    /// The name [`Pooling::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Last => "last",
+        }
+    }
 }
 
 impl Config {
@@ -133,6 +168,14 @@ impl Config {
             rope: !gpt2,
             pos_embd: gpt2,
             gated_ffn: !gpt2,
+            pooling: match file.get_u32(&k("pooling_type")).optional()? {
+                // llama.cpp: 0 none, 1 mean, 2 cls, 3 last, 4 rank (a reranker's head).
+                None | Some(0) => None,
+                Some(1) => Some(Pooling::Mean),
+                Some(2) => Some(Pooling::Cls),
+                Some(3) => Some(Pooling::Last),
+                Some(p) => return Err(bad(format!("pooling_type {p} is not supported (Ingot pools by mean, cls or last)"))),
+            },
         };
         if cfg.n_layer == 0 || cfg.n_embd == 0 || cfg.n_ff == 0 || cfg.vocab == 0 {
             return Err(bad("block_count, embedding_length, feed_forward_length and vocabulary must be positive".into()));

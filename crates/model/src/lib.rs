@@ -14,7 +14,7 @@ pub mod profile;
 pub mod tokenizer;
 
 pub use backend::BackendKind;
-pub use config::{Arch, Config};
+pub use config::{Arch, Config, Pooling};
 pub use error::{Error, Result};
 pub use kv::{KvCache, KvPool};
 pub use llm::{Logits, Model, SeqChunk};

@@ -6,7 +6,7 @@
 use crate::backend::BackendKind;
 use crate::batch::Plan;
 pub use crate::batch::{Logits, SeqChunk};
-use crate::config::Config;
+use crate::config::{Config, Pooling};
 use crate::kv::{KvCache, KvPool};
 use crate::net::{Net, Runner};
 use crate::{Error, Result};
@@ -14,6 +14,9 @@ use ingot_gguf::GgufFile;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+
+/// The most tokens one forward pass of [`Model::embed`] runs (texts are grouped up to it).
+pub const EMBED_BATCH_TOKENS: usize = 4096;
 
 /// A loaded model: the open file, its config and its weights on a device.
 pub struct Model {
@@ -136,6 +139,75 @@ impl Model {
         }
         let rows = self.plan(pool, seqs)?;
         self.run.forward(pool.pages.as_mut(), seqs, &Plan { rows }, trace)
+    }
+
+    /// Embeddings of `texts` (token ids each, at least one, at most the context): the final
+    /// hidden states (after the output norm) of each text's positions pooled by `pooling`,
+    /// scaled to unit length (as llama.cpp and OpenAI's embeddings are). Texts run together in
+    /// forward passes of at most [`EMBED_BATCH_TOKENS`] tokens (a longer text alone), each
+    /// over its own fresh pages; a text's embedding does not depend on what it is batched with.
+    pub fn embed(&self, texts: &[&[u32]], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let arch = c.arch.name();
+        for (i, t) in texts.iter().enumerate() {
+            if t.is_empty() {
+                return Err(model_err(arch, format!("text {i} has no tokens to embed")));
+            }
+            if t.len() > c.context {
+                return Err(model_err(arch, format!("text {i} has {} tokens, more than the context of {}", t.len(), c.context)));
+            }
+        }
+        const PAGE: usize = 16;
+        let mut out = Vec::with_capacity(texts.len());
+        let mut first = 0;
+        while first < texts.len() {
+            // The next texts that fit the token budget together (at least one).
+            let mut end = first + 1;
+            let mut tokens = texts[first].len();
+            while end < texts.len() && tokens + texts[end].len() <= EMBED_BATCH_TOKENS {
+                tokens += texts[end].len();
+                end += 1;
+            }
+            let group = &texts[first..end];
+            let pages_of = |t: &[u32]| t.len().div_ceil(PAGE);
+            let mut pool = self.new_pool(PAGE, group.iter().map(|t| pages_of(t)).sum())?;
+            let mut tables = Vec::with_capacity(group.len());
+            let mut next = 0u32;
+            for t in group {
+                let n = pages_of(t) as u32;
+                tables.push((next..next + n).collect::<Vec<u32>>());
+                next += n;
+            }
+            let seqs: Vec<SeqChunk> =
+                group.iter().zip(&tables).map(|(t, p)| SeqChunk { tokens: t, start: 0, pages: p, logits: Logits::Hidden }).collect();
+            let hidden = self.forward_batch(&mut pool, &seqs, None)?;
+            let e = c.n_embd;
+            let mut at = 0;
+            for t in group {
+                let rows = &hidden[at * e..(at + t.len()) * e];
+                at += t.len();
+                let mut v: Vec<f64> = match pooling {
+                    Pooling::Cls => rows[..e].iter().map(|&x| x as f64).collect(),
+                    Pooling::Last => rows[rows.len() - e..].iter().map(|&x| x as f64).collect(),
+                    Pooling::Mean => {
+                        let mut s = vec![0f64; e];
+                        for row in rows.chunks_exact(e) {
+                            for (a, &x) in s.iter_mut().zip(row) {
+                                *a += x as f64;
+                            }
+                        }
+                        s.iter().map(|a| a / t.len() as f64).collect()
+                    }
+                };
+                let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                if norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x /= norm);
+                }
+                out.push(v.into_iter().map(|x| x as f32).collect());
+            }
+            first = end;
+        }
+        Ok(out)
     }
 
     /// Checks a batch against the pool and the model, and lists its rows: (sequence,

@@ -614,7 +614,7 @@ impl<D: Device + 'static> Net<D> {
         for s in seqs {
             let n = s.tokens.len();
             match s.logits {
-                Logits::All => want.extend((at..at + n).map(|r| r as i32)),
+                Logits::All | Logits::Hidden => want.extend((at..at + n).map(|r| r as i32)),
                 Logits::Last => want.push((at + n - 1) as i32),
                 Logits::None => {}
             }
@@ -622,7 +622,12 @@ impl<D: Device + 'static> Net<D> {
         }
         // A decode step of a few sequences is recorded once per shape and replayed (CUDA
         // graphs): its ~300 kernels cost more to launch one by one than to run.
+        let hidden = seqs.iter().any(|s| s.logits == Logits::Hidden);
+        if hidden && seqs.iter().any(|s| matches!(s.logits, Logits::All | Logits::Last)) {
+            return Err(self.err("a batch asks for hidden states or for logits, not both"));
+        }
         let record = decode
+            && !hidden
             && want.len() == t
             && trace.is_none()
             && seqs.len() <= MAX_RECORDED_BATCH
@@ -660,7 +665,7 @@ impl<D: Device + 'static> Net<D> {
             }
         }
         let st = self.upload_step(&ix)?;
-        match self.step(kv, &ix, &st, seqs.len(), t, decode, &want, trace)? {
+        match self.step(kv, &ix, &st, seqs.len(), t, decode, &want, hidden, trace)? {
             Some(logits) => self.fetch(&logits),
             None => Ok(Vec::new()),
         }
@@ -671,7 +676,7 @@ impl<D: Device + 'static> Net<D> {
     fn record_step(&self, kv: &mut Pages<D>, ix: &StepIndex, b: usize, t: usize, want: &[i32]) -> Result<(Capture, D::Tensor)> {
         let st = self.upload_step(ix)?;
         self.dev.begin_capture(&st.all())?;
-        let logits = self.step(kv, ix, &st, b, t, true, want, None);
+        let logits = self.step(kv, ix, &st, b, t, true, want, false, None);
         let rec = self.dev.end_capture();
         let logits = logits?.ok_or_else(|| self.err("a recorded step returned no logits"))?;
         Ok((rec?, logits))
@@ -699,8 +704,8 @@ impl<D: Device + 'static> Net<D> {
     }
 
     /// The forward pass proper on the step's index tensors: every layer (K/V appended to
-    /// the pool), then the logits of the rows in `want` on the device (`None` when no row
-    /// is wanted).
+    /// the pool), then the logits of the rows in `want` on the device, or with `hidden`
+    /// their final hidden states (`None` when no row is wanted).
     #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
@@ -711,6 +716,7 @@ impl<D: Device + 'static> Net<D> {
         t: usize,
         decode: bool,
         want: &[i32],
+        hidden: bool,
         mut trace: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<Option<D::Tensor>> {
         let c = &self.cfg;
@@ -841,6 +847,9 @@ impl<D: Device + 'static> Net<D> {
                 self.norm(&rows, norm_w, norm_b, n)?
             }
         };
+        if hidden {
+            return Ok(Some(h));
+        }
         let logits = self.linear(&self.output, &h, n)?;
         Ok(Some(logits))
     }
