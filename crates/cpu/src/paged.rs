@@ -139,14 +139,80 @@ pub fn paged_attention_into(
         }
         m + z.ln()
     };
-    match lse {
-        Some(lse) => {
+    // The `group` query heads that read kv head `kh` of row `ri`, together: each key and
+    // value row is read once for all of them (a prefill row of a GQA model reads each far
+    // fewer times). Each head's arithmetic is `attend`'s, in the same order: the results are
+    // bit-identical. `o` is the group's [group, head_dim] output, `l` its [group] lse.
+    let attend_group = |st: &mut (Vec<f32>, Vec<f32>, Vec<f32>), ri: usize, kh: usize, o: &mut [f32], l: Option<&mut [f32]>| {
+        let (s, m, z) = st;
+        let row = &rows[ri];
+        let p = row.pos;
+        let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+        let n = p + 1 - lo;
+        let q0 = (ri * n_heads + kh * group) * d;
+        s.clear();
+        s.resize(group * n, 0.0);
+        for jj in 0..n {
+            let at = kv.offset(row.pages, lo + jj, kh);
+            let kr = &kv.k[at..at + d];
+            for g in 0..group {
+                let x = scale * dot(&q[q0 + g * d..q0 + (g + 1) * d], kr);
+                s[g * n + jj] = if softcap > 0.0 { softcap * (x / softcap).tanh() } else { x };
+            }
+        }
+        m.clear();
+        z.clear();
+        for g in 0..group {
+            let sg = &mut s[g * n..(g + 1) * n];
+            let mg = sg.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut zg = 0f32;
+            for x in sg.iter_mut() {
+                *x = (*x - mg).exp();
+                zg += *x;
+            }
+            m.push(mg);
+            z.push(zg);
+        }
+        o.fill(0.0);
+        for jj in 0..n {
+            let at = kv.offset(row.pages, lo + jj, kh);
+            let vr = &kv.v[at..at + d];
+            for g in 0..group {
+                let w = s[g * n + jj] / z[g];
+                for (oi, vi) in o[g * d..(g + 1) * d].iter_mut().zip(vr) {
+                    *oi += w * vi;
+                }
+            }
+        }
+        if let Some(l) = l {
+            for g in 0..group {
+                l[g] = m[g] + z[g].ln();
+            }
+        }
+    };
+    // Grouped where there are heads to group and enough (row, kv head) tasks to keep every
+    // thread busy (a decode step of one sequence has few: there each head is its own task).
+    let grouped = group > 1 && rows.len() * kv.n_kv >= 2 * rayon::current_num_threads();
+    let st = || (Vec::new(), Vec::new(), Vec::new());
+    match (lse, grouped) {
+        (Some(lse), false) => {
             assert_eq!(lse.len(), rows.len() * n_heads, "paged_attention: lse shape");
             out.par_chunks_mut(d).zip(lse.par_iter_mut()).enumerate().for_each_init(Vec::new, |s, (idx, (o, l))| *l = attend(s, idx, o));
         }
-        None => out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |s, (idx, o)| {
+        (None, false) => out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |s, (idx, o)| {
             attend(s, idx, o);
         }),
+        (Some(lse), true) => {
+            assert_eq!(lse.len(), rows.len() * n_heads, "paged_attention: lse shape");
+            out.par_chunks_mut(group * d)
+                .zip(lse.par_chunks_mut(group))
+                .enumerate()
+                .for_each_init(st, |s, (idx, (o, l))| attend_group(s, idx / kv.n_kv, idx % kv.n_kv, o, Some(l)));
+        }
+        (None, true) => out
+            .par_chunks_mut(group * d)
+            .enumerate()
+            .for_each_init(st, |s, (idx, o)| attend_group(s, idx / kv.n_kv, idx % kv.n_kv, o, None)),
     }
 }
 
@@ -289,6 +355,30 @@ mod tests {
         }
         for o in &outs[1..] {
             assert_eq!(o, &outs[0]);
+        }
+    }
+
+    /// Many rows (heads grouped by kv head, each key read once per group) give bit for bit
+    /// what each row gives alone (one task per head), outputs and softmax denominators.
+    #[test]
+    fn grouped_heads_match_heads_one_by_one() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let (hq, hk, d, ps) = (6, 1, 24, 3);
+        for (window, cap) in [(None, 0.0), (Some(4), 0.0), (None, 5.0)] {
+            let lens = [23usize];
+            let (k, v, tables, _) = pool(&mut rng, &lens, ps, hk, d, 1);
+            let n = 2 * rayon::current_num_threads() + 3;
+            let rows: Vec<QueryRow> = (0..n).map(|i| QueryRow { pages: &tables[0], pos: 22 - i }).collect();
+            let q: Vec<f32> = (0..n * hq * d).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let kv = PagedKv { k: &k, v: &v, page_size: ps, n_kv: hk, head_dim: d };
+            let (mut out, mut lse) = (vec![0f32; n * hq * d], vec![0f32; n * hq]);
+            paged_attention_into(&q, &rows, &kv, hq, 0.2, window, cap, &mut out, Some(&mut lse));
+            for (i, r) in rows.iter().enumerate() {
+                let (mut o1, mut l1) = (vec![0f32; hq * d], vec![0f32; hq]);
+                paged_attention_into(&q[i * hq * d..(i + 1) * hq * d], &[*r], &kv, hq, 0.2, window, cap, &mut o1, Some(&mut l1));
+                assert_eq!(&out[i * hq * d..(i + 1) * hq * d], &o1[..], "row {i}, window {window:?}, cap {cap}");
+                assert_eq!(&lse[i * hq..(i + 1) * hq], &l1[..], "lse of row {i}");
+            }
         }
     }
 
