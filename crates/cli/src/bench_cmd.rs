@@ -3,6 +3,7 @@
 //! `--vs-llama-cpp`, llama.cpp (llama-cpp-python) on the same file, alternating runs.
 //! With `--concurrent N`, each tg test also runs N sequences at once through the engine
 //! (continuous batching): total generated tokens/s and the mean per-sequence tokens/s.
+//! With `--plot FILE.svg`, also a bar chart of the same numbers (`bench_plot.rs`).
 
 use crate::models;
 use anyhow::{bail, Context, Result};
@@ -45,6 +46,11 @@ pub struct BenchArgs {
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
+    /// Also write the results as an SVG bar chart to this file: tokens/s per test, ingot
+    /// beside llama.cpp with their ratio where it was measured (the table or JSON still
+    /// goes to stdout).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 /// Prompt tokens of each sequence of a `--concurrent` test.
@@ -155,6 +161,8 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if a.concurrent.contains(&0) {
         bail!("--concurrent values must be at least 1");
     }
+    // Created now so that a bad path fails before the benchmark runs.
+    let plot = a.plot.as_deref().map(crate::bench_plot::PlotFile::create).transpose()?;
     let threads = a.exec.apply()?;
     let path = models::resolve(a.model.as_deref())?;
     let model = Arc::new(a.exec.load_model(&path)?);
@@ -214,6 +222,15 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     if let Some(table) = ingot_model::profile::report() {
         eprint!("{table}");
+    }
+    if let Some(file) = plot {
+        let backend = model.backend();
+        let info = crate::bench_plot::PlotInfo { model: &name, backend: &backend, threads, repetitions: a.repetitions };
+        let plot_rows: Vec<_> = rows
+            .iter()
+            .map(|r| crate::bench_plot::PlotRow { test: &r.test, ingot_tps: &r.ingot_tps, llama_cpp_tps: &r.llama_cpp_tps })
+            .collect();
+        file.write(&crate::bench_plot::render(&info, &crate::bench_plot::machine(), &plot_rows)?)?;
     }
     if a.json {
         println!("{}", serde_json::json!({"threads": threads, "backend": model.backend(), "rows": rows}));

@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod bench_ops;
+mod bench_plot;
 mod chat_cmd;
 mod convert_cmd;
 mod golden_cmd;
