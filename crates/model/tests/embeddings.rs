@@ -6,23 +6,9 @@
 //! - a text's embedding does not depend on the texts batched with it;
 //! - bad inputs are errors.
 
+mod common;
+use common::model_path;
 use ingot_model::{Logits, Model, Pooling};
-use std::path::PathBuf;
-
-fn model_path(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("INGOT_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ingot/models"));
-    let p = dir.join(name);
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("INGOT_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{} is missing and INGOT_REQUIRE_MODELS=1 (run scripts/fetch_models.sh)", p.display());
-    }
-    eprintln!("SKIP: {} not found (run scripts/fetch_models.sh); this test checks nothing", p.display());
-    None
-}
 
 fn smollm2() -> Option<Model> {
     Some(Model::load(model_path("SmolLM2-135M-Instruct.Q4_1.gguf")?).expect("load SmolLM2"))

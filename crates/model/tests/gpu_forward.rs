@@ -10,6 +10,8 @@
 //! says why and returns, unless INGOT_REQUIRE_MODELS=1 / INGOT_REQUIRE_GPU=1.
 #![cfg(feature = "gpu")]
 
+mod common;
+use common::model_path;
 use ingot_model::{BackendKind, Logits, Model, SeqChunk};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -18,21 +20,6 @@ use std::path::PathBuf;
 /// weights: different summation orders from the float64 reference only. Measured on
 /// lavapipe (2026-11-22): worst 2.3e-4 (SmolLM2), see the test output for the rest.
 const GPU_TOL: f64 = 0.01;
-
-fn model_path(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("INGOT_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ingot/models"));
-    let p = dir.join(name);
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("INGOT_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{} is missing and INGOT_REQUIRE_MODELS=1 (run scripts/fetch_models.sh)", p.display());
-    }
-    eprintln!("SKIP: {} not found (run scripts/fetch_models.sh); this test checks nothing", p.display());
-    None
-}
 
 fn load(file: &str) -> Option<(Model, Value)> {
     let path = model_path(file)?;

@@ -6,6 +6,8 @@
 //! Regenerate the references: `python3 scripts/make_model_refs.py` (needs numpy, gguf,
 //! llama-cpp-python==0.3.36 and the models).
 
+mod common;
+use common::model_path;
 use ingot_model::{Logits, Model};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -28,21 +30,6 @@ const EXACT_TOL: f64 = 2.0;
 /// (Gemma-3): ratios 0.66 to 0.90, a mean over twelve prompts, so noisy. The margin
 /// above 1 leaves room for the noise draw; a real defect moves it far more.
 const LLAMA_CPP_MARGIN: f64 = 1.25;
-
-fn model_path(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("INGOT_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ingot/models"));
-    let p = dir.join(name);
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("INGOT_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{} is missing and INGOT_REQUIRE_MODELS=1 (run scripts/fetch_models.sh)", p.display());
-    }
-    eprintln!("SKIP: {} not found (run scripts/fetch_models.sh); this test checks nothing", p.display());
-    None
-}
 
 fn refs(stem: &str) -> Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/refs_{stem}.json"));
